@@ -1,0 +1,14 @@
+"""jetjax: jet expansions of residual networks in JAX.
+
+>>> import jetjax as jj
+>>> import jax.numpy as jnp
+>>> float(jj.jet(jnp.exp, jnp.float32(0.0), jnp.float32(1.0), order=2))  # 1 + 1 + 1/2
+2.5
+"""
+
+from jetjax.hf import from_pretrained, supported_model_types
+from jetjax.jet import JetRuleError, jet
+from jetjax.models.base import Model, ModelConfig
+
+__all__ = ["jet", "JetRuleError", "from_pretrained", "supported_model_types", "Model", "ModelConfig"]
+__version__ = "0.1.0"

@@ -1,0 +1,229 @@
+"""Load Hugging Face checkpoints: config.json -> ModelConfig, safetensors -> params, tokenizer.
+
+Nothing here runs code from a checkpoint: tensors come from safetensors files only (no pickle,
+no ``trust_remote_code``), and neither torch nor transformers is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from types import ModuleType
+
+import jax
+import jax.numpy as jnp
+
+from jetjax.models import gpt2
+from jetjax.models.base import Model, abstract_params, nest
+
+# model_type -> family module (one file per family under jetjax/models/).
+FAMILIES: dict[str, ModuleType] = {t: fam for fam in (gpt2,) for t in fam.MODEL_TYPES}
+
+# config.json keys that describe the file, the tokenizer or generation, never the computation.
+METADATA_KEYS = {
+    "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id", "unk_token_id",
+    "decoder_start_token_id", "task_specific_params", "id2label", "label2id", "problem_type",
+    "tokenizer_class", "prefix", "use_cache", "return_dict", "output_hidden_states",
+    "output_attentions", "torchscript", "finetuning_task", "_attn_implementation",
+    "_attn_implementation_autoset", "gradient_checkpointing", "max_length", "min_length",
+    "do_sample", "num_beams", "temperature", "top_k", "top_p", "repetition_penalty",
+    "length_penalty", "no_repeat_ngram_size", "bad_words_ids", "num_return_sequences",
+    "early_stopping", "chunk_size_feed_forward", "is_decoder", "is_encoder_decoder",
+    "tie_encoder_decoder", "pruned_heads", "quantization_config_ignored", "_commit_hash",
+    "model_card", "license",
+}
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def supported_model_types() -> list[str]:
+    return sorted(FAMILIES)
+
+
+def from_pretrained(src: str | os.PathLike, *, dtype=None) -> Model:
+    """Load a causal LM from a local Hugging Face directory or a hub id.
+
+    Args:
+      src: a directory holding ``config.json`` and ``model.safetensors`` (or a sharded
+        ``model.safetensors.index.json``), plus tokenizer files (``tokenizer.json``, or
+        ``vocab.json`` + ``merges.txt``) if you want ``model.tokenize``; or a hub id such as
+        ``"gpt2"``, fetched with ``huggingface_hub`` (config, safetensors and tokenizer files only).
+      dtype: storage dtype of the parameters (e.g. ``jnp.bfloat16``); default: the checkpoint's.
+        Activations are computed in float32 (float64 for float64 parameters).
+
+    Returns:
+      a :class:`~jetjax.models.base.Model`.
+
+    Raises:
+      FileNotFoundError: no such directory, no ``config.json``, no safetensors weights.
+      ValueError: unsupported ``model_type`` or config feature, missing or misshapen tensors,
+        a ``pytorch_model.bin``-only checkpoint (pickle; refused), a corrupt safetensors file.
+
+    Example:
+      >>> import jetjax as jj                          # doctest: +SKIP
+      >>> model = jj.from_pretrained("path/to/gpt2")   # doctest: +SKIP
+      >>> model.logits(model.tokenize("Hello")).shape  # doctest: +SKIP
+      (1, 50257)
+    """
+    path = _resolve(src)
+    cfg = _read_config(path)
+    model_type = cfg.get("model_type")
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise ValueError(f"{path / 'config.json'}: model_type {model_type!r} is not supported; "
+                         f"supported model types: {', '.join(supported_model_types())}")
+    _check_config_keys(cfg, family, path)
+    config = family.config_from_hf(cfg)
+    tensors = _read_tensors(path)
+    params = _build_params(config, family, tensors, path, dtype)
+    skeleton, _ = abstract_params(lambda: family.MODULE(config))
+    return Model(skeleton, params, tokenizer=_load_tokenizer(path), source=str(src))
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _resolve(src) -> Path:
+    s = os.fspath(src)
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise NotADirectoryError(f"{s} is a file; from_pretrained expects a model directory or a hub id")
+    looks_local = s.startswith((".", "/", "~")) or os.sep in s.strip("/").replace("/", "", 1) \
+        or not _HUB_ID.match(s)
+    if looks_local:
+        raise FileNotFoundError(f"no such model directory: {s}")
+    return _download(s)
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+        local = snapshot_download(repo_id, allow_patterns=["config.json", *WEIGHT_FILES,
+                                                           "model-*.safetensors", *TOKENIZER_FILES])
+    except Exception as err:  # network errors, unknown repos, gated models
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local directory and could not be fetched from the Hugging Face hub "
+            f"({type(err).__name__}: {err}). On an offline machine pass a local directory.") from err
+    return Path(local)
+
+
+def _read_config(path: Path) -> dict:
+    file = path / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
+    try:
+        cfg = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON: {err}") from err
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{file} must hold a JSON object")
+    return cfg
+
+
+def _check_config_keys(cfg: dict, family: ModuleType, path: Path) -> None:
+    known = family.HANDLED_KEYS | family.IGNORED_KEYS | METADATA_KEYS | set(family.REQUIRED_VALUES)
+    unknown = sorted(k for k in cfg if k not in known)
+    if unknown:
+        raise ValueError(
+            f"{path / 'config.json'}: unsupported config key(s) for {cfg['model_type']}: {unknown}. "
+            "They may change the computation, so jetjax refuses rather than guess.")
+    for key, ok in family.REQUIRED_VALUES.items():
+        if key in cfg and cfg[key] != ok:
+            raise ValueError(f"{path / 'config.json'}: unsupported feature {key}={cfg[key]!r} for "
+                             f"{cfg['model_type']} (jetjax supports only {key}={ok!r})")
+
+
+def _read_tensors(path: Path) -> dict[str, jax.Array]:
+    from safetensors import SafetensorError, safe_open
+
+    single, index = path / WEIGHT_FILES[0], path / WEIGHT_FILES[1]
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{index} is not a valid safetensors index ({err})") from err
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"{index} names the shard {f.name}, which is missing")
+    else:
+        pickles = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "tf_model.h5")
+                   if (path / n).exists()]
+        if pickles:
+            raise ValueError(
+                f"{path} holds only {pickles[0]}: a pickle, which can execute code when loaded, so "
+                "jetjax refuses it. Convert it once where you trust it: python -c \"from transformers "
+                f"import AutoModelForCausalLM as M; M.from_pretrained('{path}').save_pretrained('{path}')\" "
+                "(writes model.safetensors).")
+        raise FileNotFoundError(f"{path} has no weights: expected model.safetensors or model.safetensors.index.json")
+
+    tensors: dict[str, jax.Array] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="flax") as handle:
+                for name in handle.keys():
+                    tensors[name] = handle.get_tensor(name)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{f} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+    return tensors
+
+
+def _build_params(config, family: ModuleType, tensors: dict, path: Path, dtype) -> dict:
+    _, expected = abstract_params(lambda: family.MODULE(config))
+    mapping = family.weight_map(config)
+    stripped = {}
+    for name, value in tensors.items():
+        for prefix in family.STRIP_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        stripped[name] = value
+
+    flat = {}
+    for hf_name, (ours, transpose) in mapping.items():
+        if hf_name not in stripped:
+            raise ValueError(f"{path}: tensor {hf_name!r} is missing from the checkpoint "
+                             f"(needed for {config.arch} with {config.n_layers} layers)")
+        value = stripped[hf_name]
+        if transpose:
+            value = value.T
+        want = expected[ours].shape
+        if tuple(value.shape) != tuple(want):
+            shown = tuple(value.T.shape) if transpose else tuple(value.shape)
+            raise ValueError(f"{path}: tensor {hf_name!r} has shape {shown}, expected "
+                             f"{tuple(want[::-1]) if transpose else tuple(want)} from config.json")
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            raise ValueError(f"{path}: tensor {hf_name!r} has dtype {value.dtype}; expected floating point")
+        flat[ours] = value.astype(dtype) if dtype is not None else value
+    extra = sorted(n for n in stripped if n not in mapping and not n.endswith(family.IGNORED_TENSORS)
+                   and not (config.tie_embeddings and n == "lm_head.weight"))
+    if extra:
+        raise ValueError(f"{path}: the checkpoint has tensors jetjax does not use for {config.arch}: "
+                         f"{extra[:5]}{' ...' if len(extra) > 5 else ''}; it may be a different variant")
+    return nest(flat)
+
+
+def _load_tokenizer(path: Path):
+    from tokenizers import Tokenizer
+
+    if (path / "tokenizer.json").is_file():
+        return Tokenizer.from_file(str(path / "tokenizer.json"))
+    vocab, merges = path / "vocab.json", path / "merges.txt"
+    if vocab.is_file() and merges.is_file():
+        from tokenizers import decoders, models, pre_tokenizers
+
+        tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+    return None
+

@@ -1,0 +1,146 @@
+"""GPT-2 (``GPT2LMHeadModel``): learned positions, pre-LayerNorm blocks, tied unembedding.
+
+HF stores GPT-2's projections as ``Conv1D`` with weights ``(in, out)`` used as ``x @ W + b``:
+they map onto :class:`~jetjax.models.base.Linear` kernels unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax.numpy as jnp
+from flax import nnx
+
+from jetjax.models.base import (ACTIVATIONS, LayerNorm, Linear, ModelConfig, ResidualModule,
+                                causal_attention, compute_dtype_for)
+
+MODEL_TYPES = ("gpt2",)
+
+# config.json keys, the penzai way: what we read, what carries no meaning for the computation,
+# and keys that are fine only at one value.
+HANDLED_KEYS = {
+    "model_type", "architectures", "n_embd", "n_layer", "n_head", "n_inner", "n_positions", "n_ctx",
+    "vocab_size", "activation_function", "layer_norm_epsilon", "scale_attn_weights",
+    "scale_attn_by_inverse_layer_idx", "tie_word_embeddings",
+}
+IGNORED_KEYS = {
+    # dropout and initialisation (training only), output heads of other task classes,
+    # numerics-only switches
+    "attn_pdrop", "embd_pdrop", "resid_pdrop", "initializer_range", "summary_activation",
+    "summary_first_dropout", "summary_proj_to_labels", "summary_type", "summary_use_proj",
+    "reorder_and_upcast_attn", "use_cache",
+}
+REQUIRED_VALUES = {"add_cross_attention": False}
+
+
+def config_from_hf(cfg: dict) -> ModelConfig:
+    d = int(cfg.get("n_embd", 768))
+    n_heads = int(cfg.get("n_head", 12))
+    if d % n_heads:
+        raise ValueError(f"n_embd={d} is not divisible by n_head={n_heads}")
+    n_positions = int(cfg.get("n_positions", cfg.get("n_ctx", 1024)))
+    act = cfg.get("activation_function", "gelu_new")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation_function {act!r}; supported: {sorted(ACTIVATIONS)}")
+    n_inner = cfg.get("n_inner")
+    return ModelConfig(
+        arch="gpt2",
+        n_layers=int(cfg.get("n_layer", 12)),
+        d_model=d,
+        n_heads=n_heads,
+        d_head=d // n_heads,
+        d_mlp=int(n_inner) if n_inner is not None else 4 * d,
+        vocab_size=int(cfg.get("vocab_size", 50257)),
+        n_positions=n_positions,
+        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        activation=act,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        attn_scale=bool(cfg.get("scale_attn_weights", True)),
+        attn_scale_by_layer=bool(cfg.get("scale_attn_by_inverse_layer_idx", False)),
+    )
+
+
+class Attention(nnx.Module):
+    def __init__(self, c: ModelConfig, dtype):
+        self.c_attn = Linear(c.d_model, 3 * c.d_model, dtype=dtype)  # 'D,3D': q | k | v
+        self.c_proj = Linear(c.d_model, c.d_model, dtype=dtype)
+
+
+class MLP(nnx.Module):
+    def __init__(self, c: ModelConfig, dtype):
+        self.c_fc = Linear(c.d_model, c.d_mlp, dtype=dtype)
+        self.c_proj = Linear(c.d_mlp, c.d_model, dtype=dtype)
+
+
+class Block(nnx.Module):
+    def __init__(self, c: ModelConfig, dtype):
+        self.ln_1 = LayerNorm(c.d_model, eps=c.norm_eps, dtype=dtype)
+        self.attn = Attention(c, dtype)
+        self.ln_2 = LayerNorm(c.d_model, eps=c.norm_eps, dtype=dtype)
+        self.mlp = MLP(c, dtype)
+
+
+class GPT2(ResidualModule):
+    def __init__(self, config: ModelConfig, dtype=jnp.float32):
+        c = self.config = config
+        self.wte = nnx.Param(jnp.zeros((c.vocab_size, c.d_model), dtype))   # 'VD'
+        self.wpe = nnx.Param(jnp.zeros((c.n_positions, c.d_model), dtype))  # 'PD'
+        self.h = nnx.List([Block(c, dtype) for _ in range(c.n_layers)])
+        self.ln_f = LayerNorm(c.d_model, eps=c.norm_eps, dtype=dtype)
+        self.lm_head = None if c.tie_embeddings else Linear(c.d_model, c.vocab_size, bias=False, dtype=dtype)
+
+    def token_embed(self, ids):
+        wte = self.wte[...]
+        return wte[ids].astype(compute_dtype_for(wte.dtype))
+
+    def embed(self, ids):
+        wpe = self.wpe[...]
+        positions = wpe[: ids.shape[-1]].astype(compute_dtype_for(wpe.dtype))
+        return self.token_embed(ids) + positions
+
+    def attn(self, layer, h):
+        c, block = self.config, self.h[layer]
+        x = block.ln_1(h)
+        qkv = block.attn.c_attn(x)
+        q, k, v = (part.reshape(*part.shape[:-1], c.n_heads, c.d_head)
+                   for part in jnp.split(qkv, 3, axis=-1))
+        scale = 1.0 / np.sqrt(c.d_head) if c.attn_scale else 1.0
+        if c.attn_scale_by_layer:
+            scale /= layer + 1
+        out = causal_attention(q, k, v, scale=scale)
+        return block.attn.c_proj(out.reshape(*out.shape[:-2], c.d_model))
+
+    def mlp(self, layer, h):
+        block = self.h[layer]
+        x = block.mlp.c_fc(block.ln_2(h))
+        return block.mlp.c_proj(ACTIVATIONS[self.config.activation](x))
+
+    def final_norm(self, h):
+        return self.ln_f(h)
+
+    def unembed(self, x):
+        if self.lm_head is not None:
+            return self.lm_head(x)
+        return x @ self.wte[...].astype(x.dtype).T
+
+
+def weight_map(c: ModelConfig) -> dict[str, tuple[tuple, bool]]:
+    """HF tensor name (without the ``transformer.`` prefix) -> (our param path, transpose?)."""
+    m = {"wte.weight": (("wte",), False), "wpe.weight": (("wpe",), False),
+         "ln_f.weight": (("ln_f", "scale"), False), "ln_f.bias": (("ln_f", "bias"), False)}
+    for i in range(c.n_layers):
+        for ln in ("ln_1", "ln_2"):
+            m[f"h.{i}.{ln}.weight"] = (("h", i, ln, "scale"), False)
+            m[f"h.{i}.{ln}.bias"] = (("h", i, ln, "bias"), False)
+        for sub, lins in (("attn", ("c_attn", "c_proj")), ("mlp", ("c_fc", "c_proj"))):
+            for lin in lins:
+                m[f"h.{i}.{sub}.{lin}.weight"] = (("h", i, sub, lin, "kernel"), False)
+                m[f"h.{i}.{sub}.{lin}.bias"] = (("h", i, sub, lin, "bias"), False)
+    if not c.tie_embeddings:
+        m["lm_head.weight"] = (("lm_head", "kernel"), True)  # torch Linear: (out, in)
+    return m
+
+
+# HF names that are buffers or prefixes rather than weights of ours.
+STRIP_PREFIXES = ("transformer.",)
+IGNORED_TENSORS = (".attn.bias", ".attn.masked_bias")
+MODULE = GPT2
