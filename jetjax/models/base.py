@@ -89,7 +89,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 def compute_dtype_for(param_dtype) -> jnp.dtype:
     """Activations are float32 for float32/bf16/fp16 weights, float64 for float64 weights."""
-    return jnp.promote_types(param_dtype, jnp.float32)
+    return jnp.dtype(jnp.float64 if jnp.dtype(param_dtype) == jnp.float64 else jnp.float32)
 
 
 def layer_norm(x: Array, scale: Array | None, bias: Array | None, eps: float) -> Array:
@@ -350,10 +350,8 @@ class Model:
 
 
 def _compute_dtype(params) -> jnp.dtype:
-    dtype = jnp.float32
-    for x in jax.tree_util.tree_leaves(params):
-        dtype = jnp.promote_types(dtype, compute_dtype_for(x.dtype))
-    return jnp.dtype(dtype)
+    dtypes = {compute_dtype_for(x.dtype) for x in jax.tree_util.tree_leaves(params)}
+    return jnp.dtype(jnp.float64) if jnp.dtype(jnp.float64) in dtypes else jnp.dtype(jnp.float32)
 
 
 def abstract_params(module_fn: Callable[[], ResidualModule]):

@@ -1,0 +1,62 @@
+"""Test set-up: 4 fake CPU devices and strict dtype promotion on every run.
+
+Tiny random HF checkpoints are built with transformers + CPU torch into temp dirs (no hub access).
+"""
+
+import os
+
+# Must happen before jax initialises its backend.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+# Odd / prime sizes so that a transposed axis cannot pass by accident.
+GPT2_CONFIGS = {
+    "prime": dict(n_embd=28, n_layer=3, n_head=4, vocab_size=37, n_positions=23),
+    "odd_mlp": dict(n_embd=30, n_layer=4, n_head=5, n_inner=53, vocab_size=41, n_positions=19,
+                    activation_function="gelu", layer_norm_epsilon=1e-6),
+    "untied_scaled": dict(n_embd=24, n_layer=3, n_head=3, vocab_size=31, n_positions=17,
+                          activation_function="relu", tie_word_embeddings=False,
+                          scale_attn_by_inverse_layer_idx=True),
+}
+
+
+def make_gpt2_checkpoint(directory, seed=0, dtype=None, **overrides):
+    """Save a random-init GPT2LMHeadModel (float32 unless ``dtype``) into ``directory``."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(bos_token_id=0, eos_token_id=0, **overrides)
+    model = GPT2LMHeadModel(cfg).eval()
+    # Default init leaves LayerNorms at identity and biases at zero: randomise them so a
+    # mis-mapped norm or bias cannot pass.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(directory)
+    return model
+
+
+@pytest.fixture(scope="session")
+def gpt2_checkpoints(tmp_path_factory):
+    """{name: (directory, torch model)} for every config in GPT2_CONFIGS."""
+    out = {}
+    for i, (name, cfg) in enumerate(GPT2_CONFIGS.items()):
+        d = tmp_path_factory.mktemp(f"gpt2_{name}")
+        out[name] = (d, make_gpt2_checkpoint(d, seed=i, **cfg))
+    return out
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
