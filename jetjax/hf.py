@@ -15,11 +15,8 @@ from types import ModuleType
 import jax
 import jax.numpy as jnp
 
-from jetjax.models import gpt2
+from jetjax.models import FAMILIES
 from jetjax.models.base import Model, abstract_params, nest
-
-# model_type -> family module (one file per family under jetjax/models/).
-FAMILIES: dict[str, ModuleType] = {t: fam for fam in (gpt2,) for t in fam.MODEL_TYPES}
 
 # config.json keys that describe the file, the tokenizer or generation, never the computation.
 METADATA_KEYS = {

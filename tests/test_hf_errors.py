@@ -1,0 +1,183 @@
+"""Bad checkpoints and bad inputs fail with specific, readable errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jetjax as jj
+from tests.conftest import GPT2_CONFIGS
+
+
+@pytest.fixture
+def ckpt(gpt2_checkpoints, tmp_path):
+    """A private copy of a good checkpoint, free to break."""
+    src, _ = gpt2_checkpoints["prime"]
+    dst = tmp_path / "ckpt"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_config(path, **changes):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(changes)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        jj.from_pretrained(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        jj.from_pretrained("./relative/nope")
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        jj.from_pretrained(tmp_path)
+
+
+def test_unsupported_model_type_lists_supported(ckpt):
+    _edit_config(ckpt, model_type="bert")
+    with pytest.raises(ValueError, match=r"model_type 'bert' is not supported; supported model types: .*gpt2"):
+        jj.from_pretrained(ckpt)
+
+
+def test_unknown_semantic_config_key(ckpt):
+    _edit_config(ckpt, use_fancy_attention=True)
+    with pytest.raises(ValueError, match=r"unsupported config key\(s\) for gpt2: \['use_fancy_attention'\]"):
+        jj.from_pretrained(ckpt)
+
+
+def test_unsupported_feature_value(ckpt):
+    _edit_config(ckpt, add_cross_attention=True)
+    with pytest.raises(ValueError, match="add_cross_attention=True"):
+        jj.from_pretrained(ckpt)
+    _edit_config(ckpt, add_cross_attention=False, activation_function="mish")
+    with pytest.raises(ValueError, match="activation_function 'mish'"):
+        jj.from_pretrained(ckpt)
+
+
+def test_metadata_keys_are_ignored(ckpt):
+    _edit_config(ckpt, _name_or_path="somewhere", torch_dtype="float32", pad_token_id=3)
+    assert jj.from_pretrained(ckpt).config.n_layers == 3
+
+
+def test_pickle_only_checkpoint_is_refused(ckpt):
+    os.remove(ckpt / "model.safetensors")
+    (ckpt / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ValueError, match=r"pytorch_model.bin: a pickle.*save_pretrained"):
+        jj.from_pretrained(ckpt)
+
+
+def test_no_weights(ckpt):
+    os.remove(ckpt / "model.safetensors")
+    with pytest.raises(FileNotFoundError, match="has no weights"):
+        jj.from_pretrained(ckpt)
+
+
+def _rewrite_tensors(path, fn):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(path / "model.safetensors"))
+    fn(tensors)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_missing_tensor_is_named(ckpt):
+    _rewrite_tensors(ckpt, lambda t: t.pop("transformer.h.1.mlp.c_fc.weight"))
+    with pytest.raises(ValueError, match=r"tensor 'h.1.mlp.c_fc.weight' is missing"):
+        jj.from_pretrained(ckpt)
+
+
+def test_wrong_shape_is_named(ckpt):
+    def shrink(t):
+        t["transformer.h.2.attn.c_proj.weight"] = t["transformer.h.2.attn.c_proj.weight"][:, :-1].copy()
+    _rewrite_tensors(ckpt, shrink)
+    with pytest.raises(ValueError, match=r"tensor 'h.2.attn.c_proj.weight' has shape \(28, 27\), expected \(28, 28\)"):
+        jj.from_pretrained(ckpt)
+
+
+def test_truncated_safetensors(ckpt):
+    f = ckpt / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        jj.from_pretrained(ckpt)
+    f.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        jj.from_pretrained(ckpt)
+
+
+def test_sharded_checkpoint(gpt2_checkpoints, tmp_path, rng):
+    src, hf = gpt2_checkpoints["prime"]
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert not (tmp_path / "model.safetensors").exists()
+    model = jj.from_pretrained(tmp_path)
+    ids = rng.integers(0, 37, size=8)
+    np.testing.assert_allclose(np.asarray(model.logits(ids)),
+                               np.asarray(jj.from_pretrained(src).logits(ids)), atol=0)
+
+
+def test_bad_token_ids(gpt2_checkpoints):
+    model = jj.from_pretrained(gpt2_checkpoints["prime"][0])
+    n_pos = GPT2_CONFIGS["prime"]["n_positions"]
+    with pytest.raises(ValueError, match=r"token id 37 is out of range for a vocabulary of 37"):
+        model.logits(np.array([1, 2, 37]))
+    with pytest.raises(ValueError, match=r"token id -1 is out of range"):
+        model.residual_stream(np.array([-1, 2]))
+    with pytest.raises(ValueError, match=rf"longer than the model's position table \({n_pos}\)"):
+        model.logits(np.zeros(n_pos + 1, np.int32))
+    with pytest.raises(ValueError, match="T >= 1"):
+        model.logits(np.zeros((0,), np.int32))
+    with pytest.raises(TypeError, match="integers"):
+        model.logits(np.array([0.5, 1.0]))
+    with pytest.raises(TypeError, match="tokenize"):
+        model.logits("hello")
+    with pytest.raises(IndexError, match=r"layer 3 is out of range for a model with 3 layers"):
+        model.attn(3, np.zeros((2, 28), np.float32))
+
+
+def test_tokenizer_from_vocab_and_merges(ckpt):
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(["to be or not to be that is the question"] * 20, vocab_size=300,
+                            min_frequency=1, show_progress=False)
+    tok.save_model(str(ckpt))  # writes vocab.json + merges.txt (no tokenizer.json)
+    vocab = json.loads((ckpt / "vocab.json").read_text())
+    assert len(vocab) > 37
+    _edit_config(ckpt, vocab_size=len(vocab))
+    with pytest.raises(ValueError, match="'wte.weight' has shape"):
+        jj.from_pretrained(ckpt)  # the vocabulary must match the embedding
+    _edit_config(ckpt, vocab_size=37)
+    model = jj.from_pretrained(ckpt)
+    ids = model.tokenize("to be or not")
+    assert ids.dtype == np.int32 and ids.ndim == 1
+    assert model.detokenize(ids) == "to be or not"
+    assert model.tokenizer.encode("to be or not").ids == list(ids)
+
+
+def test_hub_id_offline_gives_clear_error(tmp_path):
+    code = "import jetjax; jetjax.from_pretrained('gpt2')"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode != 0
+    assert "'gpt2' is not a local directory and could not be fetched from the Hugging Face hub" in out.stderr
+
+
+def test_model_without_tokenizer(gpt2_checkpoints):
+    model = jj.from_pretrained(gpt2_checkpoints["prime"][0])
+    with pytest.raises(ValueError, match="no tokenizer files"):
+        model.tokenize("hi")
+
+
+def test_import_does_not_pull_torch_or_transformers():
+    code = ("import sys, jetjax; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
