@@ -77,9 +77,8 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None) -> Model:
                          f"supported model types: {', '.join(supported_model_types())}")
     _check_config_keys(cfg, family, path)
     config = family.config_from_hf(cfg)
-    tensors = _read_tensors(path)
-    params = _build_params(config, family, tensors, path, dtype)
-    skeleton, _ = abstract_params(lambda: family.MODULE(config))
+    skeleton, expected = abstract_params(lambda: family.MODULE(config))
+    params = _build_params(config, family, _read_tensors(path), expected, path, dtype)
     return Model(skeleton, params, tokenizer=_load_tokenizer(path), source=str(src))
 
 
@@ -174,8 +173,8 @@ def _read_tensors(path: Path) -> dict[str, jax.Array]:
     return tensors
 
 
-def _build_params(config, family: ModuleType, tensors: dict, path: Path, dtype) -> dict:
-    _, expected = abstract_params(lambda: family.MODULE(config))
+def _build_params(config, family: ModuleType, tensors: dict, expected: dict, path: Path, dtype) -> dict:
+    """Map HF tensors onto our param paths, checking names and shapes against ``expected``."""
     mapping = family.weight_map(config)
     stripped = {}
     for name, value in tensors.items():

@@ -234,11 +234,7 @@ class Model:
 
     def block(self, layer: int, h, *, params=None) -> Array:
         """The whole-block γ: ``h_{l+1} − h_l`` as a function of ``h_l`` (``l`` = ``layer``)."""
-        m, layer, h = self.module(params), self._layer(layer), self._h(h)
-        a = m.attn(layer, h)
-        if self.config.parallel_residual:
-            return a + m.mlp(layer, h)
-        return a + m.mlp(layer, h + a)
+        return self._block_delta(self.module(params), self._layer(layer), self._h(h))[0]
 
     def final_norm(self, h, *, params=None) -> Array:
         return self.module(params).final_norm(self._h(h))
@@ -286,6 +282,7 @@ class Model:
         return (streams, jnp.stack(mids)) if mid else streams
 
     def _block_delta(self, m: ResidualModule, layer: int, h: Array):
+        """(whole-block delta, attention delta) of layer ``layer`` at stream ``h``."""
         a = m.attn(layer, h)
         if self.config.parallel_residual:
             return a + m.mlp(layer, h), a
