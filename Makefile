@@ -21,7 +21,7 @@ $(STAMP): $(PY) pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests jetjax --doctest-modules
 
 demo: $(STAMP)
 	$(PY) -m jetjax.demo

@@ -1,0 +1,261 @@
+"""Algorithm 1 of the paper: expand a function, a residual branch or the decoder at a set of centres.
+
+``expand(fn, centers, variate, order, weights)`` rewrites ``fn(variate)`` as a weighted sum of jets,
+one per centre, plus an exact remainder::
+
+    fn(variate) = Σ_c w_c · J^k fn(centers[c])(variate) + remainder
+
+On a model, :func:`expand_block` applies it to one residual branch γ of a layer (producing γ terms
+``w_i J^k γ(x_i)(h)`` and identity terms ``w_i J^k id(x_i)(h)``, with ``h`` the true stream that
+branch reads), and :func:`expand_decoder` to ``Dec = unembed ∘ final_norm`` at ``h_L``. Terms of one
+expansion are valid centres of the next, and labels compose (``emb>attn0>mlp2>dec``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jetjax.jet import _check_order, jet
+from jetjax.models.base import Model
+
+__all__ = ["Expansion", "expand", "expand_block", "expand_decoder"]
+
+BRANCHES = ("block", "attn", "mlp", "branches")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Expansion:
+    """Terms of an expansion, stacked along a leading term axis, with their labels and remainder.
+
+    Attributes:
+      terms: pytree whose leaves have a leading axis of length ``len(labels)``; ``terms[i]`` is the
+        (weighted) term labelled ``labels[i]``.
+      remainder: ``target − Σ_i terms[i]``, exact by construction.
+      weights: ``[n_terms]``, the weight each term carries.
+      labels: one path label per term, e.g. ``"emb>attn0>dec"``.
+      order: the jet order used.
+    """
+
+    terms: Any
+    remainder: Any
+    weights: jax.Array
+    labels: tuple[str, ...] = dataclasses.field(metadata=dict(static=True))
+    order: int = dataclasses.field(metadata=dict(static=True))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def total(self):
+        """``Σ_i terms[i]`` (so ``total() + remainder`` is the expanded function's value)."""
+        return jax.tree_util.tree_map(lambda t: jnp.sum(t, axis=0), self.terms)
+
+    def term(self, label: str):
+        """The term with this label."""
+        try:
+            i = self.labels.index(label)
+        except ValueError:
+            raise KeyError(f"no term labelled {label!r}; labels: {list(self.labels)}") from None
+        return jax.tree_util.tree_map(lambda t: t[i], self.terms)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _unpack_centers(centers, labels):
+    if isinstance(centers, Expansion):
+        return centers.terms, tuple(labels) if labels is not None else centers.labels
+    return centers, None if labels is None else tuple(labels)
+
+
+def _n_centers(centers, variate) -> int:
+    c_leaves, c_tree = jax.tree_util.tree_flatten(centers)
+    v_leaves, v_tree = jax.tree_util.tree_flatten(variate)
+    if c_tree != v_tree:
+        raise ValueError(f"centres and variate must have the same structure, got {c_tree} and {v_tree}")
+    sizes = set()
+    for i, (c, v) in enumerate(zip(c_leaves, v_leaves)):
+        c_shape, v_shape = tuple(jnp.shape(c)), tuple(jnp.shape(v))
+        if len(c_shape) != len(v_shape) + 1 or c_shape[1:] != v_shape:
+            raise ValueError(f"centres must be stacked along a leading centre axis: leaf {i} has shape "
+                             f"{c_shape}, expected (n_centers, {', '.join(map(str, v_shape))})")
+        sizes.add(c_shape[0])
+    if len(sizes) != 1:
+        raise ValueError(f"all centre leaves need the same number of centres, got {sorted(sizes)}")
+    n = sizes.pop()
+    if n == 0:
+        raise ValueError("need at least one centre")
+    return n
+
+
+def _weights(weights, n: int, dtype) -> jax.Array:
+    if weights is None:
+        return jnp.full((n,), 1.0 / n, dtype)
+    if isinstance(weights, str):
+        if weights == "uniform":
+            return jnp.full((n,), 1.0 / n, dtype)
+        if weights == "unit":
+            return jnp.ones((n,), dtype)
+        raise ValueError(f"weights must be 'uniform', 'unit' or an array of {n} numbers, got {weights!r}")
+    w = jnp.asarray(weights)
+    if w.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},), one per centre, got {tuple(w.shape)}")
+    if not isinstance(w, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(w))):
+        raise ValueError(f"weights must be finite, got {np.asarray(w).tolist()}")
+    return w.astype(dtype)
+
+
+def _labels(labels, n: int, prefix: str = "c") -> tuple[str, ...]:
+    if labels is None:
+        return tuple(f"{prefix}{i}" for i in range(n))
+    if len(labels) != n:
+        raise ValueError(f"got {len(labels)} labels for {n} centres")
+    return tuple(str(x) for x in labels)
+
+
+def _float_dtype(tree):
+    return jax.tree_util.tree_leaves(tree)[0].dtype
+
+
+def _scale(weights, tree):
+    return jax.tree_util.tree_map(lambda t: weights.reshape((-1,) + (1,) * (t.ndim - 1)) * t, tree)
+
+
+def _jets(fn, centers, variate, order):
+    return jax.vmap(lambda c: jet(fn, c, variate, order))(centers)
+
+
+def _subtract(a, b):
+    return jax.tree_util.tree_map(jnp.subtract, a, b)
+
+
+def expand(fn: Callable, centers, variate, order: int = 0, weights=None, *,
+           labels: Sequence[str] | None = None) -> Expansion:
+    """Expand ``fn(variate)`` at each centre: ``terms[c] = w_c · J^k fn(centers[c])(variate)``.
+
+    Args:
+      fn: a function of one array (or pytree) built from jet-supported operations.
+      centers: the centres stacked along a leading axis (``[C, *variate.shape]``, or a pytree of
+        such arrays), or an :class:`Expansion` whose terms become the centres (and labels).
+      variate: the point where every jet is evaluated (usually the true input of ``fn``).
+      order: the jet order ``k`` (>= 0).
+      weights: ``None``/``"uniform"`` (``1/C`` each, convex, as in the paper), ``"unit"`` (all 1),
+        or ``C`` numbers (any values; differentiable).
+      labels: names of the centres (default: ``c0, c1, ...`` or the Expansion's labels).
+
+    Returns:
+      an :class:`Expansion` with ``C`` terms and ``remainder = fn(variate) − Σ_c terms[c]``.
+
+    Example:
+      >>> import jax.numpy as jnp, jetjax as jj
+      >>> f = lambda v: v ** 2
+      >>> exp = jj.expand(f, jnp.asarray([1.0, 3.0]), jnp.float32(2.0), order=1)
+      >>> [float(t) for t in exp.terms], float(exp.remainder)   # (1 + 2·1)/2, (9 + 6·(−1))/2
+      ([1.5, 1.5], 1.0)
+    """
+    order = _check_order(order)
+    centers, given = _unpack_centers(centers, labels)
+    n = _n_centers(centers, variate)
+    w = _weights(weights, n, _float_dtype(variate))
+    terms = _scale(w, _jets(fn, centers, variate, order))
+    remainder = _subtract(fn(variate), jax.tree_util.tree_map(lambda t: jnp.sum(t, 0), terms))
+    return Expansion(terms, remainder, w, _labels(given, n), order)
+
+
+def _identity_jet(centers, variate, order):
+    """``J^k id(x)(y)``: ``x`` at order 0, ``y`` at any order >= 1."""
+    if order == 0:
+        return centers
+    return jnp.broadcast_to(variate, centers.shape)
+
+
+def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights=None, *,
+                 branch: str = "block", labels: Sequence[str] | None = None, streams=None) -> Expansion:
+    """Algorithm 1 at a residual branch of layer ``layer`` (0-based).
+
+    The branch's γ is jetted at each centre ``x_i`` and evaluated at the stream the branch really
+    reads; the skip connection contributes identity terms. For centres ``x_1..x_C`` the result has
+    the terms ``w_i J^k γ(x_i)(h)`` (labelled ``"<label_i>>attn3"`` etc.) followed by
+    ``w_i J^k id(x_i)(h)`` (labelled ``"<label_i>"``), and
+    ``remainder = (stream after the branch) − Σ terms``.
+
+    Args:
+      model: the model; ``ids`` its token ids (``[..., T]``).
+      layer: which layer.
+      centers: ``[C, ..., T, d]`` arrays (or an :class:`Expansion` of streams).
+      order, weights, labels: as in :func:`expand`.
+      branch: ``"block"`` (the whole-layer γ, ``h_l -> h_{l+1}``), ``"attn"`` (``h_l -> h_mid``),
+        ``"mlp"`` (``h_mid -> h_{l+1}``; sequential blocks only) or ``"branches"`` (attention and MLP
+        jetted separately at the same centres, for parallel-residual blocks whose branches both
+        read ``h_l``).
+      streams: optional ``model.residual_stream(ids, mid=True)`` to reuse.
+
+    Example (centres: the embedding and the first block's own contribution):
+      >>> exp = jj.expand_block(model, ids, 1, jnp.stack([h[0], h[1] - h[0]]), order=1,
+      ...                       labels=["emb", "block0"])                     # doctest: +SKIP
+      >>> exp.labels                                                          # doctest: +SKIP
+      ('emb>block1', 'block0>block1', 'emb', 'block0')
+    """
+    order = _check_order(order)
+    if branch not in BRANCHES:
+        raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+    layer = model._layer(layer)
+    parallel = model.config.parallel_residual
+    if branch == "mlp" and parallel:
+        raise ValueError("branch='mlp' needs a sequential block; in a parallel-residual model both branches "
+                         "read h_l: use branch='branches' (or 'block')")
+    if branch == "branches" and not parallel:
+        raise ValueError("branch='branches' is for parallel-residual models; expand a sequential block "
+                         "with branch='attn' then branch='mlp' (or 'block')")
+    h, mids = streams if streams is not None else model.residual_stream(ids, mid=True)
+    centers, given = _unpack_centers(centers, labels)
+    variate = mids[layer] if branch == "mlp" else h[layer]
+    target = mids[layer] if branch == "attn" else h[layer + 1]
+    n = _n_centers(centers, variate)
+    names = _labels(given, n)
+    w = _weights(weights, n, variate.dtype)
+
+    gammas = {"block": [("block", model.block)], "attn": [("attn", model.attn)],
+              "mlp": [("mlp", model.mlp)], "branches": [("attn", model.attn), ("mlp", model.mlp)]}[branch]
+    parts, out_labels = [], []
+    for name, fn in gammas:
+        parts.append(_scale(w, _jets(lambda x, fn=fn: fn(layer, x), centers, variate, order)))
+        out_labels += [f"{lab}>{name}{layer}" for lab in names]
+    parts.append(_scale(w, _identity_jet(centers, variate, order)))
+    out_labels += list(names)
+    terms = jnp.concatenate(parts, axis=0)
+    weights_out = jnp.concatenate([w] * len(parts))
+    return Expansion(terms, target - jnp.sum(terms, 0), weights_out, tuple(out_labels), order)
+
+
+def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
+                   labels: Sequence[str] | None = None, streams=None) -> Expansion:
+    """Algorithm 1 at the decoder (the paper's ``l = L + 1``): ``w_i J^k Dec(x_i)(h_L)``.
+
+    ``Dec = unembed ∘ final_norm``; since the unembedding is linear, the jet is taken of the final
+    norm alone and the unembedding applied to each term (the same result, without Taylor series
+    of vocabulary size). Terms are logits ``[C, ..., T, V]`` labelled ``"<label_i>>dec"``;
+    ``remainder = logits − Σ terms``.
+
+    Example (order 0 at the stream ``h_1`` with weight 1 is the logit lens at layer 1):
+      >>> h = model.residual_stream(ids)                                     # doctest: +SKIP
+      >>> lens = jj.expand_decoder(model, ids, h[1:2], order=0, weights="unit", labels=["h1"])  # doctest: +SKIP
+      >>> lens.labels                                                        # doctest: +SKIP
+      ('h1>dec',)
+    """
+    order = _check_order(order)
+    h = streams[0] if isinstance(streams, tuple) else streams
+    if h is None:
+        h = model.residual_stream(ids)
+    centers, given = _unpack_centers(centers, labels)
+    variate = h[-1]
+    n = _n_centers(centers, variate)
+    w = _weights(weights, n, variate.dtype)
+    normed = _scale(w, _jets(model.final_norm, centers, variate, order))
+    terms = model.unembed(normed)
+    logits = model.decode(variate)
+    return Expansion(terms, logits - jnp.sum(terms, 0), w, tuple(f"{lab}>dec" for lab in _labels(given, n)), order)
