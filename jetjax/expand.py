@@ -23,7 +23,7 @@ import numpy as np
 from jetjax.jet import _check_order, jet
 from jetjax.models.base import Model
 
-__all__ = ["Expansion", "expand", "expand_block", "expand_decoder"]
+__all__ = ["Expansion", "expand", "expand_block", "expand_decoder", "expand_all"]
 
 BRANCHES = ("block", "attn", "mlp", "branches")
 
@@ -259,3 +259,50 @@ def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
     terms = model.unembed(normed)
     logits = model.decode(variate)
     return Expansion(terms, logits - jnp.sum(terms, 0), w, tuple(f"{lab}>dec" for lab in _labels(given, n)), order)
+
+
+GRANULARITIES = ("block", "branch")
+
+
+def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block", weights: str = "unit",
+               streams=None) -> Expansion:
+    """Algorithm 2: every input→output path of the model, plus the remainder.
+
+    Algorithm 1 is applied to each layer in turn, the centres of layer ``l`` being all the terms
+    produced so far (each distinct path prefix is therefore computed once, batched along the term
+    axis: about ``2^L`` block evaluations at order 0), and finally to the decoder.
+
+    * ``granularity="block"``: one γ per layer: ``2^L`` paths, labelled e.g. ``"emb>block0>block2>dec"``.
+    * ``granularity="branch"``: attention and MLP as separate γs: ``4^L = 2^(2L)`` paths for
+      sequential blocks (``"emb>attn0>mlp1>dec"``); ``3^L`` for parallel-residual blocks, whose two
+      branches read the same stream and so cannot follow each other within a layer.
+    * ``weights="unit"`` (each expansion's weights are 1; at order 0 every path is then the plain
+      composition of its components) or ``"uniform"`` (``1/C`` at each expansion, as the paper).
+
+    Returns an :class:`Expansion` of logits ``[P, ..., T, V]`` with ``remainder = logits − Σ paths``.
+    This holds all paths' logits in memory: meant for shallow models and small vocabularies.
+
+    Example:
+      >>> paths = jj.expand_all(model, ids, granularity="block")    # doctest: +SKIP
+      >>> len(paths), paths.labels[0], paths.labels[-1]              # doctest: +SKIP
+      (8, 'emb>block0>block1>block2>dec', 'emb>dec')
+    """
+    order = _check_order(order)
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if weights not in ("unit", "uniform"):
+        raise ValueError(f"weights must be 'unit' or 'uniform' for expand_all, got {weights!r}")
+    ids = model.check_ids(ids)
+    streams = streams if streams is not None else model.residual_stream(ids, mid=True)
+    if granularity == "block":
+        branches = ["block"]
+    elif model.config.parallel_residual:
+        branches = ["branches"]
+    else:
+        branches = ["attn", "mlp"]
+    current = Expansion(streams[0][0][None], jnp.zeros_like(streams[0][0]),
+                        jnp.ones((1,), streams[0].dtype), ("emb",), order)
+    for layer in range(model.config.n_layers):
+        for branch in branches:
+            current = expand_block(model, ids, layer, current, order, weights, branch=branch, streams=streams)
+    return expand_decoder(model, ids, current, order, weights, streams=streams)

@@ -245,3 +245,34 @@ def test_bad_input(gpt2, rng):
         jj.expand_decoder(model, ids, h[:2], 0).term("zzz")
 
 
+
+
+def _path_by_hand(model, ids, label):
+    """A path's logits recomputed from scratch: apply the components its label names, in order."""
+    x = model.embed(ids)
+    for step in label.split(">")[1:-1]:
+        kind, layer = step.rstrip("0123456789"), int(step[len(step.rstrip("0123456789")):])
+        x = {"block": model.block, "attn": model.attn, "mlp": model.mlp}[kind](layer, x)
+    return model.decode(x)
+
+
+@pytest.mark.parametrize("granularity,n_paths", [("block", 8), ("branch", 64)])
+def test_expand_all_paths(gpt2, rng, granularity, n_paths):
+    model, hf = gpt2
+    ids = rng.integers(0, 37, size=6)
+    hf_logits = _hf_logits(hf, ids)
+    paths = jj.expand_all(model, ids, order=0, granularity=granularity)
+    assert len(paths) == n_paths == len(set(paths.labels))
+    assert paths.terms.shape == (n_paths, 6, 37)
+    assert all(lab.startswith("emb>") and lab.endswith(">dec") for lab in paths.labels)
+    np.testing.assert_allclose(np.asarray(paths.total() + paths.remainder), hf_logits, atol=1e-4)
+    for label, term in zip(paths.labels, paths.terms):
+        np.testing.assert_allclose(np.asarray(term), np.asarray(_path_by_hand(model, ids, label)),
+                                   atol=1e-4, err_msg=label)
+    # other orders and convex weights: still an exact decomposition
+    for order, weights in [(1, "uniform"), (2, "unit")]:
+        other = jj.expand_all(model, ids, order=order, granularity=granularity, weights=weights)
+        assert other.labels == paths.labels
+        np.testing.assert_allclose(np.asarray(other.total() + other.remainder), hf_logits, atol=1e-4)
+    with pytest.raises(ValueError, match="granularity"):
+        jj.expand_all(model, ids, granularity="layer")
