@@ -23,7 +23,7 @@ import numpy as np
 from jetjax.jet import _check_order, jet
 from jetjax.models.base import Model
 
-__all__ = ["Expansion", "expand", "expand_block", "expand_decoder", "expand_all"]
+__all__ = ["Expansion", "expand", "expand_block", "expand_decoder", "expand_all", "count_paths"]
 
 BRANCHES = ("block", "attn", "mlp", "branches")
 
@@ -174,7 +174,8 @@ def _identity_jet(centers, variate, order):
 
 
 def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights=None, *,
-                 branch: str = "block", labels: Sequence[str] | None = None, streams=None) -> Expansion:
+                 branch: str = "block", labels: Sequence[str] | None = None, streams=None,
+                 gamma_centers: dict[str, Sequence[int]] | None = None) -> Expansion:
     """Algorithm 1 at a residual branch of layer ``layer`` (0-based).
 
     The branch's γ is jetted at each centre ``x_i`` and evaluated at the stream the branch really
@@ -193,6 +194,9 @@ def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights
         jetted separately at the same centres, for parallel-residual blocks whose branches both
         read ``h_l``).
       streams: optional ``model.residual_stream(ids, mid=True)`` to reuse.
+      gamma_centers: ``{"attn": [0, 2], ...}``: expand that γ only at these centre indices (the
+        others keep their identity term; what their γ terms would have carried goes to the
+        remainder). Default: every γ at every centre. Used by path filters.
 
     Example (centres: the embedding and the first block's own contribution):
       >>> exp = jj.expand_block(model, ids, 1, jnp.stack([h[0], h[1] - h[0]]), order=1,
@@ -221,14 +225,19 @@ def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights
 
     gammas = {"block": [("block", model.block)], "attn": [("attn", model.attn)],
               "mlp": [("mlp", model.mlp)], "branches": [("attn", model.attn), ("mlp", model.mlp)]}[branch]
-    parts, out_labels = [], []
+    parts, out_labels, out_weights = [], [], []
     for name, fn in gammas:
-        parts.append(_scale(w, _jets(lambda x, fn=fn: fn(layer, x), centers, variate, order)))
-        out_labels += [f"{lab}>{name}{layer}" for lab in names]
+        sel = np.arange(n) if gamma_centers is None else np.asarray(gamma_centers.get(name, []), int)
+        if sel.size == 0:
+            continue
+        parts.append(_scale(w[sel], _jets(lambda x, fn=fn: fn(layer, x), centers[sel], variate, order)))
+        out_labels += [f"{names[i]}>{name}{layer}" for i in sel]
+        out_weights.append(w[sel])
     parts.append(_scale(w, _identity_jet(centers, variate, order)))
     out_labels += list(names)
+    out_weights.append(w)
     terms = jnp.concatenate(parts, axis=0)
-    weights_out = jnp.concatenate([w] * len(parts))
+    weights_out = jnp.concatenate(out_weights)
     return Expansion(terms, target - jnp.sum(terms, 0), weights_out, tuple(out_labels), order)
 
 
@@ -264,8 +273,38 @@ def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
 GRANULARITIES = ("block", "branch")
 
 
+def _components_per_step(model: Model, granularity: str):
+    """The expansion steps of Algorithm 2: per layer, the branch mode and its component names."""
+    steps = []
+    for layer in range(model.config.n_layers):
+        if granularity == "block":
+            steps.append((layer, "block", ["block"]))
+        elif model.config.parallel_residual:
+            steps.append((layer, "branches", ["attn", "mlp"]))
+        else:
+            steps += [(layer, "attn", ["attn"]), (layer, "mlp", ["mlp"])]
+    return steps
+
+
+def _path_length(label: str) -> int:
+    return label.count(">")  # components after "emb" (before the final ">dec")
+
+
+def _component_filter(include, exclude, attention_free):
+    include = None if include is None else set(include)
+    exclude = set(exclude or ())
+
+    def allowed(component: str) -> bool:
+        if attention_free and component.startswith("attn"):
+            return False
+        return component not in exclude and (include is None or component in include)
+
+    return allowed
+
+
 def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block", weights: str = "unit",
-               streams=None) -> Expansion:
+               include: Sequence[str] | None = None, exclude: Sequence[str] = (),
+               max_length: int | None = None, attention_free: bool = False, streams=None) -> Expansion:
     """Algorithm 2: every input→output path of the model, plus the remainder.
 
     Algorithm 1 is applied to each layer in turn, the centres of layer ``l`` being all the terms
@@ -278,6 +317,10 @@ def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block",
       branches read the same stream and so cannot follow each other within a layer.
     * ``weights="unit"`` (each expansion's weights are 1; at order 0 every path is then the plain
       composition of its components) or ``"uniform"`` (``1/C`` at each expansion, as the paper).
+    * Filters (paths they drop are not computed; what they carried goes to the remainder):
+      ``include`` / ``exclude`` component names (``"attn0"``, ``"mlp3"``, ``"block2"``),
+      ``max_length`` (at most this many components per path), ``attention_free`` (no ``attn*``).
+      :func:`count_paths` gives the number of paths without computing them.
 
     Returns an :class:`Expansion` of logits ``[P, ..., T, V]`` with ``remainder = logits − Σ paths``.
     This holds all paths' logits in memory: meant for shallow models and small vocabularies.
@@ -290,19 +333,64 @@ def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block",
     order = _check_order(order)
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    if weights not in ("unit", "uniform"):
+    if not isinstance(weights, str) or weights not in ("unit", "uniform"):
         raise ValueError(f"weights must be 'unit' or 'uniform' for expand_all, got {weights!r}")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0):
+        raise ValueError(f"max_length must be a non-negative int or None, got {max_length!r}")
     ids = model.check_ids(ids)
     streams = streams if streams is not None else model.residual_stream(ids, mid=True)
-    if granularity == "block":
-        branches = ["block"]
-    elif model.config.parallel_residual:
-        branches = ["branches"]
-    else:
-        branches = ["attn", "mlp"]
+    allowed = _component_filter(include, exclude, attention_free)
     current = Expansion(streams[0][0][None], jnp.zeros_like(streams[0][0]),
                         jnp.ones((1,), streams[0].dtype), ("emb",), order)
-    for layer in range(model.config.n_layers):
-        for branch in branches:
-            current = expand_block(model, ids, layer, current, order, weights, branch=branch, streams=streams)
+    for layer, branch, names in _components_per_step(model, granularity):
+        short = [i for i, lab in enumerate(current.labels)
+                 if max_length is None or _path_length(lab) < max_length]
+        select = {name: short if allowed(f"{name}{layer}") else [] for name in names}
+        current = expand_block(model, ids, layer, current, order, weights, branch=branch, streams=streams,
+                               gamma_centers=select)
     return expand_decoder(model, ids, current, order, weights, streams=streams)
+
+
+def count_paths(n_layers: int, granularity: str = "block", *, parallel_residual: bool = False,
+                include: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                max_length: int | None = None, attention_free: bool = False) -> int:
+    """How many paths :func:`expand_all` produces, without computing them.
+
+    A path is an ordered choice of components, at most one per expansion step:
+
+    * ``"block"``: steps ``block0..block{L-1}``, each taken or not: ``2^L`` paths;
+    * ``"branch"``, sequential blocks: steps ``attn0, mlp0, attn1, ...``: ``2^(2L) = 4^L``;
+    * ``"branch"``, parallel-residual blocks: per layer none, ``attn`` or ``mlp``: ``3^L``.
+
+    With ``max_length = m`` only paths of at most ``m`` components count (for the first two cases
+    ``Σ_{j≤m} C(n, j)`` with ``n`` the number of allowed components); filters remove components.
+    The jet order does not change the count (each expansion yields one term per centre and γ).
+
+    Example:
+      >>> from jetjax import count_paths
+      >>> count_paths(12), count_paths(12, "branch"), count_paths(3, "branch", parallel_residual=True)
+      (4096, 16777216, 27)
+      >>> count_paths(12, "branch", attention_free=True, max_length=2)  # 1 + 12 + C(12, 2)
+      79
+    """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    allowed = _component_filter(include, exclude, attention_free)
+    # by_length[j] = number of path prefixes with j components
+    by_length = [1]
+    for layer in range(n_layers):
+        if granularity == "block":
+            options = [["block"]]
+        elif parallel_residual:
+            options = [["attn", "mlp"]]
+        else:
+            options = [["attn"], ["mlp"]]
+        for names in options:
+            k = sum(allowed(f"{name}{layer}") for name in names)
+            nxt = by_length + [0]
+            for j, count in enumerate(by_length):
+                nxt[j + 1] += k * count
+            by_length = nxt
+    if max_length is not None:
+        by_length = by_length[: max_length + 1]
+    return int(sum(by_length))

@@ -1,5 +1,6 @@
-"""Algorithm 1: generic expansions, block and decoder expansions, on toy nets and GPT-2."""
+"""Algorithms 1 and 2: generic, block and decoder expansions and all paths, on toy nets and GPT-2."""
 
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -276,3 +277,62 @@ def test_expand_all_paths(gpt2, rng, granularity, n_paths):
         np.testing.assert_allclose(np.asarray(other.total() + other.remainder), hf_logits, atol=1e-4)
     with pytest.raises(ValueError, match="granularity"):
         jj.expand_all(model, ids, granularity="layer")
+    with pytest.raises(ValueError, match="max_length must be a non-negative int"):
+        jj.expand_all(model, ids, max_length=-1)
+    with pytest.raises(ValueError, match="'unit' or 'uniform'"):
+        jj.expand_all(model, ids, weights=jnp.ones(2))
+
+
+@pytest.mark.parametrize("granularity,filters", [
+    ("block", {}), ("branch", {}), ("block", {"max_length": 1}), ("branch", {"attention_free": True}),
+    ("branch", {"max_length": 2, "exclude": ["mlp1"]}), ("branch", {"include": ["attn0", "mlp2", "mlp0"]}),
+])
+def test_filters_and_path_counts(gpt2, rng, granularity, filters):
+    model, hf = gpt2
+    ids = rng.integers(0, 37, size=5)
+    paths = jj.expand_all(model, ids, granularity=granularity, **filters)
+    assert len(paths) == jj.count_paths(3, granularity, **filters)
+    # every path respects the filters, and enumerating by hand finds the same label set
+    steps = [f"block{l}" for l in range(3)] if granularity == "block" else \
+        [f"{b}{l}" for l in range(3) for b in ("attn", "mlp")]
+    expected = set()
+    for r in range(len(steps) + 1):
+        for combo in itertools.combinations(steps, r):
+            if filters.get("attention_free") and any(c.startswith("attn") for c in combo):
+                continue
+            if any(c in filters.get("exclude", ()) for c in combo):
+                continue
+            if "include" in filters and any(c not in filters["include"] for c in combo):
+                continue
+            if "max_length" in filters and r > filters["max_length"]:
+                continue
+            expected.add(">".join(["emb", *combo, "dec"]))
+    assert set(paths.labels) == expected
+    np.testing.assert_allclose(np.asarray(paths.total() + paths.remainder), _hf_logits(hf, ids), atol=1e-4)
+    for label, term in zip(paths.labels, paths.terms):  # filtered paths are still the plain compositions
+        np.testing.assert_allclose(np.asarray(term), np.asarray(_path_by_hand(model, ids, label)), atol=1e-4)
+
+
+def test_parallel_path_count(rng):
+    from jetjax.models import ModelConfig, random_model
+
+    cfg = ModelConfig(arch="gpt2", n_layers=3, d_model=12, n_heads=3, d_head=4, d_mlp=20, vocab_size=13,
+                      n_positions=8, norm_eps=1e-5, activation="gelu_new", parallel_residual=True)
+    model = random_model(cfg, seed=4, scale=0.3)
+    ids = rng.integers(0, 13, size=4)
+    paths = jj.expand_all(model, ids, granularity="branch")
+    assert len(paths) == 27 == jj.count_paths(3, "branch", parallel_residual=True)
+    np.testing.assert_allclose(np.asarray(paths.total() + paths.remainder), np.asarray(model.logits(ids)), atol=1e-5)
+    assert jj.count_paths(3, "branch", parallel_residual=True, max_length=1) == 7
+
+
+def test_count_paths_formulas():
+    from math import comb
+
+    for L in range(1, 7):
+        assert jj.count_paths(L) == 2 ** L
+        assert jj.count_paths(L, "branch") == 4 ** L
+        assert jj.count_paths(L, "branch", parallel_residual=True) == 3 ** L
+        assert jj.count_paths(L, "branch", max_length=2) == sum(comb(2 * L, j) for j in range(3))
+    with pytest.raises(ValueError, match="granularity"):
+        jj.count_paths(3, "layer")
