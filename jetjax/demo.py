@@ -37,8 +37,8 @@ def main(argv=None):
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, size=args.seq)
     t0 = time.perf_counter()
     streams = model.residual_stream(ids)
-    logits = model.logits(ids)
     h_last = streams[-1]
+    logits = model.decode(h_last)  # the model's logits, without a second forward pass
 
     lens = jax.jit(lambda centre, order: jj.jet(model.decode, centre, h_last, order), static_argnums=1)
     print(f"{model}\nprompt: {args.seq} random token ids\n")

@@ -53,7 +53,7 @@ class Expansion:
 
     def total(self):
         """``Σ_i terms[i]`` (so ``total() + remainder`` is the expanded function's value)."""
-        return jax.tree_util.tree_map(lambda t: jnp.sum(t, axis=0), self.terms)
+        return _sum_terms(self.terms)
 
     def term(self, label: str):
         """The term with this label."""
@@ -65,6 +65,10 @@ class Expansion:
 
 
 # ---------------------------------------------------------------------------------------------
+
+def _sum_terms(terms):
+    return jax.tree_util.tree_map(lambda t: jnp.sum(t, axis=0), terms)
+
 
 def _unpack_centers(centers, labels):
     if isinstance(centers, Expansion):
@@ -93,11 +97,9 @@ def _n_centers(centers, variate) -> int:
 
 
 def _weights(weights, n: int, dtype) -> jax.Array:
-    if weights is None:
+    if weights is None or (isinstance(weights, str) and weights == "uniform"):
         return jnp.full((n,), 1.0 / n, dtype)
     if isinstance(weights, str):
-        if weights == "uniform":
-            return jnp.full((n,), 1.0 / n, dtype)
         if weights == "unit":
             return jnp.ones((n,), dtype)
         raise ValueError(f"weights must be 'uniform', 'unit' or an array of {n} numbers, got {weights!r}")
@@ -109,9 +111,9 @@ def _weights(weights, n: int, dtype) -> jax.Array:
     return w.astype(dtype)
 
 
-def _labels(labels, n: int, prefix: str = "c") -> tuple[str, ...]:
+def _labels(labels, n: int) -> tuple[str, ...]:
     if labels is None:
-        return tuple(f"{prefix}{i}" for i in range(n))
+        return tuple(f"c{i}" for i in range(n))
     if len(labels) != n:
         raise ValueError(f"got {len(labels)} labels for {n} centres")
     return tuple(str(x) for x in labels)
@@ -162,7 +164,7 @@ def expand(fn: Callable, centers, variate, order: int = 0, weights=None, *,
     n = _n_centers(centers, variate)
     w = _weights(weights, n, _float_dtype(variate))
     terms = _scale(w, _jets(fn, centers, variate, order))
-    remainder = _subtract(fn(variate), jax.tree_util.tree_map(lambda t: jnp.sum(t, 0), terms))
+    remainder = _subtract(fn(variate), _sum_terms(terms))
     return Expansion(terms, remainder, w, _labels(given, n), order)
 
 
@@ -273,13 +275,15 @@ def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
 GRANULARITIES = ("block", "branch")
 
 
-def _components_per_step(model: Model, granularity: str):
-    """The expansion steps of Algorithm 2: per layer, the branch mode and its component names."""
+def _steps(n_layers: int, granularity: str, parallel_residual: bool):
+    """The expansion steps of Algorithm 2: ``(layer, branch mode, component names)`` in order."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     steps = []
-    for layer in range(model.config.n_layers):
+    for layer in range(n_layers):
         if granularity == "block":
             steps.append((layer, "block", ["block"]))
-        elif model.config.parallel_residual:
+        elif parallel_residual:
             steps.append((layer, "branches", ["attn", "mlp"]))
         else:
             steps += [(layer, "attn", ["attn"]), (layer, "mlp", ["mlp"])]
@@ -331,8 +335,7 @@ def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block",
       (8, 'emb>block0>block1>block2>dec', 'emb>dec')
     """
     order = _check_order(order)
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    steps = _steps(model.config.n_layers, granularity, model.config.parallel_residual)
     if not isinstance(weights, str) or weights not in ("unit", "uniform"):
         raise ValueError(f"weights must be 'unit' or 'uniform' for expand_all, got {weights!r}")
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0):
@@ -342,7 +345,7 @@ def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block",
     allowed = _component_filter(include, exclude, attention_free)
     current = Expansion(streams[0][0][None], jnp.zeros_like(streams[0][0]),
                         jnp.ones((1,), streams[0].dtype), ("emb",), order)
-    for layer, branch, names in _components_per_step(model, granularity):
+    for layer, branch, names in steps:
         short = [i for i, lab in enumerate(current.labels)
                  if max_length is None or _path_length(lab) < max_length]
         select = {name: short if allowed(f"{name}{layer}") else [] for name in names}
@@ -373,24 +376,15 @@ def count_paths(n_layers: int, granularity: str = "block", *, parallel_residual:
       >>> count_paths(12, "branch", attention_free=True, max_length=2)  # 1 + 12 + C(12, 2)
       79
     """
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     allowed = _component_filter(include, exclude, attention_free)
     # by_length[j] = number of path prefixes with j components
     by_length = [1]
-    for layer in range(n_layers):
-        if granularity == "block":
-            options = [["block"]]
-        elif parallel_residual:
-            options = [["attn", "mlp"]]
-        else:
-            options = [["attn"], ["mlp"]]
-        for names in options:
-            k = sum(allowed(f"{name}{layer}") for name in names)
-            nxt = by_length + [0]
-            for j, count in enumerate(by_length):
-                nxt[j + 1] += k * count
-            by_length = nxt
+    for layer, _, names in _steps(n_layers, granularity, parallel_residual):
+        k = sum(allowed(f"{name}{layer}") for name in names)
+        nxt = by_length + [0]
+        for j, count in enumerate(by_length):
+            nxt[j + 1] += k * count
+        by_length = nxt
     if max_length is not None:
         by_length = by_length[: max_length + 1]
     return int(sum(by_length))

@@ -189,7 +189,6 @@ class Model:
         self.params = params
         self.tokenizer = tokenizer
         self.source = source
-        self.compute_dtype = _compute_dtype(params)
         self._logits_jit = jax.jit(lambda p, ids: self.logits(ids, params=p, _checked=True))
         self._stream_jit = jax.jit(
             lambda p, ids, mid: self.residual_stream(ids, params=p, mid=mid, _checked=True),
@@ -344,11 +343,6 @@ class Model:
         if not 0 <= layer < n:
             raise IndexError(f"layer {layer} is out of range for a model with {n} layers (valid: 0..{n - 1})")
         return int(layer)
-
-
-def _compute_dtype(params) -> jnp.dtype:
-    dtypes = {compute_dtype_for(x.dtype) for x in jax.tree_util.tree_leaves(params)}
-    return jnp.dtype(jnp.float64) if jnp.dtype(jnp.float64) in dtypes else jnp.dtype(jnp.float32)
 
 
 def abstract_params(module_fn: Callable[[], ResidualModule]):
