@@ -23,7 +23,7 @@ import numpy as np
 from jetjax.jet import _check_order, jet
 from jetjax.models.base import Model
 
-__all__ = ["Expansion", "expand", "expand_block", "expand_decoder", "expand_all", "count_paths"]
+__all__ = ["Expansion", "expand", "expand_block", "expand_decoder", "path_streams", "expand_all", "count_paths"]
 
 BRANCHES = ("block", "attn", "mlp", "branches")
 
@@ -177,7 +177,7 @@ def _identity_jet(centers, variate, order):
 
 def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights=None, *,
                  branch: str = "block", labels: Sequence[str] | None = None, streams=None,
-                 gamma_centers: dict[str, Sequence[int]] | None = None) -> Expansion:
+                 gamma_centers: dict[str, Sequence[int]] | None = None, params=None) -> Expansion:
     """Algorithm 1 at a residual branch of layer ``layer`` (0-based).
 
     The branch's γ is jetted at each centre ``x_i`` and evaluated at the stream the branch really
@@ -199,6 +199,7 @@ def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights
       gamma_centers: ``{"attn": [0, 2], ...}``: expand that γ only at these centre indices (the
         others keep their identity term; what their γ terms would have carried goes to the
         remainder). Default: every γ at every centre. Used by path filters.
+      params: parameters to use instead of the model's own (pass them inside your own ``jax.jit``).
 
     Example (centres: the embedding and the first block's own contribution):
       >>> exp = jj.expand_block(model, ids, 1, jnp.stack([h[0], h[1] - h[0]]), order=1,
@@ -217,7 +218,7 @@ def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights
     if branch == "branches" and not parallel:
         raise ValueError("branch='branches' is for parallel-residual models; expand a sequential block "
                          "with branch='attn' then branch='mlp' (or 'block')")
-    h, mids = streams if streams is not None else model.residual_stream(ids, mid=True)
+    h, mids = streams if streams is not None else model.residual_stream(ids, mid=True, params=params)
     centers, given = _unpack_centers(centers, labels)
     variate = mids[layer] if branch == "mlp" else h[layer]
     target = mids[layer] if branch == "attn" else h[layer + 1]
@@ -232,7 +233,8 @@ def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights
         sel = np.arange(n) if gamma_centers is None else np.asarray(gamma_centers.get(name, []), int)
         if sel.size == 0:
             continue
-        parts.append(_scale(w[sel], _jets(lambda x, fn=fn: fn(layer, x), centers[sel], variate, order)))
+        parts.append(_scale(w[sel], _jets(lambda x, fn=fn: fn(layer, x, params=params), centers[sel], variate,
+                                          order)))
         out_labels += [f"{names[i]}>{name}{layer}" for i in sel]
         out_weights.append(w[sel])
     parts.append(_scale(w, _identity_jet(centers, variate, order)))
@@ -244,7 +246,7 @@ def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights
 
 
 def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
-                   labels: Sequence[str] | None = None, streams=None) -> Expansion:
+                   labels: Sequence[str] | None = None, streams=None, params=None) -> Expansion:
     """Algorithm 1 at the decoder (the paper's ``l = L + 1``): ``w_i J^k Dec(x_i)(h_L)``.
 
     ``Dec = unembed ∘ final_norm``; since the unembedding is linear, the jet is taken of the final
@@ -261,14 +263,14 @@ def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
     order = _check_order(order)
     h = streams[0] if isinstance(streams, tuple) else streams
     if h is None:
-        h = model.residual_stream(ids)
+        h = model.residual_stream(ids, params=params)
     centers, given = _unpack_centers(centers, labels)
     variate = h[-1]
     n = _n_centers(centers, variate)
     w = _weights(weights, n, variate.dtype)
-    normed = _scale(w, _jets(model.final_norm, centers, variate, order))
-    terms = model.unembed(normed)
-    logits = model.decode(variate)
+    normed = _scale(w, _jets(lambda x: model.final_norm(x, params=params), centers, variate, order))
+    terms = model.unembed(normed, params=params)
+    logits = model.decode(variate, params=params)
     return Expansion(terms, logits - jnp.sum(terms, 0), w, tuple(f"{lab}>dec" for lab in _labels(given, n)), order)
 
 
@@ -306,9 +308,55 @@ def _component_filter(include, exclude, attention_free):
     return allowed
 
 
+def path_streams(model: Model, ids, order: int = 0, *, granularity: str = "block", weights: str = "unit",
+                 include: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                 max_length: int | None = None, attention_free: bool = False, streams=None, params=None,
+                 constrain: Callable | None = None) -> Expansion:
+    """Algorithm 2 up to the last residual stream: every path's contribution to ``h_L``.
+
+    The same paths as :func:`expand_all` (labels without the final ``">dec"``), as residual
+    vectors ``[P, ..., T, d]`` rather than logits, with ``remainder = h_L − Σ paths``. Holding
+    ``P × T × d`` is cheap where ``P × T × V`` logits are not: :func:`jetjax.paths.reduce_paths`
+    decodes these in chunks.
+
+    ``constrain`` (optional) is applied to the stacked terms after each step; the sharded
+    evaluation uses it to lay the path axis out over devices.
+
+    Example:
+      >>> import jetjax as jj
+      >>> from jetjax.models import ModelConfig, random_model
+      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+      ...                   vocab_size=19, n_positions=8, norm_eps=1e-5, activation="gelu_new")
+      >>> paths = jj.path_streams(random_model(cfg), [3, 1, 4])
+      >>> paths.labels, paths.terms.shape
+      (('emb>block0>block1', 'emb>block1', 'emb>block0', 'emb'), (4, 3, 16))
+    """
+    order = _check_order(order)
+    steps = _steps(model.config.n_layers, granularity, model.config.parallel_residual)
+    if not isinstance(weights, str) or weights not in ("unit", "uniform"):
+        raise ValueError(f"weights must be 'unit' or 'uniform' for expand_all, got {weights!r}")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0):
+        raise ValueError(f"max_length must be a non-negative int or None, got {max_length!r}")
+    ids = model.check_ids(ids)
+    streams = streams if streams is not None else model.residual_stream(ids, mid=True, params=params)
+    allowed = _component_filter(include, exclude, attention_free)
+    current = Expansion(streams[0][0][None], jnp.zeros_like(streams[0][0]),
+                        jnp.ones((1,), streams[0].dtype), ("emb",), order)
+    for layer, branch, names in steps:
+        short = [i for i, lab in enumerate(current.labels)
+                 if max_length is None or _path_length(lab) < max_length]
+        select = {name: short if allowed(f"{name}{layer}") else [] for name in names}
+        current = expand_block(model, ids, layer, current, order, weights, branch=branch, streams=streams,
+                               gamma_centers=select, params=params)
+        if constrain is not None:
+            current = dataclasses.replace(current, terms=constrain(current.terms))
+    return current
+
+
 def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block", weights: str = "unit",
                include: Sequence[str] | None = None, exclude: Sequence[str] = (),
-               max_length: int | None = None, attention_free: bool = False, streams=None) -> Expansion:
+               max_length: int | None = None, attention_free: bool = False, streams=None,
+               params=None) -> Expansion:
     """Algorithm 2: every input→output path of the model, plus the remainder.
 
     Algorithm 1 is applied to each layer in turn, the centres of layer ``l`` being all the terms
@@ -327,31 +375,21 @@ def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block",
       :func:`count_paths` gives the number of paths without computing them.
 
     Returns an :class:`Expansion` of logits ``[P, ..., T, V]`` with ``remainder = logits − Σ paths``.
-    This holds all paths' logits in memory: meant for shallow models and small vocabularies.
+    This holds all paths' logits in memory: meant for shallow models and small vocabularies; for
+    deep models use :func:`jetjax.reduce_paths` / :func:`jetjax.path_attribution`, which decode in
+    chunks and keep only what they report.
 
     Example:
       >>> paths = jj.expand_all(model, ids, granularity="block")    # doctest: +SKIP
       >>> len(paths), paths.labels[0], paths.labels[-1]              # doctest: +SKIP
       (8, 'emb>block0>block1>block2>dec', 'emb>dec')
     """
-    order = _check_order(order)
-    steps = _steps(model.config.n_layers, granularity, model.config.parallel_residual)
-    if not isinstance(weights, str) or weights not in ("unit", "uniform"):
-        raise ValueError(f"weights must be 'unit' or 'uniform' for expand_all, got {weights!r}")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0):
-        raise ValueError(f"max_length must be a non-negative int or None, got {max_length!r}")
     ids = model.check_ids(ids)
-    streams = streams if streams is not None else model.residual_stream(ids, mid=True)
-    allowed = _component_filter(include, exclude, attention_free)
-    current = Expansion(streams[0][0][None], jnp.zeros_like(streams[0][0]),
-                        jnp.ones((1,), streams[0].dtype), ("emb",), order)
-    for layer, branch, names in steps:
-        short = [i for i, lab in enumerate(current.labels)
-                 if max_length is None or _path_length(lab) < max_length]
-        select = {name: short if allowed(f"{name}{layer}") else [] for name in names}
-        current = expand_block(model, ids, layer, current, order, weights, branch=branch, streams=streams,
-                               gamma_centers=select)
-    return expand_decoder(model, ids, current, order, weights, streams=streams)
+    streams = streams if streams is not None else model.residual_stream(ids, mid=True, params=params)
+    current = path_streams(model, ids, order, granularity=granularity, weights=weights, include=include,
+                           exclude=exclude, max_length=max_length, attention_free=attention_free,
+                           streams=streams, params=params)
+    return expand_decoder(model, ids, current, order, weights, streams=streams, params=params)
 
 
 def count_paths(n_layers: int, granularity: str = "block", *, parallel_residual: bool = False,

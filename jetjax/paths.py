@@ -1,0 +1,378 @@
+"""Exhaustive paths at scale: chunked decoding with on-the-fly reduction, sharding, attribution.
+
+:func:`jetjax.expand_all` returns every path's logits, ``P × T × V`` numbers: fine for a 3-layer
+toy, out of reach for GPT-2-small (4096 block paths × 16 tokens × 50257 ≈ 13 GB). Here the paths'
+residual vectors (``P × T × d``, from :func:`jetjax.path_streams`) are decoded chunk by chunk,
+each chunk reduced on device to what is reported (a score and a norm per path, the running sum
+that gives the remainder), and only the ``top_k`` paths' logits are kept. The chunk axis can be
+spread over the devices of a mesh (:mod:`jetjax.parallel`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import weakref
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jetjax.expand import _check_order, _jets, count_paths, path_streams
+from jetjax.models.base import Model
+from jetjax.parallel import constrain_leading, mesh_axis, pad_leading, shard_leading
+
+__all__ = ["PathScores", "reduce_paths", "PathAttribution", "path_attribution"]
+
+# model -> {settings: compiled function}; weak so that dropping a model frees its functions.
+_COMPILED: "weakref.WeakKeyDictionary[Model, dict]" = weakref.WeakKeyDictionary()
+
+
+def _cached(model: Model, key, build: Callable):
+    table = _COMPILED.setdefault(model, {})
+    if key not in table:
+        table[key] = build()
+    return table[key]
+
+
+def _norm_score(logits, aux):
+    del aux
+    return jnp.sqrt(jnp.sum(jnp.square(logits)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PathScores:
+    """What :func:`reduce_paths` keeps of every path.
+
+    Attributes:
+      labels: every path's label, ``P`` of them, in the order of :func:`jetjax.expand_all`.
+      scores: ``[P]``, the score of each path's logits (default: their L2 norm).
+      norms: ``[P]``, the L2 norm of each path's logits (over the decoded positions).
+      top: indices of the ``top_k`` highest-scoring paths, best first.
+      top_logits: ``[top_k, ..., V]`` (with ``position``) or ``[top_k, ..., T, V]``: their logits.
+      remainder: logits − Σ all paths' logits (same shape as one path's logits).
+      logits: the model's logits at the decoded positions.
+      order, granularity, position: the settings used.
+    """
+
+    labels: tuple[str, ...]
+    scores: np.ndarray
+    norms: np.ndarray
+    top: np.ndarray
+    top_logits: np.ndarray
+    remainder: np.ndarray
+    logits: np.ndarray
+    order: int
+    granularity: str
+    position: int | None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def ranked(self, n: int | None = None) -> list[tuple[str, float]]:
+        """``(label, score)`` of the ``n`` best paths (all with ``None``), best first."""
+        idx = np.argsort(-self.scores, kind="stable")[:n]
+        return [(self.labels[i], float(self.scores[i])) for i in idx]
+
+
+def _path_stage(model: Model, order: int, granularity: str, weights: str, filters: tuple, mesh):
+    """``(jitted (params, ids, streams) -> path terms, labels function)`` for these settings."""
+    include, exclude, max_length, attention_free = filters
+    constrain = constrain_leading(mesh)
+    seen: list[tuple[str, ...]] = []
+
+    def run(params, ids, streams):
+        paths = path_streams(model, ids, order, granularity=granularity, weights=weights, include=include,
+                             exclude=exclude, max_length=max_length, attention_free=attention_free,
+                             streams=streams, params=params, constrain=constrain)
+        seen.append(paths.labels)  # labels are static: record them while tracing
+        return paths.terms
+
+    compiled = jax.jit(run)
+
+    def labels(params, ids, streams) -> tuple[str, ...]:
+        if not seen:
+            jax.eval_shape(run, params, ids, streams)
+        return seen[-1]
+
+    return compiled, labels
+
+
+def _decode_stage(model: Model, order: int, score: Callable, mesh):
+    """Jitted ``(centres chunk, mask, variate, weight, aux) -> (scores, norms, Σ masked logits)``."""
+
+    def chunk(params, centres, mask, variate, weight, aux):
+        normed = weight * _jets(lambda x: model.final_norm(x, params=params), centres, variate, order)
+        logits = model.unembed(normed, params=params)
+        scores = jax.vmap(score, in_axes=(0, None))(logits, aux)
+        norms = jnp.sqrt(jnp.sum(jnp.square(logits), axis=tuple(range(1, logits.ndim))))
+        keep = mask.reshape((-1,) + (1,) * (logits.ndim - 1))
+        return scores, norms, jnp.sum(jnp.where(keep, logits, 0.0), axis=0)
+
+    def run(params, centres, mask, variate, weight, aux):
+        sharded = shard_leading(lambda c, m, p, v, w, a: chunk(p, c, m, v, w, a), mesh, n_sharded=2,
+                                reduced=(False, False, True))
+        return sharded(centres, mask, params, variate, weight, aux)
+
+    return jax.jit(run)
+
+
+def _decode_logits(model: Model, order: int):
+    def run(params, centres, variate, weight):
+        normed = weight * _jets(lambda x: model.final_norm(x, params=params), centres, variate, order)
+        return model.unembed(normed, params=params)
+
+    return jax.jit(run)
+
+
+def _normalise_position(position, t: int) -> int | None:
+    if position is None:
+        return None
+    if isinstance(position, bool) or not isinstance(position, (int, np.integer)):
+        raise TypeError(f"position must be an int (or None for all positions), got {position!r}")
+    if not -t <= position < t:
+        raise IndexError(f"position {position} is out of range for a sequence of {t} tokens "
+                         f"(valid: {-t}..{t - 1})")
+    return int(position) % t
+
+
+def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block", weights: str = "unit",
+                 score: Callable | None = None, score_aux: Any = None, position: int | None = None,
+                 top_k: int = 10, chunk_size: int = 256, mesh=None, include: Sequence[str] | None = None,
+                 exclude: Sequence[str] = (), max_length: int | None = None, attention_free: bool = False,
+                 max_paths: int = 1 << 20, progress: bool | None = None) -> PathScores:
+    """Every path of :func:`jetjax.expand_all`, decoded in chunks and reduced on the fly.
+
+    Memory holds the paths' residual vectors (``P × T × d``), one chunk of logits
+    (``chunk_size × T × V``) and the ``top_k`` paths' logits, never ``P × T × V``.
+
+    Args:
+      model, ids, order, granularity, weights, include, exclude, max_length, attention_free: as in
+        :func:`jetjax.expand_all`.
+      score: ``score(logits, score_aux) -> scalar`` for one path's logits (``[..., V]`` with
+        ``position``, else ``[..., T, V]``); default: their L2 norm. Paths are ranked by it.
+      score_aux: an array pytree passed to ``score`` (traced, so changing it does not recompile).
+      position: decode only this token position (negative counts from the end); cheaper by ``T``.
+      top_k: how many of the best paths keep their logits.
+      chunk_size: paths decoded at once (rounded up to a multiple of the mesh size).
+      mesh: a one-axis :class:`jax.sharding.Mesh` (:func:`jetjax.parallel.path_mesh`): the path
+        axis of both stages is spread over its devices.
+      max_paths: refuse settings that would produce more paths than this (the count comes from
+        :func:`jetjax.count_paths` before anything is computed).
+      progress: show a progress bar over chunks (default: when there are more than 8 chunks).
+
+    Example:
+      >>> import jetjax as jj
+      >>> from jetjax.models import ModelConfig, random_model
+      >>> cfg = ModelConfig(arch="gpt2", n_layers=3, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+      ...                   vocab_size=19, n_positions=8, norm_eps=1e-5, activation="gelu_new")
+      >>> model = random_model(cfg, scale=0.5)
+      >>> res = jj.reduce_paths(model, [3, 1, 4], top_k=2, chunk_size=3)
+      >>> len(res), res.top_logits.shape
+      (8, (2, 3, 19))
+      >>> full = jj.expand_all(model, [3, 1, 4])      # the same paths, all logits held
+      >>> bool(jnp.allclose(res.remainder, full.remainder, atol=1e-4))
+      True
+    """
+    order = _check_order(order)
+    ids = model.check_ids(ids)
+    n_paths = count_paths(model.config.n_layers, granularity, parallel_residual=model.config.parallel_residual,
+                          include=include, exclude=exclude, max_length=max_length, attention_free=attention_free)
+    if n_paths > max_paths:
+        raise ValueError(f"these settings give {n_paths} paths, more than max_paths={max_paths}; narrow them "
+                         "with max_length=, include=/exclude= or attention_free=True, or raise max_paths")
+    for name, value, lo in (("top_k", top_k, 0), ("chunk_size", chunk_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    position = _normalise_position(position, ids.shape[-1])
+    mesh, _, n_dev = mesh_axis(mesh)
+    score_fn = _norm_score if score is None else score
+    filters = (None if include is None else tuple(sorted(include)), tuple(sorted(exclude or ())),
+               max_length, bool(attention_free))
+
+    params = model.params
+    streams = model.residual_stream(ids, mid=True)
+    paths_fn, labels_fn = _cached(model, ("paths", order, granularity, weights, filters, mesh),
+                                  lambda: _path_stage(model, order, granularity, weights, filters, mesh))
+    terms = paths_fn(params, ids, streams)
+    labels = tuple(f"{lab}>dec" for lab in labels_fn(params, ids, streams))
+    variate = streams[0][-1]
+    logits = model.decode(variate)
+    if position is not None:
+        terms, variate, logits = terms[..., position, :], variate[..., position, :], logits[..., position, :]
+    p = terms.shape[0]
+    weight = jnp.asarray(1.0 if weights == "unit" else 1.0 / p, variate.dtype)
+
+    chunk = -(-min(chunk_size, p) // n_dev) * n_dev
+    decode = _cached(model, ("decode", order, score_fn, mesh), lambda: _decode_stage(model, order, score_fn, mesh))
+    scores, norms = np.empty(p, np.float64), np.empty(p, np.float64)
+    total = None
+    starts = range(0, p, chunk)
+    show = progress if progress is not None else len(starts) > 8
+    for s in tqdm(starts, desc="paths", unit="chunk", disable=not show):
+        block = terms[s:s + chunk]
+        n = block.shape[0]
+        mask = jnp.arange(chunk) < n
+        sc, nr, part = decode(params, pad_leading(block, chunk), mask, variate, weight, score_aux)
+        scores[s:s + n], norms[s:s + n] = np.asarray(sc)[:n], np.asarray(nr)[:n]
+        total = part if total is None else total + part
+
+    k = min(top_k, p)
+    top = np.argsort(-scores, kind="stable")[:k]
+    top_logits = _cached(model, ("logits", order), lambda: _decode_logits(model, order))(
+        params, terms[jnp.asarray(top, jnp.int32)], variate, weight) if k else np.zeros((0,) + logits.shape)
+    return PathScores(labels, scores, norms, top, np.asarray(top_logits), np.asarray(logits - total),
+                      np.asarray(logits), order, granularity, position)
+
+
+def _target_score(logits, aux):
+    return logits[aux[0]]
+
+
+def _contrast_score(logits, aux):
+    return logits[aux[0]] - logits[aux[1]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PathAttribution:
+    """Which paths push ``logit(target) − logit(foil)`` at one position (see :func:`path_attribution`).
+
+    Attributes:
+      labels, scores: every path and its contribution (``scores[i]`` is path ``i``'s logit of
+        ``target`` minus its logit of ``foil``; its logit of ``target`` when there is no foil).
+      total: the model's own ``logit(target) − logit(foil)``.
+      remainder: ``total − Σ scores``.
+      remainder_share: ``|remainder| / (|remainder| + Σ_i |scores_i|)``: the part of the absolute
+        attribution mass the paths leave unexplained (0: all of it is in the paths; 1: none).
+      components: for each component (``"attn3"``, ``"block0"``, ...), the sum of the scores of
+        all paths through it; ``direct``: the score of its one-component path ``emb><c>>dec``
+        (present when that path was computed).
+      target, foil, position: token ids (``foil`` may be None) and the 0-based position.
+    """
+
+    labels: tuple[str, ...]
+    scores: np.ndarray
+    total: float
+    remainder: float
+    remainder_share: float
+    components: dict[str, float]
+    direct: dict[str, float]
+    target: int
+    foil: int | None
+    position: int
+    order: int
+    granularity: str
+    target_str: str | None = None
+    foil_str: str | None = None
+
+    def top(self, n: int = 10) -> list[tuple[str, float]]:
+        """The ``n`` paths that push the prediction most (largest scores first)."""
+        idx = np.argsort(-self.scores, kind="stable")[:n]
+        return [(self.labels[i], float(self.scores[i])) for i in idx]
+
+    def bottom(self, n: int = 10) -> list[tuple[str, float]]:
+        """The ``n`` paths that push against it most (most negative first)."""
+        idx = np.argsort(self.scores, kind="stable")[:n]
+        return [(self.labels[i], float(self.scores[i])) for i in idx]
+
+    def table(self, n: int = 10) -> str:
+        """A plain-text report: totals, the top and bottom paths, and the components."""
+        what = self.target_str if self.target_str is not None else str(self.target)
+        if self.foil is not None:
+            what += f" − {self.foil_str if self.foil_str is not None else self.foil}"
+        lines = [f"logit({what}) at position {self.position}: model {self.total:+.4f} = "
+                 f"Σ {len(self.labels)} paths {float(self.scores.sum()):+.4f} + remainder {self.remainder:+.4f} "
+                 f"(remainder share {self.remainder_share:.1%})", "top paths:"]
+        lines += [f"  {score:+10.4f}  {label}" for label, score in self.top(n)]
+        lines.append("bottom paths:")
+        lines += [f"  {score:+10.4f}  {label}" for label, score in self.bottom(n)]
+        lines.append("components (Σ over paths through it):")
+        ranked = sorted(self.components.items(), key=lambda kv: -abs(kv[1]))
+        lines += [f"  {score:+10.4f}  {name}" for name, score in ranked[:n]]
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "target": self.target, "foil": self.foil, "target_str": self.target_str, "foil_str": self.foil_str,
+            "position": self.position, "order": self.order, "granularity": self.granularity,
+            "total": self.total, "remainder": self.remainder, "remainder_share": self.remainder_share,
+            "n_paths": len(self.labels),
+            "paths": [{"label": lab, "score": float(sc)} for lab, sc in zip(self.labels, self.scores)],
+            "components": self.components, "direct": self.direct,
+        })
+
+
+def _token_id(model: Model, token, what: str) -> tuple[int, str | None]:
+    if isinstance(token, str):
+        ids = model.tokenize(token)
+        if ids.size != 1:
+            raise ValueError(f"{what} {token!r} is {ids.size} tokens, expected exactly one "
+                             "(words usually need their leading space, e.g. ' the')")
+        return int(ids[0]), token
+    if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+        raise TypeError(f"{what} must be a token id (int) or a one-token string, got {token!r}")
+    v = model.config.vocab_size
+    if not 0 <= token < v:
+        raise ValueError(f"{what} token id {token} is out of range for a vocabulary of {v} (valid: 0..{v - 1})")
+    text = model.detokenize([int(token)]) if model.tokenizer is not None else None
+    return int(token), text
+
+
+def path_attribution(model: Model, ids, target, foil=None, position: int = -1, order: int = 0, *,
+                     granularity: str = "block", weights: str = "unit", chunk_size: int = 256, mesh=None,
+                     include: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                     max_length: int | None = None, attention_free: bool = False,
+                     max_paths: int = 1 << 20, progress: bool | None = None) -> PathAttribution:
+    """Rank every path (and component) by its contribution to ``logit(target) − logit(foil)``.
+
+    The paths are those of :func:`jetjax.expand_all` (same ``order``, ``granularity``,
+    ``weights`` and filters); each is decoded at ``position`` only, so the cost is one
+    ``d × V`` product per path. The scores plus the remainder add up to the model's own logit
+    difference exactly; the remainder (and its share) says how much the paths leave out.
+
+    Args:
+      model: the model; ``ids``: one sequence of token ids ``[T]`` (or a string to tokenize).
+      target, foil: token ids or one-token strings; without ``foil`` the target's logit is attributed.
+      position: the predicting position (default: the last token).
+      order, granularity, weights, filters, chunk_size, mesh, max_paths, progress: as in
+        :func:`reduce_paths`.
+
+    Example:
+      >>> import jetjax as jj
+      >>> from jetjax.models import ModelConfig, random_model
+      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+      ...                   vocab_size=19, n_positions=8, norm_eps=1e-5, activation="gelu_new")
+      >>> att = jj.path_attribution(random_model(cfg, scale=0.5), [3, 1, 4], target=7, foil=2)
+      >>> len(att.labels), sorted(att.components), att.top(1)[0][0] in att.labels
+      (4, ['block0', 'block1'], True)
+    """
+    if isinstance(ids, str):
+        ids = model.tokenize(ids)
+    ids = model.check_ids(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"path_attribution takes one sequence of token ids [T], got shape {tuple(ids.shape)}; "
+                         "loop over a batch yourself")
+    target, target_str = _token_id(model, target, "target")
+    foil, foil_str = (None, None) if foil is None else _token_id(model, foil, "foil")
+    score = _target_score if foil is None else _contrast_score
+    aux = jnp.asarray([target, target if foil is None else foil], jnp.int32)
+    res = reduce_paths(model, ids, order=order, granularity=granularity, weights=weights, score=score,
+                       score_aux=aux, position=position, top_k=0, chunk_size=chunk_size, mesh=mesh,
+                       include=include, exclude=exclude, max_length=max_length, attention_free=attention_free,
+                       max_paths=max_paths, progress=progress)
+    total = float(score(jnp.asarray(res.logits), aux))
+    remainder = total - float(res.scores.sum())
+    mass = abs(remainder) + float(np.abs(res.scores).sum())
+    components: dict[str, float] = {}
+    direct: dict[str, float] = {}
+    for label, sc in zip(res.labels, res.scores):
+        parts = label.split(">")[1:-1]
+        for name in parts:
+            components[name] = components.get(name, 0.0) + float(sc)
+        if len(parts) == 1:
+            direct[parts[0]] = float(sc)
+    return PathAttribution(res.labels, res.scores, total, remainder, abs(remainder) / mass if mass else 0.0,
+                           components, direct, target, foil, res.position, res.order, granularity,
+                           target_str, foil_str)
