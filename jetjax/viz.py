@@ -1,0 +1,233 @@
+"""Pictures of lens results, saved as PNG: the lens table, metric-vs-layer curves, joint-lens weights.
+
+matplotlib is imported inside each function (``import jetjax`` stays free of it), and figures
+are built without pyplot, so nothing here touches global plotting state.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from jetjax.lenses import METRICS, LensResult, _token_texts
+
+__all__ = ["lens_table", "metric_curves", "joint_weights"]
+
+_METRIC_TITLES = {
+    "cosine": "cosine with model logits",
+    "kl": "KL(model ‖ lens), nats",
+    "top1": "top-1 agreement with model",
+    "rank": "rank of model's top token",
+    "remainder_norm": "‖model − lens‖₂ (logits)",
+    "entropy": "entropy of lens, nats",
+}
+
+_SYMLOG = {"kl": 0.01, "rank": 1.0, "remainder_norm": 1.0}
+
+
+def _show(token: str, width: int = 9) -> str:
+    """A token made visible and short: spaces as ␣, newlines as ↵, ``$`` kept literal."""
+    text = token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
+    if len(text) > width:
+        text = text[: width - 1] + "…"
+    return text.replace("$", r"\$")
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _batch_slice(result: LensResult, batch: int) -> int:
+    n_batch = result.ids.shape[0] if result.ids.ndim == 2 else 1
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 0 <= batch < n_batch:
+        raise IndexError(f"batch must be an int in 0..{n_batch - 1} (the result holds {n_batch} prompt(s)), "
+                         f"got {batch!r}")
+    return int(batch)
+
+
+def _pick(array: np.ndarray, result: LensResult, batch: int, lead: int) -> np.ndarray:
+    """``array[:lead..., batch]`` when the result is batched (``lead`` leading axes kept)."""
+    return array[(slice(None),) * lead + (batch,)] if result.ids.ndim == 2 else array
+
+
+def lens_table(result: LensResult, path, *, batch: int = 0, positions: slice | None = None,
+               title: str | None = None, dpi: int = 110) -> str:
+    """The lens as a table: rows = lens rows, columns = input tokens, cell = top predicted token.
+
+    Each cell shows the row's most likely next token at that position, its background coloured
+    by that token's probability; tokens in bold agree with the model's own top token. The bottom
+    row(s) show the model itself (and, for a joint lens, the combined lens).
+
+    Args:
+      result: a :class:`~jetjax.lenses.LensResult`.
+      path: where to write the PNG.
+      batch: which prompt of a batched result.
+      positions: a slice of token positions to draw (default: all).
+      title: the figure title (default: what lens it is).
+
+    Returns the path written.
+
+    Example:
+      >>> import os, tempfile
+      >>> import jetjax.lenses as lenses, jetjax.viz as viz
+      >>> from jetjax.models import ModelConfig, random_model
+      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
+      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
+      >>> lens = lenses.logit_lens(random_model(cfg), [1, 2, 3])
+      >>> out = viz.lens_table(lens, os.path.join(tempfile.mkdtemp(), "lens.png"))
+      >>> os.path.getsize(out) > 0
+      True
+    """
+    from matplotlib import colormaps
+
+    b = _batch_slice(result, batch)
+    cols = slice(None) if positions is None else positions
+    ids, probs = result.top_k(1)
+    rows = [(label, _pick(ids[r, ..., 0], result, b, 0)[cols], _pick(probs[r, ..., 0], result, b, 0)[cols])
+            for r, label in enumerate(result.rows)]
+    model_ids, model_probs = (_pick(a[..., 0], result, b, 0)[cols] for a in result.top_k(1, which="model"))
+    extra = [("model", model_ids, model_probs)]
+    if result.combined is not None:
+        c_ids, c_probs = (_pick(a[..., 0], result, b, 0)[cols] for a in result.top_k(1, which="combined"))
+        extra.insert(0, ("combined", c_ids, c_probs))
+    table = rows + extra
+    inputs = [_show(t) for t in _token_texts(result.model, _pick(result.ids, result, b, 0)[cols])]
+    n_rows, n_cols = len(table), len(inputs)
+
+    fig = _figure(1.6 + 0.78 * n_cols, 1.5 + 0.34 * n_rows)
+    ax = fig.add_subplot()
+    grid = np.stack([p for _, _, p in table])
+    cmap = colormaps["YlGnBu"]
+    image = ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    for i, (_, tok_ids, tok_probs) in enumerate(table):
+        texts = _token_texts(result.model, tok_ids)
+        for j in range(n_cols):
+            agrees = tok_ids[j] == model_ids[j]
+            ax.text(j, i, _show(texts[j]), ha="center", va="center", fontsize=8,
+                    fontweight="bold" if agrees else "normal",
+                    color="white" if tok_probs[j] > 0.55 else "black")
+    ax.axhline(len(rows) - 0.5, color="black", linewidth=1.5)  # the lens above, the model below
+    ax.set_yticks(range(n_rows), [label for label, _, _ in table])
+    ax.set_xticks(range(n_cols), inputs, rotation=45 if max(map(len, inputs)) > 4 else 0, ha="right"
+                  if max(map(len, inputs)) > 4 else "center", fontsize=8)
+    ax.set_xlabel("input token (the cell predicts the token after it)")
+    ax.tick_params(length=0)
+    kind = "logit lens" if result.kind == "logit" else f"{result.kind} jet lens, order {result.order}"
+    ax.set_title(title or f"{kind} ({result.granularity}): top token per cell; bold = model's top token")
+    fig.colorbar(image, ax=ax, label="probability", shrink=0.9, pad=0.01)
+    fig.savefig(path, dpi=dpi)
+    return str(path)
+
+
+def metric_curves(results: Sequence[LensResult] | Mapping[str, LensResult], path, *,
+                  metrics: Sequence[str] = ("cosine", "kl", "top1", "rank"), dpi: int = 110) -> str:
+    """Metrics against layer for several lenses (e.g. orders 0, 1, 2), one panel per metric.
+
+    Lines are means over prompts and positions; the band spans the 25th to 75th percentile.
+    All results must have the same rows.
+
+    Args:
+      results: lens results, or ``{legend label: result}`` (default labels: kind and order).
+      path: where to write the PNG.
+      metrics: names from :data:`jetjax.lenses.METRICS`.
+
+    Example:
+      >>> import os, tempfile
+      >>> import jetjax.lenses as lenses, jetjax.viz as viz
+      >>> from jetjax.models import ModelConfig, random_model
+      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
+      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
+      >>> model = random_model(cfg)
+      >>> runs = [lenses.iterative_jet_lens(model, [1, 2, 3], order=k) for k in (0, 1)]
+      >>> out = viz.metric_curves(runs, os.path.join(tempfile.mkdtemp(), "curves.png"))
+      >>> os.path.getsize(out) > 0
+      True
+    """
+    if isinstance(results, Mapping):
+        named = list(results.items())
+    else:
+        named = [(f"{r.kind} k={r.order}" if r.kind != "logit" else "logit lens (k=0)", r) for r in results]
+    if not named:
+        raise ValueError("metric_curves needs at least one lens result")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
+    rows = named[0][1].rows
+    for label, r in named:
+        if r.rows != rows:
+            raise ValueError(f"all results need the same rows to share an x axis: {label!r} has {r.rows}, "
+                             f"the first has {rows}")
+
+    n_cols = len(metrics) if len(metrics) <= 4 else (len(metrics) + 1) // 2
+    n_grid_rows = -(-len(metrics) // n_cols)
+    fig = _figure(0.6 + 3.6 * n_cols, 0.4 + 3.0 * n_grid_rows)
+    axes = fig.subplots(n_grid_rows, n_cols, squeeze=False).ravel()
+    for unused in axes[len(metrics):]:
+        unused.set_visible(False)
+    x = np.arange(len(rows))
+    for ax, metric in zip(axes, metrics):
+        for label, r in named:
+            values = r.metrics[metric].reshape(len(rows), -1).astype(float)
+            line, = ax.plot(x, values.mean(1), marker="o", markersize=3, label=label)
+            low, high = np.percentile(values, [25, 75], axis=1)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+        if metric in _SYMLOG:  # these span orders of magnitude across layers
+            ax.set_yscale("symlog", linthresh=_SYMLOG[metric])
+        ax.set_title(_METRIC_TITLES[metric], fontsize=10)
+        step = max(1, len(rows) // 12)
+        ax.set_xticks(x[::step], rows[::step], rotation=45 if len(rows) > 8 else 0, fontsize=8)
+        ax.set_xlabel("lens row (layer)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=dpi)
+    return str(path)
+
+
+def joint_weights(result: LensResult, path, *, batch: int = 0, dpi: int = 110) -> str:
+    """The joint lens's weights per centre and token, and (when fitted) the fitting loss.
+
+    Example:
+      >>> import os, tempfile
+      >>> import jetjax.lenses as lenses, jetjax.viz as viz
+      >>> from jetjax.models import ModelConfig, random_model
+      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
+      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
+      >>> lens = lenses.joint_jet_lens(random_model(cfg), [1, 2, 3], fit_steps=10)
+      >>> out = viz.joint_weights(lens, os.path.join(tempfile.mkdtemp(), "weights.png"))
+      >>> os.path.getsize(out) > 0
+      True
+    """
+    if result.kind != "joint":
+        raise ValueError(f"joint_weights draws a joint jet lens's weights; this result is a {result.kind} lens")
+    b = _batch_slice(result, batch)
+    weights = _pick(np.asarray(result.weights), result, b, 1)
+    inputs = [_show(t) for t in _token_texts(result.model, _pick(result.ids, result, b, 0))]
+    n_rows, n_cols = weights.shape
+    fitted = result.fit_losses is not None
+
+    fig = _figure(2.0 + 0.6 * n_cols + (3.2 if fitted else 0.0), 1.4 + 0.32 * n_rows)
+    grid = fig.add_gridspec(1, 2, width_ratios=[max(n_cols, 2), 5]) if fitted else fig.add_gridspec(1, 1)
+    ax = fig.add_subplot(grid[0])
+    image = ax.imshow(weights, cmap="magma_r", vmin=0.0, vmax=max(float(weights.max()), 1e-6),
+                      aspect="auto", interpolation="nearest")
+    if n_cols * n_rows <= 400:
+        for i in range(n_rows):
+            for j in range(n_cols):
+                ax.text(j, i, f"{weights[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if weights[i, j] > 0.6 * weights.max() else "black")
+    ax.set_yticks(range(n_rows), result.rows)
+    ax.set_xticks(range(n_cols), inputs, rotation=45, ha="right", fontsize=8)
+    ax.set_title(f"joint jet lens weights (order {result.order}, {'fitted' if fitted else 'given'})")
+    fig.colorbar(image, ax=ax, label="weight", shrink=0.9, pad=0.01)
+    if fitted:
+        loss_ax = fig.add_subplot(grid[1])
+        loss_ax.plot(np.arange(len(result.fit_losses)), result.fit_losses)
+        loss_ax.set_yscale("log")
+        loss_ax.set_xlabel("Adam step")
+        loss_ax.set_title("mean squared remainder norm", fontsize=10)
+        loss_ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=dpi)
+    return str(path)
