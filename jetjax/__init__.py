@@ -10,10 +10,13 @@ from jetjax.expand import (Expansion, count_paths, expand, expand_all, expand_bl
                            path_streams)
 from jetjax.hf import from_pretrained, supported_model_types
 from jetjax.jet import JetRuleError, jet
+from jetjax.ngrams import (NGramTable, corpus_agreement, diff_tables, jet_bigrams, jet_skip_bigrams,
+                           jet_trigrams, keyword_mass)
 from jetjax.lenses import LensResult, iterative_jet_lens, joint_jet_lens, logit_lens
 from jetjax.paths import PathAttribution, PathScores, path_attribution, reduce_paths
 from jetjax.models.base import Model, ModelConfig
 
-__all__ = ["logit_lens", "iterative_jet_lens", "joint_jet_lens", "LensResult", "expand", "expand_all", "path_streams", "reduce_paths", "PathScores", "path_attribution",
+__all__ = ["jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "NGramTable", "diff_tables", "keyword_mass",
+           "corpus_agreement", "logit_lens", "iterative_jet_lens", "joint_jet_lens", "LensResult", "expand", "expand_all", "path_streams", "reduce_paths", "PathScores", "path_attribution",
            "PathAttribution", "count_paths", "expand_block", "expand_decoder", "Expansion", "jet", "JetRuleError", "from_pretrained", "supported_model_types", "Model", "ModelConfig"]
 __version__ = "0.1.0"

@@ -127,6 +127,43 @@ def _decode_logits(model: Model, order: int):
     return jax.jit(run)
 
 
+def _affine_stage(model: Model, order: int, mesh):
+    """Jitted chunk step when the unembedding is affine, ``logits = n W + b``.
+
+    A path's logit norm then needs only its normed vector ``n``:
+    ``‖n W + b‖² = n (WᵀW) nᵀ + 2 n·(W b) + b·b`` (a ``d × d`` Gram matrix instead of a ``d × V``
+    product), a linear score ``logits·u`` is ``n·(W u) + b·u``, and the sum of the paths' logits
+    is ``(Σ n) W + P b``: the chunk returns ``Σ n``.
+    """
+
+    def chunk(params, centres, mask, variate, weight, gram, wb, bb, wu, bu):
+        n = weight * _jets(lambda x: model.final_norm(x, params=params), centres, variate, order)
+        axes = tuple(range(1, n.ndim))  # everything but the path axis
+        sq = jnp.einsum("p...i,ij,p...j->p...", n, gram, n) + 2.0 * (n @ wb) + bb
+        norms = jnp.sqrt(jnp.maximum(jnp.sum(sq, axis=axes[:-1]) if n.ndim > 2 else sq, 0.0))
+        lin = n @ wu + bu
+        scores = jnp.sum(lin, axis=axes[:-1]) if n.ndim > 2 else lin
+        keep = mask.reshape((-1,) + (1,) * (n.ndim - 1))
+        return scores, norms, jnp.sum(jnp.where(keep, n, 0.0), axis=0)
+
+    def run(params, centres, mask, variate, weight, gram, wb, bb, wu, bu):
+        sharded = shard_leading(lambda c, m, *rest: chunk(rest[0], c, m, *rest[1:]), mesh, n_sharded=2,
+                                reduced=(False, False, True))
+        return sharded(centres, mask, params, variate, weight, gram, wb, bb, wu, bu)
+
+    return jax.jit(run)
+
+
+def _affine_unembedding(model: Model, params, d: int, dtype):
+    """``(W [d, V], b [V])`` with ``unembed(x) = x W + b``, or ``None`` if the unembedding is not affine."""
+    b = model.unembed(jnp.zeros((d,), dtype), params=params)
+    w = model.unembed(jnp.eye(d, dtype=dtype), params=params) - b
+    probe = jax.random.normal(jax.random.key(0), (2, d), dtype)
+    ref = model.unembed(probe, params=params)
+    err = float(jnp.max(jnp.abs(probe @ w + b - ref)))
+    return (w, b) if err <= 1e-4 * (1.0 + float(jnp.max(jnp.abs(ref)))) else None
+
+
 def _normalise_position(position, t: int) -> int | None:
     if position is None:
         return None
@@ -151,8 +188,13 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
     Args:
       model, ids, order, granularity, weights, include, exclude, max_length, attention_free: as in
         :func:`jetjax.expand_all`.
-      score: ``score(logits, score_aux) -> scalar`` for one path's logits (``[..., V]`` with
-        ``position``, else ``[..., T, V]``); default: their L2 norm. Paths are ranked by it.
+      score: what paths are ranked by. ``None``: the L2 norm of their logits. An array ``[V]``: the
+        direction ``u`` in logit space, score ``Σ_positions logits·u`` (e.g. ``e_t − e_f`` for a
+        logit difference). A callable ``score(logits, score_aux) -> scalar`` of one path's logits
+        (``[..., V]`` with ``position``, else ``[..., T, V]``). For ``None`` and directions, when
+        the unembedding is affine (``x W + b``, as in every family we ship) no path is decoded to
+        ``V`` logits: norms use the ``d × d`` Gram matrix ``WᵀW`` and directions ``W u``, which
+        makes them ``V / d`` times cheaper than decoding; a callable needs every path's logits.
       score_aux: an array pytree passed to ``score`` (traced, so changing it does not recompile).
       position: decode only this token position (negative counts from the end); cheaper by ``T``.
       top_k: how many of the best paths keep their logits.
@@ -188,7 +230,6 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
             raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
     position = _normalise_position(position, ids.shape[-1])
     mesh, _, n_dev = mesh_axis(mesh)
-    score_fn = _norm_score if score is None else score
     filters = (None if include is None else tuple(sorted(include)), tuple(sorted(exclude or ())),
                max_length, bool(attention_free))
 
@@ -206,7 +247,25 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
     weight = jnp.asarray(1.0 if weights == "unit" else 1.0 / p, variate.dtype)
 
     chunk = -(-min(chunk_size, p) // n_dev) * n_dev
-    decode = _cached(model, ("decode", order, score_fn, mesh), lambda: _decode_stage(model, order, score_fn, mesh))
+    direction = None if score is None or callable(score) else jnp.asarray(score, variate.dtype)
+    if direction is not None and direction.shape != (model.config.vocab_size,):
+        raise ValueError(f"an array score is a direction in logit space of shape ({model.config.vocab_size},), "
+                         f"got {tuple(direction.shape)}")
+    affine = None if callable(score) else _cached(
+        model, ("affine", variate.dtype.name), lambda: _affine_unembedding(model, params, variate.shape[-1],
+                                                                            variate.dtype))
+    if affine is not None:
+        w, b = affine
+        u = jnp.zeros_like(b) if direction is None else direction
+        extra = (w @ w.T, w @ b, b @ b, w @ u, b @ u)
+        step = _cached(model, ("affine_step", order, mesh), lambda: _affine_stage(model, order, mesh))
+    else:
+        if callable(score):
+            score_fn, aux = score, score_aux
+        else:
+            score_fn, aux = (_norm_score, None) if direction is None else (_direction_score, direction)
+        extra = (aux,)
+        step = _cached(model, ("decode", order, score_fn, mesh), lambda: _decode_stage(model, order, score_fn, mesh))
     scores, norms = np.empty(p, np.float64), np.empty(p, np.float64)
     total = None
     starts = range(0, p, chunk)
@@ -215,9 +274,13 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
         block = terms[s:s + chunk]
         n = block.shape[0]
         mask = jnp.arange(chunk) < n
-        sc, nr, part = decode(params, pad_leading(block, chunk), mask, variate, weight, score_aux)
+        sc, nr, part = step(params, pad_leading(block, chunk), mask, variate, weight, *extra)
         scores[s:s + n], norms[s:s + n] = np.asarray(sc)[:n], np.asarray(nr)[:n]
         total = part if total is None else total + part
+    if affine is not None:  # Σ paths' logits = (Σ n) W + P b = unembed(Σ n) + (P − 1) b
+        total = model.unembed(total, params=params) + (p - 1) * affine[1]
+    if score is None:
+        scores = norms.copy()
 
     k = min(top_k, p)
     top = np.argsort(-scores, kind="stable")[:k]
@@ -227,12 +290,8 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
                       np.asarray(logits), order, granularity, position)
 
 
-def _target_score(logits, aux):
-    return logits[aux[0]]
-
-
-def _contrast_score(logits, aux):
-    return logits[aux[0]] - logits[aux[1]]
+def _direction_score(logits, direction):
+    return jnp.sum(logits * direction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,9 +338,9 @@ class PathAttribution:
 
     def table(self, n: int = 10) -> str:
         """A plain-text report: totals, the top and bottom paths, and the components."""
-        what = self.target_str if self.target_str is not None else str(self.target)
+        what = repr(self.target_str) if self.target_str is not None else str(self.target)
         if self.foil is not None:
-            what += f" − {self.foil_str if self.foil_str is not None else self.foil}"
+            what += f" − {self.foil_str!r}" if self.foil_str is not None else f" − {self.foil}"
         lines = [f"logit({what}) at position {self.position}: model {self.total:+.4f} = "
                  f"Σ {len(self.labels)} paths {float(self.scores.sum()):+.4f} + remainder {self.remainder:+.4f} "
                  f"(remainder share {self.remainder_share:.1%})", "top paths:"]
@@ -328,8 +387,8 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
     """Rank every path (and component) by its contribution to ``logit(target) − logit(foil)``.
 
     The paths are those of :func:`jetjax.expand_all` (same ``order``, ``granularity``,
-    ``weights`` and filters); each is decoded at ``position`` only, so the cost is one
-    ``d × V`` product per path. The scores plus the remainder add up to the model's own logit
+    ``weights`` and filters); each is scored at ``position`` only, through ``W (e_target − e_foil)``
+    (a ``d``-vector) when the unembedding is affine, so the cost per path is a dot product. The scores plus the remainder add up to the model's own logit
     difference exactly; the remainder (and its share) says how much the paths leave out.
 
     Args:
@@ -356,13 +415,15 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
                          "loop over a batch yourself")
     target, target_str = _token_id(model, target, "target")
     foil, foil_str = (None, None) if foil is None else _token_id(model, foil, "foil")
-    score = _target_score if foil is None else _contrast_score
-    aux = jnp.asarray([target, target if foil is None else foil], jnp.int32)
-    res = reduce_paths(model, ids, order=order, granularity=granularity, weights=weights, score=score,
-                       score_aux=aux, position=position, top_k=0, chunk_size=chunk_size, mesh=mesh,
+    direction = np.zeros(model.config.vocab_size, np.float32)
+    direction[target] += 1.0
+    if foil is not None:
+        direction[foil] -= 1.0
+    res = reduce_paths(model, ids, order=order, granularity=granularity, weights=weights, score=direction,
+                       position=position, top_k=0, chunk_size=chunk_size, mesh=mesh,
                        include=include, exclude=exclude, max_length=max_length, attention_free=attention_free,
                        max_paths=max_paths, progress=progress)
-    total = float(score(jnp.asarray(res.logits), aux))
+    total = float(res.logits @ direction)
     remainder = total - float(res.scores.sum())
     mass = abs(remainder) + float(np.abs(res.scores).sum())
     components: dict[str, float] = {}

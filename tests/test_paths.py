@@ -110,6 +110,21 @@ def test_path_attribution(gpt2, rng):
     assert plain.position == 7 and plain.foil is None
 
 
+def test_affine_unembedding_detection(gpt2):
+    from jetjax.paths import _affine_unembedding
+
+    model, _ = gpt2
+    w, b = _affine_unembedding(model, model.params, 28, jnp.float32)
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 28)), jnp.float32)
+    np.testing.assert_allclose(np.asarray(x @ w + b), np.asarray(model.unembed(x)), atol=1e-5)
+    plain = model.unembed
+    model.unembed = lambda x, params=None: jnp.tanh(plain(x, params=params))  # not affine: must be noticed
+    try:
+        assert _affine_unembedding(model, model.params, 28, jnp.float32) is None
+    finally:
+        del model.unembed
+
+
 def test_bad_input(gpt2, rng):
     model, _ = gpt2
     ids = rng.integers(0, 37, size=5)

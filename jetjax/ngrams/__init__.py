@@ -1,0 +1,19 @@
+"""Jet n-grams: the paper's data-free "global readout" of a language model.
+
+Paths that move no information between positions (or, for trigrams, only through attention over a
+short context) act as n-gram models read straight off the weights. This package sweeps them over
+every context of the vocabulary, stores the tables, and compares them (diffs, keyword mass, agreement
+with a corpus).
+"""
+
+from jetjax.ngrams.analysis import (CorpusAgreement, KeywordMass, TableDiff, corpus_agreement, diff_tables,
+                                    keyword_mass, load_keywords)
+from jetjax.ngrams.paths import PATH_FORMS, parse_path
+from jetjax.ngrams.sweep import jet_bigrams, model_fingerprint, sweep_contexts
+from jetjax.ngrams.table import NGramTable
+from jetjax.ngrams.trigrams import bigram_candidates, candidate_contexts, jet_skip_bigrams, jet_trigrams
+
+__all__ = ["jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "candidate_contexts", "bigram_candidates",
+           "sweep_contexts", "NGramTable", "diff_tables", "TableDiff", "keyword_mass", "KeywordMass",
+           "load_keywords", "corpus_agreement", "CorpusAgreement", "parse_path", "PATH_FORMS",
+           "model_fingerprint"]

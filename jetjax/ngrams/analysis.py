@@ -1,0 +1,340 @@
+"""Reading jet bigram tables: diffs between models, keyword-mass indices, agreement with a corpus.
+
+Exact probabilities of entries outside a table's stored top ``k`` are recomputed from the model
+that made the table (same paths, same order, the table's own row logsumexp), after checking its
+weights' fingerprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from jetjax.models.base import Model
+from jetjax.ngrams.paths import context_scorer, unembedding_matrix
+from jetjax.ngrams.sweep import cached, model_fingerprint
+from jetjax.ngrams.table import NGramTable
+
+__all__ = ["diff_tables", "TableDiff", "load_keywords", "keyword_mass", "KeywordMass", "corpus_agreement",
+           "CorpusAgreement"]
+
+
+def _check_model(model: Model, table: NGramTable) -> None:
+    made_by = table.meta.get("model", {}).get("fingerprint")
+    if made_by != model_fingerprint(model):
+        raise ValueError(f"the table was computed from other weights (fingerprint {str(made_by)[:12]}...) than "
+                         f"{model!r}; pass the model that made it")
+
+
+def _logprob_blocks(model: Model, table: NGramTable, rows: np.ndarray, cols: np.ndarray | None = None,
+                    block: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(rows_block, log P(cols | context of each row))`` for the selected table rows, block by block."""
+    _check_model(model, table)
+    paths, order = tuple(table.meta["paths"]), table.meta["order"]
+
+    def build():
+        scorer = context_scorer(model, paths, order)
+        return jax.jit(lambda p, w, b, ctx, lse: scorer(p, ctx) @ w + b - lse[:, None])
+
+    fn = cached(model, ("logprobs", paths, order), build)
+    w, b = cached(model, ("unembedding",), lambda: jax.jit(lambda p: unembedding_matrix(model, p)))(model.params)
+    if cols is not None:
+        w, b = w[:, cols], b[cols]
+    for start in range(0, len(rows), block):
+        sel = rows[start:start + block]
+        yield sel, np.asarray(fn(model.params, w, b, table.contexts[sel], table.logsumexp[sel]))
+
+
+def _tokenizer(model: Model | None, tokenizer):
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError("a tokenizer is needed: pass tokenizer= (a tokenizers.Tokenizer) or a model that has one")
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffs
+
+@dataclasses.dataclass(frozen=True)
+class TableDiff:
+    """The entries that gained and lost most from table ``a`` to table ``b``.
+
+    Each list holds records ``{"context", "next", "context_ids", "next_id", "p_a", "p_b", "delta",
+    "rank_a", "rank_b"}``; ``rank`` is the 1-based position in the row's stored top ``k`` and
+    ``None`` when the entry is outside it.
+    """
+
+    gained_prob: list[dict]
+    lost_prob: list[dict]
+    gained_rank: list[dict]
+    lost_rank: list[dict]
+    exact: bool
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, indent=1)
+
+    def to_markdown(self) -> str:
+        out = []
+        for name in ("gained_prob", "lost_prob", "gained_rank", "lost_rank"):
+            out += [f"### {name.replace('_', ' by ')}", "", "| context | next | p_a | p_b | Δp | rank_a | rank_b |",
+                    "|---|---|---:|---:|---:|---:|---:|"]
+            out += [f"| {' '.join(map(repr, r['context']))} | {r['next']!r} | {r['p_a']:.4f} | {r['p_b']:.4f} | "
+                    f"{r['delta']:+.4f} | {r['rank_a'] or '—'} | {r['rank_b'] or '—'} |" for r in getattr(self, name)]
+            out.append("")
+        return "\n".join(out)
+
+
+def _keys(table: NGramTable, v: int) -> np.ndarray:
+    """``row * V + next`` of every stored entry; −1 where :meth:`NGramTable.filter` dropped one."""
+    return np.where(table.ids >= 0, np.arange(len(table))[:, None] * v + table.ids, -1).reshape(-1)
+
+
+def _entry_probs(table: NGramTable, keys: np.ndarray, v: int, model: Model | None):
+    """Probability and top-k rank of each ``row * V + next`` key in ``table``."""
+    k = table.top_k
+    mine = _keys(table, v)
+    order = np.argsort(mine)
+    pos = np.clip(np.searchsorted(mine[order], keys), 0, mine.size - 1)
+    found = mine[order][pos] == keys
+    flat = order[pos]
+    probs = np.where(found, table.probs.reshape(-1)[flat], 0.0)
+    ranks = np.where(found, flat % k + 1, 0)
+    if model is not None and not found.all():
+        missing = np.flatnonzero(~found)
+        rows, nxt = keys[missing] // v, keys[missing] % v
+        uniq = np.unique(rows)
+        for sel, lp in _logprob_blocks(model, table, uniq):
+            hit = np.isin(rows, sel)
+            probs[missing[hit]] = np.exp(lp[np.searchsorted(sel, rows[hit]), nxt[hit]])
+    return probs, ranks
+
+
+def diff_tables(a: NGramTable, b: NGramTable, n: int = 20, *, models: tuple[Model, Model] | None = None) -> TableDiff:
+    """Compare two tables of the same contexts and vocabulary (e.g. base vs fine-tuned model).
+
+    The candidates are all entries in either table's stored top ``k``. An entry missing from one
+    table's top ``k`` gets its exact probability there when ``models=(model_a, model_b)`` is given,
+    and probability 0 otherwise (then ``delta`` overstates a change by at most that row's ``k``-th
+    probability). Rank changes compare top-``k`` positions, an entry outside the top ``k`` counting
+    as rank ``k + 1``.
+
+    Returns the ``n`` entries with the largest probability gain / loss and rank gain / loss.
+    """
+    if a.contexts.shape != b.contexts.shape or not np.array_equal(a.contexts, b.contexts):
+        raise ValueError("the tables have different contexts (rows); diff tables of the same contexts")
+    va, vb = (t.meta.get("model", {}).get("config", {}).get("vocab_size") for t in (a, b))
+    if va != vb:
+        raise ValueError(f"the tables come from different vocabularies ({va} vs {vb} tokens)")
+    v = int(max(a.ids.max(), b.ids.max()) + 1) if va is None else int(va)
+    keys = np.union1d(_keys(a, v), _keys(b, v))
+    keys = keys[keys >= 0]
+    ma, mb = (None, None) if models is None else models
+    pa, ra = _entry_probs(a, keys, v, ma)
+    pb, rb = _entry_probs(b, keys, v, mb)
+    delta = pb - pa
+    beyond = max(a.top_k, b.top_k) + 1
+    rank_gain = np.where(ra > 0, ra, beyond) - np.where(rb > 0, rb, beyond)
+
+    def records(order):
+        out = []
+        for i in order[:n]:
+            row, nxt = int(keys[i] // v), int(keys[i] % v)
+            out.append({"context": [a.token(t) for t in a.contexts[row]], "next": a.token(nxt),
+                        "context_ids": a.contexts[row].tolist(), "next_id": nxt, "p_a": float(pa[i]),
+                        "p_b": float(pb[i]), "delta": float(delta[i]),
+                        "rank_a": int(ra[i]) or None, "rank_b": int(rb[i]) or None})
+        return out
+
+    return TableDiff(gained_prob=records(np.lexsort((keys, -delta))), lost_prob=records(np.lexsort((keys, delta))),
+                     gained_rank=records(np.lexsort((keys, -delta, -rank_gain))),
+                     lost_rank=records(np.lexsort((keys, delta, rank_gain))), exact=models is not None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keyword mass
+
+def load_keywords(keywords, tokenizer) -> tuple[np.ndarray, list[str]]:
+    """Keyword token ids and the words that have none.
+
+    ``keywords``: a text file (one word or phrase per line; blank lines and ``#`` comments skipped)
+    or a list of strings. Each entry is encoded as written and with a leading space (BPE vocabularies
+    hold ``"word"`` and ``" word"`` as different tokens); every form that is exactly one token is
+    kept. Entries with no one-token form are returned in the second list (and warned about).
+    """
+    if isinstance(keywords, (str, Path)):
+        path = Path(keywords)
+        if not path.is_file():
+            raise FileNotFoundError(f"keyword file {path} does not exist")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    else:
+        lines = list(keywords)
+    words = [w.strip() for w in lines if w.strip() and not w.strip().startswith("#")]
+    if not words:
+        raise ValueError("the keyword list is empty (one word or phrase per line)")
+    unk = getattr(tokenizer.model, "unk_token", None)
+    unk_id = tokenizer.token_to_id(unk) if unk else None  # an unknown word maps to it: not a hit
+    ids, missing = set(), []
+    for word in words:
+        found = [enc[0] for form in (word, " " + word)
+                 if len(enc := tokenizer.encode(form, add_special_tokens=False).ids) == 1 and enc[0] != unk_id]
+        ids.update(found)
+        if not found:
+            missing.append(word)
+    if missing:
+        warnings.warn(f"{len(missing)} of {len(words)} keywords have no single token in the vocabulary "
+                      f"(with or without a leading space) and are ignored: {missing}", stacklevel=2)
+    return np.asarray(sorted(ids), np.int32), missing
+
+
+@dataclasses.dataclass(frozen=True)
+class KeywordMass:
+    """Keyword-mass index of a bigram table (definitions in :func:`keyword_mass`)."""
+
+    n_words: int
+    token_ids: list[int]
+    missing: list[str]
+    all_contexts: float | None
+    keyword_contexts: float | None
+    top_k: float
+    uniform: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def keyword_mass(table: NGramTable, keywords, *, model: Model | None = None, tokenizer=None) -> KeywordMass:
+    """How much probability the jet bigram distribution puts on keyword tokens.
+
+    With ``K`` the keyword token ids (:func:`load_keywords`), ``P(z2 | z1)`` the table's bigram
+    distribution and ``Z`` its contexts (all ``V`` tokens for a full sweep):
+
+    * ``all_contexts = (1/|Z|) Σ_{z1∈Z} Σ_{z2∈K} P(z2 | z1)``: the mass on keywords, averaged over
+      every context (exact; needs ``model``, the one that made the table);
+    * ``keyword_contexts``: the same average over contexts that are themselves keywords,
+      ``z1 ∈ K ∩ Z`` (needs ``model``);
+    * ``top_k = (1/|Z|) Σ_{z1} Σ_{j≤k, ids[z1,j]∈K} probs[z1, j]``: the mass within each row's stored
+      top ``k`` (from the table alone; a lower bound of ``all_contexts``);
+    * ``uniform = |K| / V``: what a uniform next-token distribution would give, for scale.
+
+    The paper's toxicity index is such a mass; it does not publish its exact formula or list.
+
+    Example:
+      >>> from tokenizers import Tokenizer, models, pre_tokenizers
+      >>> tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "c": 2}, unk_token="a"))
+      >>> tok.pre_tokenizer = pre_tokenizers.Whitespace()
+      >>> t = NGramTable(contexts=np.arange(3, dtype=np.int32)[:, None],
+      ...                probs=np.array([[.6], [.5], [.9]], np.float32), ids=np.array([[1], [0], [1]], np.int32),
+      ...                logsumexp=np.zeros(3, np.float32), global_probs=np.zeros(0, np.float32),
+      ...                global_pairs=np.zeros((0, 2), np.int32), meta={"model": {"config": {"vocab_size": 3}}})
+      >>> round(keyword_mass(t, ["b"], tokenizer=tok).top_k, 4)    # (0.6 + 0.9) / 3
+      0.5
+    """
+    if table.n != 2:
+        raise ValueError(f"keyword mass is defined on bigram tables, got an n={table.n} table")
+    ids, missing = load_keywords(keywords, _tokenizer(model, tokenizer))
+    n_words = len(ids) + len(missing)
+    if ids.size == 0:
+        raise ValueError(f"none of the keywords has a token in the vocabulary: {missing}")
+    v = int(table.meta.get("model", {}).get("config", {}).get("vocab_size") or table.ids.max() + 1)
+    top = float(np.where(np.isin(table.ids, ids), table.probs, 0).sum() / len(table))
+    all_ctx = kw_ctx = None
+    if model is not None:
+        per_row = np.zeros(len(table))
+        for sel, lp in _logprob_blocks(model, table, np.arange(len(table)), ids):
+            per_row[sel] = np.exp(lp.astype(np.float64)).sum(axis=1)
+        all_ctx = float(per_row.mean())
+        kw_rows = np.isin(table.contexts[:, 0], ids)
+        kw_ctx = float(per_row[kw_rows].mean()) if kw_rows.any() else None
+    return KeywordMass(n_words=n_words, token_ids=ids.tolist(), missing=missing, all_contexts=all_ctx,
+                       keyword_contexts=kw_ctx, top_k=top, uniform=len(ids) / v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus agreement
+
+@dataclasses.dataclass(frozen=True)
+class CorpusAgreement:
+    """How well a jet bigram table matches a corpus's empirical bigrams (see :func:`corpus_agreement`)."""
+
+    n_tokens: int
+    n_contexts: int
+    min_count: int
+    top1_hit_rate: float
+    rank_correlation: float
+    kl: float
+    support_mass: float
+    unigram: dict
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _agreement(counts_by_ctx, predict_top1, probs_by_ctx) -> tuple[float, float, float]:
+    from scipy.stats import spearmanr
+
+    hits, rhos, kls = [], [], []
+    for z1, (nxt, c) in counts_by_ctx.items():
+        hits.append(predict_top1(z1) in set(nxt[c == c.max()].tolist()))
+        q = probs_by_ctx(z1, nxt)
+        if len(nxt) > 1 and np.ptp(c) > 0 and np.ptp(q) > 0:
+            rhos.append(spearmanr(c, q).statistic)
+        p_hat, q_tilde = c / c.sum(), q / q.sum()
+        kls.append(float(np.sum(p_hat * np.log(p_hat / q_tilde))))
+    return float(np.mean(hits)), float(np.mean(rhos)) if rhos else float("nan"), float(np.mean(kls))
+
+
+def corpus_agreement(table: NGramTable, text: str, model: Model, *, tokenizer=None,
+                     min_count: int = 5) -> CorpusAgreement:
+    """Agreement between a jet bigram table and the bigrams of ``text`` (tokenized with the model's tokenizer).
+
+    With ``c(z1, z2)`` the corpus bigram counts and ``F`` the contexts seen at least ``min_count``
+    times, averaged over ``z1 ∈ F`` (each context counts once):
+
+    * ``top1_hit_rate``: the table's most probable next token is a most frequent corpus successor;
+    * ``rank_correlation``: Spearman ρ between ``c(z1, ·)`` and ``P(· | z1)`` over the observed
+      successors (contexts with fewer than two distinct successors, or constant counts, skipped);
+    * ``kl``: ``KL(p̂ ‖ q̃)`` on the shared support, ``p̂ = c(z1, ·)/c(z1)`` and ``q̃`` the jet
+      distribution renormalised over the observed successors;
+    * ``support_mass``: the jet probability ``Σ_{observed z2} P(z2 | z1)`` of that support.
+
+    ``unigram`` gives the same three metrics for the corpus's own unigram distribution used as the
+    prediction for every context (an in-sample baseline the jet table should beat).
+    ``model`` must be the one that made the table (exact probabilities of observed successors).
+    """
+    if table.n != 2:
+        raise ValueError(f"corpus agreement is defined on bigram tables, got an n={table.n} table")
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"min_count must be a positive int, got {min_count!r}")
+    ids = np.asarray(_tokenizer(model, tokenizer).encode(text, add_special_tokens=False).ids, np.int64)
+    if ids.size < 2:
+        raise ValueError("the corpus has fewer than two tokens")
+    v = model.config.vocab_size
+    pairs, counts = np.unique(ids[:-1] * v + ids[1:], return_counts=True)  # sorted, so grouped by z1
+    ctx_of = pairs // v
+    ctx_total = np.bincount(ctx_of, weights=counts, minlength=v)
+    frequent = np.flatnonzero(ctx_total >= min_count)
+    if frequent.size == 0:
+        raise ValueError(f"no context occurs {min_count} times in the corpus; lower min_count")
+    lo, hi = np.searchsorted(ctx_of, frequent), np.searchsorted(ctx_of, frequent, side="right")
+    by_ctx = {int(z1): (pairs[a:b] % v, counts[a:b].astype(np.float64)) for z1, a, b in zip(frequent, lo, hi)}
+    row_of = {int(z): r for r, z in enumerate(table.contexts[:, 0])}
+    missing = [int(z1) for z1 in frequent if int(z1) not in row_of]
+    if missing:
+        raise ValueError(f"the table has no row for corpus contexts {missing[:10]}; use a full bigram table")
+    logp = {}
+    for sel, lp in _logprob_blocks(model, table, np.asarray([row_of[int(z1)] for z1 in frequent])):
+        for r, row_lp in zip(sel, lp):
+            logp[int(table.contexts[r, 0])] = row_lp.astype(np.float64)
+    jet = _agreement(by_ctx, lambda z1: int(table.ids[row_of[z1], 0]), lambda z1, nxt: np.exp(logp[z1][nxt]))
+    unigram = np.bincount(ids, minlength=v).astype(np.float64)
+    base = _agreement(by_ctx, lambda z1: int(np.argmax(unigram)), lambda z1, nxt: unigram[nxt] / unigram.sum())
+    support = float(np.mean([np.exp(logp[z1][nxt]).sum() for z1, (nxt, _) in by_ctx.items()]))
+    return CorpusAgreement(n_tokens=int(ids.size), n_contexts=int(frequent.size), min_count=min_count,
+                           top1_hit_rate=jet[0], rank_correlation=jet[1], kl=jet[2], support_mass=support,
+                           unigram={"top1_hit_rate": base[0], "rank_correlation": base[1], "kl": base[2]})

@@ -1,0 +1,188 @@
+"""``NGramTable``: the top next tokens of every context, saved as safetensors + JSON (no pickle)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["NGramTable", "atomic_write_bytes", "TABLE_FILE", "TABLE_META"]
+
+TABLE_FILE, TABLE_META = "table.safetensors", "table.json"
+_ARRAYS = ("contexts", "probs", "ids", "logsumexp", "global_probs", "global_pairs")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NGramTable:
+    """Next-token distributions of a set of contexts, kept as their top ``k`` entries.
+
+    Attributes:
+      contexts: ``int32 [R, n-1]``: the context of each row (bigrams: ``[[0], [1], ..., [V-1]]``).
+      probs, ids: ``[R, k]``: the ``k`` most probable next tokens of each row, most probable first.
+      logsumexp: ``[R]``: log of the softmax denominator of each row's score (so any next token's
+        probability is ``exp(score − logsumexp)``).
+      global_probs, global_pairs: the highest-probability ``(context..., next)`` entries over all
+        rows: ``[G]`` and ``[G, n]``, most probable first.
+      meta: JSON-able settings and provenance (paths, order, model fingerprint, vocab size, ...).
+      tokens: optional token strings of the vocabulary (index = id), for decoding and lookup.
+
+    Example:
+      >>> t = NGramTable(contexts=np.arange(3, dtype=np.int32)[:, None],
+      ...                probs=np.array([[.75, .25], [.5, .25], [.875, .125]], np.float32),
+      ...                ids=np.array([[1, 2], [0, 2], [0, 1]], np.int32),
+      ...                logsumexp=np.zeros(3, np.float32), global_probs=np.array([.875, .75], np.float32),
+      ...                global_pairs=np.array([[2, 0], [0, 1]], np.int32), meta={}, tokens=["a", "b", "c"])
+      >>> t.top(2)
+      [(('c',), 'a', 0.875), (('a',), 'b', 0.75)]
+      >>> t.lookup("b")
+      [('a', 0.5), ('c', 0.25)]
+    """
+
+    contexts: np.ndarray
+    probs: np.ndarray
+    ids: np.ndarray
+    logsumexp: np.ndarray
+    global_probs: np.ndarray
+    global_pairs: np.ndarray
+    meta: dict[str, Any]
+    tokens: Sequence[str] | None = None
+
+    def __post_init__(self):
+        r, k = self.probs.shape
+        if self.ids.shape != (r, k) or self.contexts.shape[0] != r or self.logsumexp.shape != (r,):
+            raise ValueError(f"inconsistent table arrays: contexts {self.contexts.shape}, probs {self.probs.shape}, "
+                             f"ids {self.ids.shape}, logsumexp {self.logsumexp.shape}")
+
+    def __len__(self) -> int:
+        return self.probs.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"NGramTable(rows={len(self)}, n={self.n}, top_k={self.top_k}, "
+                f"paths={self.meta.get('paths')}, order={self.meta.get('order')})")
+
+    @property
+    def n(self) -> int:
+        """The ``n`` of the n-grams (2 for bigrams)."""
+        return self.contexts.shape[1] + 1
+
+    @property
+    def top_k(self) -> int:
+        return self.probs.shape[1]
+
+    # -- strings ------------------------------------------------------------------------------
+    def token(self, i: int) -> str:
+        return self.tokens[int(i)] if self.tokens is not None else str(int(i))
+
+    def decode(self, rows: Sequence[int] | None = None) -> list[dict]:
+        """Rows as ``{"context": (str, ...), "next": [(str, prob), ...]}``."""
+        rows = range(len(self)) if rows is None else rows
+        return [{"context": tuple(self.token(t) for t in self.contexts[r]),
+                 "next": self._row_entries(r)} for r in rows]
+
+    def _row_entries(self, r: int) -> list[tuple[str, float]]:
+        return [(self.token(i), float(p)) for i, p in zip(self.ids[r], self.probs[r]) if i >= 0]
+
+    def top(self, n: int = 20) -> list[tuple[tuple[str, ...], str, float]]:
+        """The ``n`` most probable ``(context, next token, prob)`` entries over the whole table."""
+        if n > len(self.global_probs):
+            raise ValueError(f"top({n}): the table keeps only the global top {len(self.global_probs)} "
+                             "(raise global_k when sweeping)")
+        return [(tuple(self.token(t) for t in pair[:-1]), self.token(pair[-1]), float(p))
+                for pair, p in zip(self.global_pairs[:n], self.global_probs[:n])]
+
+    def _token_id(self, token) -> int:
+        if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
+            return int(token)
+        if self.tokens is None:
+            raise ValueError("this table has no token strings; look up by token id")
+        hits = [i for i, s in enumerate(self.tokens) if s == token]
+        if len(hits) != 1:
+            raise KeyError(f"token string {token!r} matches {len(hits)} vocabulary entries "
+                           f"{hits[:10]}; look up by id instead" if hits else
+                           f"token string {token!r} is not in the vocabulary (mind the leading space)")
+        return hits[0]
+
+    def row_of(self, context) -> int:
+        """The row of a context: a token id or string (bigrams) or a sequence of them."""
+        ctx = [context] if isinstance(context, (str, int, np.integer)) else list(context)
+        want = np.asarray([self._token_id(t) for t in ctx], np.int32)
+        if want.shape != (self.n - 1,):
+            raise ValueError(f"a context of this table has {self.n - 1} token(s), got {list(ctx)!r}")
+        hit = np.flatnonzero((self.contexts == want).all(axis=1))
+        if hit.size == 0:
+            raise KeyError(f"context {list(ctx)!r} is not a row of this table")
+        return int(hit[0])
+
+    def lookup(self, context) -> list[tuple[str, float]]:
+        """The top next tokens (string, prob) of a context given by token string(s) or id(s)."""
+        return self._row_entries(self.row_of(context))
+
+    def filter(self, rows=None, *, min_prob: float = 0.0) -> "NGramTable":
+        """A table of the selected rows (indices or boolean mask); entries below ``min_prob`` get id −1, prob 0.
+
+        Global pairs are kept when their context row is kept and their probability ``>= min_prob``.
+        """
+        keep = np.arange(len(self)) if rows is None else np.asarray(rows)
+        if keep.dtype == bool:
+            if keep.shape != (len(self),):
+                raise ValueError(f"a boolean row mask needs shape ({len(self)},), got {keep.shape}")
+            keep = np.flatnonzero(keep)
+        small = self.probs[keep] < min_prob
+        kept_ctx = {tuple(c) for c in self.contexts[keep].tolist()}
+        g = [i for i, pair in enumerate(self.global_pairs.tolist())
+             if tuple(pair[:-1]) in kept_ctx and self.global_probs[i] >= min_prob]
+        return dataclasses.replace(
+            self, contexts=self.contexts[keep], probs=np.where(small, 0, self.probs[keep]).astype(np.float32),
+            ids=np.where(small, -1, self.ids[keep]).astype(np.int32), logsumexp=self.logsumexp[keep],
+            global_probs=self.global_probs[g], global_pairs=self.global_pairs[g].reshape(len(g), self.n),
+            meta={**self.meta, "filtered": True})
+
+    # -- files --------------------------------------------------------------------------------
+    def save(self, directory) -> Path:
+        """Write ``table.safetensors`` and ``table.json`` into ``directory`` (each atomically)."""
+        from safetensors.numpy import save
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        arrays = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAYS}
+        atomic_write_bytes(d / TABLE_FILE, save(arrays))
+        doc = {"format": "jetjax.ngram_table/1", "meta": self.meta,
+               "tokens": list(self.tokens) if self.tokens is not None else None}
+        atomic_write_bytes(d / TABLE_META, json.dumps(doc, ensure_ascii=False).encode())
+        return d
+
+    @classmethod
+    def load(cls, directory) -> "NGramTable":
+        """Read a table written by :meth:`save` (or by a completed sweep's ``out_dir``)."""
+        from safetensors.numpy import load_file
+
+        d = Path(directory)
+        if not (d / TABLE_FILE).is_file() or not (d / TABLE_META).is_file():
+            raise FileNotFoundError(f"{d} holds no complete n-gram table ({TABLE_FILE} + {TABLE_META}); "
+                                    "an unfinished sweep is resumed by calling the sweep again with this out_dir")
+        doc = json.loads((d / TABLE_META).read_text())
+        if doc.get("format") != "jetjax.ngram_table/1":
+            raise ValueError(f"{d / TABLE_META}: not a jetjax n-gram table (format {doc.get('format')!r})")
+        arrays = load_file(str(d / TABLE_FILE))
+        return cls(**{name: arrays[name] for name in _ARRAYS}, meta=doc["meta"], tokens=doc["tokens"])

@@ -1,0 +1,336 @@
+"""Jet n-grams: sweeps against independent references, resumable output, diffs, keyword mass, corpus agreement."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+
+import jetjax as jj
+from jetjax.models import ModelConfig, random_model
+from jetjax.ngrams import (NGramTable, candidate_contexts, corpus_agreement, diff_tables, jet_bigrams,
+                           jet_skip_bigrams, jet_trigrams, keyword_mass)
+from tests.conftest import GPT2_CONFIGS
+
+DEVICE_SETUPS = [(1, 5), (4, 8), (4, 64)]  # (devices, block_rows): padded, split and single-block sweeps
+
+
+def _t(x):
+    return x.detach().double().numpy()
+
+
+def _ln(x, mod):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + mod.eps) * _t(mod.weight) + _t(mod.bias)
+
+
+def _act(x, name):
+    if name == "relu":
+        return np.maximum(x, 0)
+    if name == "gelu":
+        return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _reference_probs(hf, path, act):
+    """softmax(U · LN_f(γ(E[z]))) for every token z, in float64 numpy from the HF weights."""
+    tr = hf.transformer
+    x = _t(tr.wte.weight)
+    for kind, layer in path:
+        blk = tr.h[layer]
+        if kind == "mlp":
+            hid = _ln(x, blk.ln_2) @ _t(blk.mlp.c_fc.weight) + _t(blk.mlp.c_fc.bias)
+            x = _act(hid, act) @ _t(blk.mlp.c_proj.weight) + _t(blk.mlp.c_proj.bias)
+        else:  # one token: attention weight 1 on itself, output = c_proj(v)
+            d = x.shape[-1]
+            v = (_ln(x, blk.ln_1) @ _t(blk.attn.c_attn.weight) + _t(blk.attn.c_attn.bias))[:, 2 * d:]
+            x = v @ _t(blk.attn.c_proj.weight) + _t(blk.attn.c_proj.bias)
+    logits = _ln(x, tr.ln_f) @ _t(hf.lm_head.weight).T
+    logits -= logits.max(-1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("name,path,components", [
+    ("prime", "emb>dec", []),
+    ("prime", "emb>mlp1>dec", [("mlp", 1)]),
+    ("odd_mlp", "emb>mlp3>dec", [("mlp", 3)]),
+    ("untied_scaled", "emb>attn0>mlp0>dec", [("attn", 0), ("mlp", 0)]),
+])
+def test_bigram_rows_match_hf_weights(gpt2_checkpoints, name, path, components):
+    directory, hf = gpt2_checkpoints[name]
+    model = jj.from_pretrained(directory)
+    ref = _reference_probs(hf, components, GPT2_CONFIGS[name].get("activation_function", "gelu_new"))
+    v, k = ref.shape[0], 4
+    rows = np.arange(v)
+    for n_dev, block in DEVICE_SETUPS:
+        t = jet_bigrams(model, path, top_k=k, global_k=7, block_rows=block, chunk_rows=11,
+                        devices=jax.devices()[:n_dev], progress=False)
+        np.testing.assert_allclose(t.probs, -np.sort(-ref, axis=1)[:, :k], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(ref[rows[:, None], t.ids], t.probs, atol=1e-5, rtol=0)
+        flat = np.sort(ref.reshape(-1))[::-1][:7]
+        np.testing.assert_allclose(t.global_probs, flat, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(ref[t.global_pairs[:, 0], t.global_pairs[:, 1]], t.global_probs, atol=1e-5)
+
+
+def test_order1_path_matches_direct_jvp(gpt2_checkpoints):
+    model = jj.from_pretrained(gpt2_checkpoints["prime"][0])
+    v = model.config.vocab_size
+    params = {**model.params, "wpe": jnp.zeros_like(model.params["wpe"])}  # streams from token embeddings only
+    h, mids = model.residual_stream(np.arange(v)[:, None], params=params, mid=True)
+    e, h_last = h[0][:, 0], h[-1][:, 0]
+    mlp = lambda x: model.mlp(0, x)  # noqa: E731
+    x, dx = jax.jvp(mlp, (e,), (mids[0][:, 0] - e,))
+    y, dy = jax.jvp(model.final_norm, (x + dx,), (h_last - (x + dx),))
+    ref = np.asarray(jax.nn.softmax(model.unembed(y + dy), axis=-1))
+    t = jet_bigrams(model, "emb>mlp0>dec", top_k=3, order=1, progress=False)
+    np.testing.assert_allclose(t.probs, -np.sort(-ref, axis=1)[:, :3], atol=1e-5, rtol=0)
+
+
+def _np_attention_last(hf, layer, x):
+    """GPT-2 attention of layer ``layer`` on sequences x [N, T, d], last position, in numpy."""
+    blk, cfg = hf.transformer.h[layer], hf.config
+    n, t, d = x.shape
+    nh = cfg.n_head
+    qkv = _ln(x, blk.ln_1) @ _t(blk.attn.c_attn.weight) + _t(blk.attn.c_attn.bias)
+    q, k, v = (qkv[..., i * d:(i + 1) * d].reshape(n, t, nh, d // nh) for i in range(3))
+    s = np.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(d // nh)
+    s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    out = np.einsum("nhqk,nkhd->nqhd", a, v).reshape(n, t, d)
+    return (out @ _t(blk.attn.c_proj.weight) + _t(blk.attn.c_proj.bias))[:, -1]
+
+
+def test_trigrams_and_skip_bigrams_match_numpy_attention(gpt2_checkpoints):
+    directory, hf = gpt2_checkpoints["prime"]
+    model = jj.from_pretrained(directory)
+    ctx = candidate_contexts([0, 5, 11, 36])
+    x = _t(hf.transformer.wte.weight)[ctx]
+    ln_f, u = hf.transformer.ln_f, _t(hf.lm_head.weight)
+
+    def softmax_rows(normed):
+        z = normed @ u.T
+        p = np.exp(z - z.max(-1, keepdims=True))
+        return p / p.sum(-1, keepdims=True)
+
+    attn = [_ln(_np_attention_last(hf, layer, x), ln_f) for layer in range(3)]
+    direct = _ln(x[:, -1], ln_f)
+    want_tri = softmax_rows((direct + attn[0] + attn[2]) / 3)
+    tri = jet_trigrams(model, ctx, ["emb>dec", "emb>attn0>dec", "emb>attn2>dec"], top_k=5, progress=False,
+                       devices=jax.devices()[:4], block_rows=6)
+    np.testing.assert_allclose(tri.probs, -np.sort(-want_tri, axis=1)[:, :5], atol=1e-5, rtol=0)
+    skip = jet_skip_bigrams(model, ctx, layers=[1], top_k=5, progress=False)
+    np.testing.assert_allclose(skip.probs, -np.sort(-softmax_rows(attn[1]), axis=1)[:, :5], atol=1e-5, rtol=0)
+    assert tri.contexts.tolist() == ctx.tolist() and tri.n == 3
+
+
+# ---- hand-built models with a known bigram matrix --------------------------------------------
+
+V_TOY, D_TOY = 13, 17
+
+
+def _toy_tokenizer():
+    tok = Tokenizer(tok_models.WordLevel({f"w{i}": i for i in range(V_TOY)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok
+
+
+def _known_table(seed):
+    """Rows: a permutation of geometric weights 2^-j, normalised (clear, well separated maxima)."""
+    rng = np.random.default_rng(seed)
+    base = 0.5 ** np.arange(V_TOY)
+    return np.stack([rng.permutation(base) for _ in range(V_TOY)]) / base.sum()
+
+
+def _bigram_model(p, seed=0):
+    """A GPT-2 module whose emb>dec path gives softmax rows equal to ``p``: LN_f(E) @ U = log p."""
+    cfg = ModelConfig(arch="gpt2", n_layers=1, d_model=D_TOY, n_heads=1, d_head=D_TOY, d_mlp=7, vocab_size=V_TOY,
+                      n_positions=4, norm_eps=1e-5, activation="gelu_new", tie_embeddings=False)
+    model = random_model(cfg, seed=seed)
+    emb = np.random.default_rng(100 + seed).normal(size=(V_TOY, D_TOY))
+    centred = emb - emb.mean(1, keepdims=True)
+    normed = centred / np.sqrt((centred ** 2).mean(1, keepdims=True) + cfg.norm_eps)  # LN_f with unit gain
+    unembed = np.linalg.pinv(normed) @ np.log(p)
+    params = dict(model.params)
+    params["wte"] = jnp.asarray(emb, jnp.float32)
+    params["ln_f"] = {"scale": jnp.ones(D_TOY, jnp.float32), "bias": jnp.zeros(D_TOY, jnp.float32)}
+    params["lm_head"] = {"kernel": jnp.asarray(unembed, jnp.float32)}
+    model.params, model.tokenizer, model.source = params, _toy_tokenizer(), f"known-bigrams-{seed}"
+    return model
+
+
+def _sample_corpus(p, n, seed):
+    rng = np.random.default_rng(seed)
+    toks = [0]
+    cum = np.cumsum(p, axis=1)
+    for u in rng.random(n - 1):
+        toks.append(min(int(np.searchsorted(cum[toks[-1]], u)), V_TOY - 1))
+    return " ".join(f"w{t}" for t in toks)
+
+
+def test_known_bigram_matrix_is_recovered_and_a_sampled_corpus_agrees():
+    p = _known_table(0)
+    model = _bigram_model(p)
+    t = jet_bigrams(model, top_k=V_TOY, global_k=5, progress=False)
+    np.testing.assert_array_equal(t.ids, np.argsort(-p, axis=1, kind="stable"))
+    np.testing.assert_allclose(t.probs, -np.sort(-p, axis=1), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(t.logsumexp, 0.0, atol=1e-4)  # U was fitted to log p itself
+    assert t.lookup("w3")[0] == (f"w{np.argmax(p[3])}", pytest.approx(p[3].max(), abs=1e-5))
+
+    agree = corpus_agreement(t, _sample_corpus(p, 12000, seed=1), model, min_count=30)
+    assert agree.n_contexts == V_TOY
+    assert agree.top1_hit_rate == 1.0
+    assert agree.rank_correlation > 0.9 and agree.kl < 0.02
+    assert agree.unigram["top1_hit_rate"] < 0.5 and agree.unigram["kl"] > 10 * agree.kl
+    # a corpus from a different table agrees much less
+    other = corpus_agreement(t, _sample_corpus(_known_table(7), 12000, seed=1), model, min_count=30)
+    assert other.top1_hit_rate < 0.5 and other.kl > 10 * agree.kl
+
+
+def test_diff_and_keyword_mass_of_two_known_models(tmp_path):
+    p_a = _known_table(0)
+    p_b = p_a.copy()
+    p_b[3] = p_b[3] * 0.1
+    p_b[3, 7] += 0.9  # the "fine-tuned" model learnt w3 -> w7
+    a_model, b_model = _bigram_model(p_a, seed=0), _bigram_model(p_b, seed=1)
+    a = jet_bigrams(a_model, top_k=4, progress=False)
+    b = jet_bigrams(b_model, top_k=4, progress=False)
+
+    d = diff_tables(a, b, n=3, models=(a_model, b_model))
+    top = d.gained_prob[0]
+    assert (top["context"], top["next"]) == (["w3"], "w7")
+    assert top["delta"] == pytest.approx(p_b[3, 7] - p_a[3, 7], abs=1e-5)
+    assert top["rank_b"] == 1
+    lost = d.lost_prob[0]
+    assert lost["context"] == ["w3"] and lost["delta"] == pytest.approx(
+        (p_b[3] - p_a[3]).min(), abs=1e-5)
+    json.loads(d.to_json())
+    assert "| 'w3' | 'w7' |" in d.to_markdown()
+
+    kw = tmp_path / "kw.txt"
+    kw.write_text("# demo\nw7\nw2\n")
+    for model, table, p in ((a_model, a, p_a), (b_model, b, p_b)):
+        m = keyword_mass(table, kw, model=model)
+        assert m.token_ids == [2, 7] and m.missing == []
+        assert m.all_contexts == pytest.approx(p[:, [2, 7]].sum(1).mean(), abs=1e-5)
+        assert m.keyword_contexts == pytest.approx(p[[2, 7]][:, [2, 7]].sum(1).mean(), abs=1e-5)
+        top4 = np.argsort(-p, axis=1)[:, :4]
+        want_top = np.mean([p[r, top4[r]][np.isin(top4[r], [2, 7])].sum() for r in range(V_TOY)])
+        assert m.top_k == pytest.approx(want_top, abs=1e-5)
+        assert m.uniform == pytest.approx(2 / V_TOY)
+
+
+# ---- resumable output -------------------------------------------------------------------------
+
+def _tiny(seed=0, vocab=29):
+    cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=12, n_heads=2, d_head=6, d_mlp=19, vocab_size=vocab,
+                      n_positions=5, norm_eps=1e-5, activation="gelu_new")
+    return random_model(cfg, seed=seed, scale=0.5)
+
+
+def _snapshot(directory):
+    return {f.name: f.read_bytes() for f in sorted(directory.iterdir())}
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_sweep_resumes_to_identical_files(tmp_path):
+    model = _tiny()
+    opts = dict(paths=["emb>dec", "emb>mlp1>dec"], top_k=3, global_k=6, block_rows=4, chunk_rows=7, progress=False)
+    full = jet_bigrams(model, out_dir=tmp_path / "full", **opts)
+
+    def stop_after_two(i, n):
+        if i == 1:
+            raise _Stop
+
+    out = tmp_path / "resumed"
+    with pytest.raises(_Stop):
+        jet_bigrams(model, out_dir=out, callback=stop_after_two, **opts)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["chunks"]) == ["0", "1"] and not manifest["complete"]
+    assert not (out / "table.safetensors").exists()
+    (out / "chunk-00002.safetensors").write_bytes(b"half a chunk")  # killed mid-write, not in the manifest
+
+    seen = []
+    resumed = jet_bigrams(model, out_dir=out, callback=lambda i, n: seen.append(i), **opts)
+    assert seen == [2, 3, 4]  # 29 rows / 7 per chunk
+    assert _snapshot(out) == _snapshot(tmp_path / "full")
+    np.testing.assert_array_equal(resumed.probs, full.probs)
+    loaded = NGramTable.load(out)
+    np.testing.assert_array_equal(loaded.ids, full.ids)
+    np.testing.assert_array_equal(loaded.global_pairs, full.global_pairs)
+    assert loaded.meta == full.meta
+    # a complete directory is read back, not recomputed
+    again = jet_bigrams(model, out_dir=out, callback=lambda i, n: seen.append(i), **opts)
+    assert seen == [2, 3, 4] and np.array_equal(again.probs, full.probs)
+
+
+def test_output_dir_of_another_model_or_settings_is_refused_untouched(tmp_path):
+    out = tmp_path / "t"
+    jet_bigrams(_tiny(0), top_k=3, chunk_rows=10, out_dir=out, progress=False)
+    before = _snapshot(out)
+    with pytest.raises(ValueError, match="different model or settings.*fingerprint"):
+        jet_bigrams(_tiny(1), top_k=3, chunk_rows=10, out_dir=out, progress=False)
+    with pytest.raises(ValueError, match="settings.top_k: 3 there, 4 now"):
+        jet_bigrams(_tiny(0), top_k=4, chunk_rows=10, out_dir=out, progress=False)
+    assert _snapshot(out) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        jet_bigrams(_tiny(0), top_k=3, out_dir=other, progress=False)
+    assert _snapshot(other) == {"notes.txt": b"mine"}
+
+
+# ---- the table object and bad input -----------------------------------------------------------
+
+def test_table_save_load_decode_filter(tmp_path):
+    model = _bigram_model(_known_table(0))
+    t = jet_bigrams(model, top_k=3, global_k=4, progress=False)
+    loaded = NGramTable.load(t.save(tmp_path / "tab"))
+    for f in ("contexts", "probs", "ids", "logsumexp", "global_probs", "global_pairs"):
+        np.testing.assert_array_equal(getattr(loaded, f), getattr(t, f))
+    assert loaded.tokens == [f"w{i}" for i in range(V_TOY)] and loaded.meta == t.meta
+    assert loaded.decode([3])[0]["next"] == loaded.lookup("w3") == loaded.lookup(3)
+    assert loaded.top(2)[0][2] == pytest.approx(float(t.probs.max()))
+    kept = loaded.filter(np.arange(V_TOY) % 2 == 0, min_prob=0.2)
+    assert len(kept) == 7 and (kept.ids[kept.probs < 0.2] == -1).all()
+    assert set(kept.global_pairs[:, 0].tolist()) <= set(range(0, V_TOY, 2))
+    with pytest.raises(KeyError, match="not in the vocabulary"):
+        loaded.lookup("zzz")
+
+
+def test_bad_input_errors(tmp_path):
+    model = _tiny()
+    with pytest.raises(ValueError, match=r"unknown path name 'emb>ffn0>dec'; valid forms: emb>dec; emb>mlp\{l\}>dec"):
+        jet_bigrams(model, "emb>ffn0>dec", progress=False)
+    with pytest.raises(ValueError, match=r"layer 2 is out of range .* 2 layers \(valid: 0..1\)"):
+        jet_bigrams(model, "emb>mlp2>dec", progress=False)
+    with pytest.raises(ValueError, match="mlp1 cannot follow mlp1|attn1 cannot follow mlp1"):
+        jet_bigrams(model, "emb>mlp1>attn1>dec", progress=False)
+    with pytest.raises(ValueError, match=r"top_k=30 is larger than the vocabulary size \(29\)"):
+        jet_bigrams(model, top_k=30, progress=False)
+    with pytest.raises(ValueError, match=r"trigram contexts must be .* \[N, 2\]"):
+        jet_trigrams(model, np.zeros((3, 3), np.int32), progress=False)
+    with pytest.raises(ValueError, match="out of range for a vocabulary of 29"):
+        jet_trigrams(model, [[0, 29]], progress=False)
+
+    known = _bigram_model(_known_table(0))
+    table = jet_bigrams(known, top_k=3, progress=False)
+    kw = tmp_path / "kw.txt"
+    kw.write_text("w4\nbanana split\nzebra\n")
+    with pytest.warns(UserWarning, match=r"2 of 3 keywords .* ignored: \['banana split', 'zebra'\]"):
+        m = keyword_mass(table, kw, model=known)
+    assert m.token_ids == [4] and m.missing == ["banana split", "zebra"]
+    kw.write_text("zebra\n")
+    with pytest.warns(UserWarning, match=r"\['zebra'\]"), pytest.raises(ValueError, match="none of the keywords"):
+        keyword_mass(table, kw, model=known)
+    with pytest.raises(ValueError, match="other weights"):
+        keyword_mass(table, ["w4"], model=_bigram_model(_known_table(0), seed=3))
