@@ -124,16 +124,17 @@ def _read_config(path: Path) -> dict:
 
 
 def _check_config_keys(cfg: dict, family: ModuleType, path: Path) -> None:
-    known = family.HANDLED_KEYS | family.IGNORED_KEYS | METADATA_KEYS | set(family.REQUIRED_VALUES)
-    unknown = sorted(k for k in cfg if k not in known)
+    keys = family.CONFIG_KEYS[cfg["model_type"]]
+    unknown = sorted(k for k in cfg if k not in keys.known() | METADATA_KEYS)
     if unknown:
         raise ValueError(
             f"{path / 'config.json'}: unsupported config key(s) for {cfg['model_type']}: {unknown}. "
             "They may change the computation, so jetjax refuses rather than guess.")
-    for key, ok in family.REQUIRED_VALUES.items():
-        if key in cfg and cfg[key] != ok:
+    for key, accepted in keys.required.items():
+        if key in cfg and cfg[key] not in accepted:
+            shown = " or ".join(f"{key}={ok!r}" for ok in accepted)
             raise ValueError(f"{path / 'config.json'}: unsupported feature {key}={cfg[key]!r} for "
-                             f"{cfg['model_type']} (jetjax supports only {key}={ok!r})")
+                             f"{cfg['model_type']} (jetjax supports only {shown})")
 
 
 def _read_tensors(path: Path) -> dict[str, jax.Array]:

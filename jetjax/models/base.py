@@ -41,6 +41,21 @@ class ModelConfig:
       parallel_residual: both branches of a layer read the same stream (GPT-NeoX, GPT-J).
       attn_scale_by_layer: divide attention scores by ``layer + 1`` as well (GPT-2 option).
       attn_scale: scale attention scores by ``1/sqrt(d_head)``.
+      n_kv_heads: key/value heads (grouped-query attention when fewer than ``n_heads``; query head
+        ``i`` reads key/value head ``i // (n_heads // n_kv_heads)``); ``None``: as many as ``n_heads``.
+      rope_dim: how many leading dimensions of each query/key head are rotated (rotary position
+        embedding, in the "rotate half" layout); 0: no rotary embedding.
+      rope_theta: the rotary base period.
+      rope_scaling: ``(("rope_type", "llama3"), ("factor", 8.0), ...)``: a frequency rescaling
+        (``"linear"`` or ``"llama3"``, with Hugging Face's parameter names); ``()``: none.
+      attn_windows: per layer, the sliding-window length (a query sees the last ``w`` positions,
+        itself included) or ``None`` for global causal attention; ``None``: every layer global.
+      qkv_bias, out_bias, mlp_bias: whether the query/key/value, attention output and MLP
+        projections have biases (families that always have them ignore these).
+      norm: ``"layernorm"``, ``"layernorm_no_affine"`` (no gain or bias, OLMo), ``"rmsnorm"`` or
+        ``"rmsnorm_plus_one"`` (gain stored as ``w`` and applied as ``1 + w``, Gemma).
+      embed_scale: the token embedding is multiplied by this (Gemma: ``sqrt(d_model)``).
+      clip_qkv: clip queries, keys and values to ``[-clip_qkv, clip_qkv]`` (OLMo option).
     """
 
     arch: str
@@ -57,10 +72,42 @@ class ModelConfig:
     parallel_residual: bool = False
     attn_scale: bool = True
     attn_scale_by_layer: bool = False
+    n_kv_heads: int | None = None
+    rope_dim: int = 0
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, Any], ...] = ()
+    attn_windows: tuple[int | None, ...] | None = None
+    qkv_bias: bool = True
+    out_bias: bool = True
+    mlp_bias: bool = True
+    norm: str = "layernorm"
+    embed_scale: float = 1.0
+    clip_qkv: float | None = None
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.rope_dim % 2 or not 0 <= self.rope_dim <= self.d_head:
+            raise ValueError(f"rope_dim must be even and at most d_head={self.d_head}, got {self.rope_dim}")
+        if self.attn_windows is not None and len(self.attn_windows) != self.n_layers:
+            raise ValueError(f"attn_windows needs one entry per layer ({self.n_layers}), got {len(self.attn_windows)}")
 
     @property
     def d_vocab(self) -> int:
         return self.vocab_size
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    def window(self, layer: int) -> int | None:
+        """The sliding-window length of layer ``layer`` (``None``: global causal attention)."""
+        return None if self.attn_windows is None else self.attn_windows[layer]
+
+
+NORMS = ("layernorm", "layernorm_no_affine", "rmsnorm", "rmsnorm_plus_one")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,15 +151,89 @@ def layer_norm(x: Array, scale: Array | None, bias: Array | None, eps: float) ->
     return out
 
 
-def causal_attention(q: Array, k: Array, v: Array, *, scale: float) -> Array:
-    """Softmax attention with a causal mask. ``q, k, v``: ``[..., T, heads, d_head]``."""
-    scores = jnp.einsum("...qhd,...khd->...hqk", q, k) * scale
-    t = q.shape[-3]
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    return jnp.einsum("...hqk,...khd->...qhd", probs, v)
+def rms_norm(x: Array, scale: Array, eps: float) -> Array:
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale
 
+
+def causal_attention(q: Array, k: Array, v: Array, *, scale: float, window: int | None = None) -> Array:
+    """Softmax attention with a causal (optionally sliding-window) mask.
+
+    ``q``: ``[..., T, heads, d_head]``; ``k, v``: ``[..., T, kv_heads, d_head]`` where ``kv_heads``
+    divides ``heads`` (grouped-query attention: query head ``i`` reads key/value head
+    ``i // (heads // kv_heads)``, Hugging Face's ``repeat_kv`` order). With ``window = w`` query
+    ``t`` sees keys ``t - w + 1 .. t``.
+
+    Example (uniform scores: each query averages the values it may see):
+      >>> q = jnp.zeros((4, 2, 1)); k = jnp.zeros((4, 1, 1)); v = jnp.arange(4.0).reshape(4, 1, 1)
+      >>> causal_attention(q, k, v, scale=1.0, window=2)[:, 0, 0].tolist()   # heads share the kv head
+      [0.0, 0.5, 1.5, 2.5]
+    """
+    t, n_heads, d_head = q.shape[-3:]
+    n_kv = k.shape[-2]
+    grouped = q.reshape(*q.shape[:-2], n_kv, n_heads // n_kv, d_head)       # '...TKGH'
+    scores = jnp.einsum("...qkgd,...skd->...kgqs", grouped, k) * scale
+    query, key = np.arange(t)[:, None], np.arange(t)[None, :]
+    visible = key <= query
+    if window is not None:
+        visible &= query - key < window
+    scores = jnp.where(visible, scores, jnp.finfo(scores.dtype).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("...kgqs,...skd->...qkgd", probs, v)
+    return out.reshape(*out.shape[:-3], n_heads, d_head)
+
+
+# -- rotary position embeddings --------------------------------------------------------------
+
+ROPE_TYPES = ("default", "linear", "llama3")
+_ROPE_KEYS = {"default": (), "linear": ("factor",),
+              "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
+def rope_frequencies(c: ModelConfig) -> np.ndarray:
+    """Inverse frequencies (float64, ``[rope_dim // 2]``) of ``c``'s rotary embedding."""
+    dim = c.rope_dim
+    inv = 1.0 / c.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    s = dict(c.rope_scaling)
+    kind = s.get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / s["factor"]
+    elif kind == "llama3":
+        # Llama 3.1: long wavelengths slowed down by `factor`, short ones kept, a smooth blend between.
+        factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        context = s["original_max_position_embeddings"]
+        wavelength = 2 * np.pi / inv
+        slowed = np.where(wavelength > context / low, inv / factor, inv)
+        blend = (context / wavelength - low) / (high - low)
+        smoothed = (1 - blend) * slowed / factor + blend * slowed
+        medium = (wavelength >= context / high) & (wavelength <= context / low)
+        inv = np.where(medium, smoothed, slowed)
+    elif kind != "default":
+        raise ValueError(f"unsupported rope_type {kind!r}; supported: {ROPE_TYPES}")
+    return inv
+
+
+def rotary_tables(c: ModelConfig, t: int, dtype) -> tuple[Array, Array]:
+    """``(cos, sin)``, each ``[T, rope_dim]``, for positions ``0..T-1``: constants, not traced."""
+    angles = np.arange(t, dtype=np.float64)[:, None] * rope_frequencies(c)[None, :]
+    angles = np.concatenate([angles, angles], axis=-1)
+    return jnp.asarray(np.cos(angles), dtype), jnp.asarray(np.sin(angles), dtype)
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotate the first ``rope_dim`` dims of each head of ``x`` (``[..., T, heads, d_head]``).
+
+    The "rotate half" layout: dimension ``i`` pairs with ``i + rope_dim / 2``; the remaining
+    ``d_head - rope_dim`` dimensions pass through (partial rotary, GPT-NeoX).
+    """
+    r = cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    half = r // 2
+    rotated_half = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
+    return jnp.concatenate([rot * cos + rotated_half * sin, rest], axis=-1)
+
+
+# -- modules ---------------------------------------------------------------------------------
 
 class Linear(nnx.Module):
     """``x @ kernel + bias`` with kernel stored ``(in, out)``; params cast to the compute dtype."""
@@ -129,13 +250,50 @@ class Linear(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-    def __init__(self, d: int, *, eps: float, dtype=jnp.float32):
-        self.scale = nnx.Param(jnp.ones((d,), dtype))
-        self.bias = nnx.Param(jnp.zeros((d,), dtype))
+    """Layer norm; ``affine=False`` has neither gain nor bias (OLMo's non-parametric norm)."""
+
+    def __init__(self, d: int, *, eps: float, affine: bool = True, dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.ones((d,), dtype)) if affine else None
+        self.bias = nnx.Param(jnp.zeros((d,), dtype)) if affine else None
         self.eps = eps
 
     def __call__(self, x: Array) -> Array:
+        if self.scale is None:
+            return layer_norm(x, None, None, self.eps)
         return layer_norm(x, self.scale[...].astype(x.dtype), self.bias[...].astype(x.dtype), self.eps)
+
+
+class RMSNorm(nnx.Module):
+    """RMS norm with gain ``scale`` (``plus_one``: gain ``1 + scale``, Gemma's parametrisation)."""
+
+    def __init__(self, d: int, *, eps: float, plus_one: bool = False, dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.zeros((d,), dtype) if plus_one else jnp.ones((d,), dtype))
+        self.eps = eps
+        self.plus_one = plus_one
+
+    def __call__(self, x: Array) -> Array:
+        gain = self.scale[...].astype(x.dtype)
+        return rms_norm(x, 1.0 + gain if self.plus_one else gain, self.eps)
+
+
+def make_norm(c: ModelConfig, dtype) -> LayerNorm | RMSNorm:
+    """The normalisation layer ``c.norm`` names."""
+    if c.norm.startswith("layernorm"):
+        return LayerNorm(c.d_model, eps=c.norm_eps, affine=c.norm == "layernorm", dtype=dtype)
+    return RMSNorm(c.d_model, eps=c.norm_eps, plus_one=c.norm == "rmsnorm_plus_one", dtype=dtype)
+
+
+class GatedMLP(nnx.Module):
+    """``down(act(gate(x)) * up(x))`` (SwiGLU / GeGLU), with Hugging Face's Llama names."""
+
+    def __init__(self, c: ModelConfig, dtype):
+        self.gate_proj = Linear(c.d_model, c.d_mlp, bias=c.mlp_bias, dtype=dtype)
+        self.up_proj = Linear(c.d_model, c.d_mlp, bias=c.mlp_bias, dtype=dtype)
+        self.down_proj = Linear(c.d_mlp, c.d_model, bias=c.mlp_bias, dtype=dtype)
+        self.activation = c.activation
+
+    def __call__(self, x: Array) -> Array:
+        return self.down_proj(ACTIVATIONS[self.activation](self.gate_proj(x)) * self.up_proj(x))
 
 
 class ResidualModule(nnx.Module):
@@ -364,5 +522,84 @@ def nest(flat: dict[tuple, Any]) -> dict:
     return out
 
 
-__all__ = ["ModelConfig", "Model", "ResidualModule", "ACTIVATIONS", "layer_norm", "causal_attention",
-           "Linear", "LayerNorm", "compute_dtype_for", "abstract_params", "nest"]
+# ---------------------------------------------------------------------------------------------
+# Reading Hugging Face config.json files: the pieces every family needs.
+
+@dataclasses.dataclass(frozen=True)
+class ConfigKeys:
+    """A family's config.json allowlist for one ``model_type`` (the penzai way).
+
+    ``handled``: keys the family reads; ``ignored``: keys with no effect on the forward pass
+    (dropout, initialisation, caching); ``required``: ``{key: accepted values}`` for features that
+    are fine only at some values. Anything else is refused by :func:`jetjax.from_pretrained`.
+    """
+
+    handled: frozenset[str]
+    ignored: frozenset[str]
+    required: dict[str, tuple] = dataclasses.field(default_factory=dict)
+
+    def known(self) -> frozenset[str]:
+        return self.handled | self.ignored | frozenset(self.required)
+
+
+def activation_from_hf(cfg: dict, key: str, default: str) -> str:
+    act = cfg.get(key, default)
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unsupported {key} {act!r}; supported: {sorted(ACTIVATIONS)}")
+    return act
+
+
+def rope_from_hf(cfg: dict, d_head: int, *, default_partial: float = 1.0, allow_partial: bool = True) -> dict:
+    """``rope_dim``, ``rope_theta``, ``rope_scaling`` from ``rope_parameters`` (transformers v5) or
+    the older ``rope_theta`` / ``rope_scaling`` / ``rotary_pct`` / ``rotary_emb_base`` keys.
+
+    Raises ``ValueError`` naming the feature for rope types other than :data:`ROPE_TYPES`, for
+    parameters we do not implement, and for odd rotary widths.
+
+    Example:
+      >>> rope_from_hf({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}}, 64)
+      {'rope_dim': 64, 'rope_theta': 10000.0, 'rope_scaling': (('rope_type', 'linear'), ('factor', 2.0))}
+      >>> rope_from_hf({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, 64)
+      Traceback (most recent call last):
+        ...
+      ValueError: unsupported rope_type 'yarn' in rope_parameters; supported: ('default', 'linear', 'llama3')
+    """
+    params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    kind = params.pop("rope_type", params.pop("type", "default"))
+    theta = params.pop("rope_theta", cfg.get("rope_theta", cfg.get("rotary_emb_base", 10000.0)))
+    partial = params.pop("partial_rotary_factor",
+                         cfg.get("partial_rotary_factor", cfg.get("rotary_pct", default_partial)))
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"unsupported rope_type {kind!r} in rope_parameters; supported: {ROPE_TYPES}")
+    needed = _ROPE_KEYS[kind]
+    missing = [k for k in needed if params.get(k) is None]
+    if missing:
+        raise ValueError(f"rope_type {kind!r} needs rope_parameters {missing}")
+    unknown = sorted(k for k in params if k not in needed and params[k] is not None)
+    if unknown:
+        raise ValueError(f"unsupported rope_parameters {unknown} for rope_type {kind!r} "
+                         f"(jetjax implements {list(needed) or 'no extra parameters'})")
+    if not allow_partial and float(partial) != 1.0:
+        raise ValueError(f"unsupported partial_rotary_factor={partial} for {cfg.get('model_type')} (only 1.0)")
+    dim = int(d_head * float(partial))
+    if dim % 2:
+        raise ValueError(f"unsupported odd rotary dimension {dim} (d_head={d_head} × partial_rotary_factor="
+                         f"{partial}); rotary embeddings need an even number of dimensions")
+    scaling = () if kind == "default" else (("rope_type", kind),) + tuple(
+        sorted((k, float(params[k])) for k in needed))
+    return dict(rope_dim=dim, rope_theta=float(theta), rope_scaling=scaling)
+
+
+def windows_for(n_layers: int, window: int | None, sliding_layers) -> tuple[int | None, ...] | None:
+    """Per-layer windows: ``window`` on the layers in ``sliding_layers``, global elsewhere."""
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"sliding_window must be a positive int or null, got {window!r}")
+    return tuple(window if layer in sliding_layers else None for layer in range(n_layers))
+
+
+__all__ = ["ModelConfig", "Model", "ResidualModule", "ACTIVATIONS", "NORMS", "ROPE_TYPES", "layer_norm",
+           "rms_norm", "causal_attention", "rope_frequencies", "rotary_tables", "apply_rotary", "Linear",
+           "LayerNorm", "RMSNorm", "GatedMLP", "make_norm", "compute_dtype_for", "abstract_params", "nest",
+           "ConfigKeys", "activation_from_hf", "rope_from_hf", "windows_for"]

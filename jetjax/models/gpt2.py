@@ -10,10 +10,8 @@ import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
-from jetjax.models.base import (ACTIVATIONS, LayerNorm, Linear, ModelConfig, ResidualModule,
+from jetjax.models.base import (ACTIVATIONS, ConfigKeys, LayerNorm, Linear, ModelConfig, ResidualModule,
                                 causal_attention, compute_dtype_for)
-
-MODEL_TYPES = ("gpt2",)
 
 # config.json keys, the penzai way: what we read, what carries no meaning for the computation,
 # and keys that are fine only at one value.
@@ -29,7 +27,8 @@ IGNORED_KEYS = {
     "summary_first_dropout", "summary_proj_to_labels", "summary_type", "summary_use_proj",
     "reorder_and_upcast_attn", "use_cache",
 }
-REQUIRED_VALUES = {"add_cross_attention": False}
+REQUIRED_VALUES = {"add_cross_attention": (False,)}
+CONFIG_KEYS = {"gpt2": ConfigKeys(frozenset(HANDLED_KEYS), frozenset(IGNORED_KEYS), REQUIRED_VALUES)}
 
 
 def config_from_hf(cfg: dict) -> ModelConfig:

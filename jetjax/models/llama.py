@@ -1,0 +1,198 @@
+"""The Llama family: Llama (incl. Llama 3 rope scaling), Mistral, Qwen2 and Gemma.
+
+One pre-norm sequential block for all four: RMS norm, rotary attention with grouped-query
+heads, gated MLP. What differs is read from config.json into :class:`ModelConfig` fields:
+
+* Llama: optional biases (``attention_bias``, ``mlp_bias``), rope types default/linear/llama3;
+* Mistral: a sliding window on every layer;
+* Qwen2: query/key/value biases (no output bias), sliding windows on layers ``>= max_window_layers``
+  (or as ``layer_types`` says) when ``use_sliding_window``;
+* Gemma: the embedding scaled by ``sqrt(d_model)``, norm gain ``1 + w``, GELU (tanh) gate, tied
+  unembedding, ``head_dim`` independent of ``d_model / n_heads``.
+
+HF Linear weights are ``(out, in)``: transposed into our ``(in, out)`` kernels on load.
+
+Example (a random Mistral-like model: 4 query heads sharing 2 key/value heads, window 3):
+  >>> from jetjax.models import ModelConfig, random_model
+  >>> cfg = ModelConfig(arch="mistral", n_layers=2, d_model=12, n_heads=4, d_head=4, d_mlp=20,
+  ...                   vocab_size=17, n_positions=None, norm_eps=1e-6, activation="silu",
+  ...                   n_kv_heads=2, rope_dim=4, attn_windows=(3, 3), norm="rmsnorm")
+  >>> model = random_model(cfg, scale=0.3)
+  >>> h = model.residual_stream([1, 2, 3, 4, 5])
+  >>> h.shape, model.attn(0, h[0]).shape
+  ((3, 5, 12), (5, 12))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax.numpy as jnp
+from flax import nnx
+
+from jetjax.models.base import (ConfigKeys, GatedMLP, Linear, ModelConfig, ResidualModule, activation_from_hf,
+                                apply_rotary, causal_attention, compute_dtype_for, make_norm, rope_from_hf,
+                                rotary_tables, windows_for)
+
+_COMMON = frozenset({
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+    "vocab_size", "hidden_act", "rms_norm_eps", "tie_word_embeddings", "head_dim", "rope_parameters",
+    "rope_scaling", "rope_theta",
+})
+# dropout, initialisation, caching; HF does not enforce the position limit either
+_IGNORED = frozenset({"attention_dropout", "initializer_range", "use_cache", "max_position_embeddings"})
+
+CONFIG_KEYS = {
+    # pretraining_tp only changed how training sliced the matmuls, not their result
+    "llama": ConfigKeys(_COMMON | {"attention_bias", "mlp_bias"}, _IGNORED | {"pretraining_tp"}),
+    "mistral": ConfigKeys(_COMMON | {"sliding_window"}, _IGNORED),
+    "qwen2": ConfigKeys(_COMMON | {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types"},
+                        _IGNORED),
+    # transformers v5 reads Gemma's activation from hidden_act only
+    "gemma": ConfigKeys(_COMMON | {"attention_bias"}, _IGNORED | {"hidden_activation"},
+                        {"use_bidirectional_attention": (None, False)}),
+}
+
+_DEFAULT_ACT = {"llama": "silu", "mistral": "silu", "qwen2": "silu", "gemma": "gelu_pytorch_tanh"}
+
+
+def _windows(cfg: dict, model_type: str, n_layers: int):
+    if model_type == "mistral":
+        return windows_for(n_layers, cfg.get("sliding_window"), range(n_layers))
+    if model_type != "qwen2" or not cfg.get("use_sliding_window", False):
+        return None
+    types = cfg.get("layer_types")
+    if types is None:
+        first = int(cfg.get("max_window_layers", 28))
+        sliding = range(first, n_layers)
+    else:
+        allowed = {"full_attention", "sliding_attention"}
+        if len(types) != n_layers or set(types) - allowed:
+            raise ValueError(f"unsupported layer_types {types!r}: expected {n_layers} entries from {sorted(allowed)}")
+        sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
+    return windows_for(n_layers, cfg.get("sliding_window"), sliding)
+
+
+def _activation(cfg: dict, model_type: str) -> str:
+    if model_type == "gemma" and cfg.get("hidden_act") == "gelu":
+        # HF reads Gemma's legacy "gelu" as the tanh form its checkpoints were trained with
+        return "gelu_pytorch_tanh"
+    return activation_from_hf(cfg, "hidden_act", _DEFAULT_ACT[model_type])
+
+
+def config_from_hf(cfg: dict) -> ModelConfig:
+    t = cfg["model_type"]
+    d, n_heads = int(cfg.get("hidden_size", 4096)), int(cfg.get("num_attention_heads", 32))
+    d_head = cfg.get("head_dim") or d // n_heads
+    n_layers = int(cfg.get("num_hidden_layers", 32))
+    n_kv = cfg.get("num_key_value_heads") or n_heads
+    qkv_bias = {"qwen2": True, "mistral": False}.get(t, bool(cfg.get("attention_bias", False)))
+    return ModelConfig(
+        arch=t,
+        n_layers=n_layers,
+        d_model=d,
+        n_heads=n_heads,
+        d_head=int(d_head),
+        d_mlp=int(cfg.get("intermediate_size", 11008)),
+        vocab_size=int(cfg.get("vocab_size", 32000)),
+        n_positions=None,
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        activation=_activation(cfg, t),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", t == "gemma")),
+        n_kv_heads=int(n_kv),
+        attn_windows=_windows(cfg, t, n_layers),
+        qkv_bias=qkv_bias,
+        out_bias=qkv_bias and t != "qwen2",
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        norm="rmsnorm_plus_one" if t == "gemma" else "rmsnorm",
+        embed_scale=float(np.sqrt(d)) if t == "gemma" else 1.0,
+        **rope_from_hf(cfg, int(d_head), allow_partial=False),
+    )
+
+
+class Attention(nnx.Module):
+    def __init__(self, c: ModelConfig, dtype):
+        q, kv = c.n_heads * c.d_head, c.kv_heads * c.d_head
+        self.q_proj = Linear(c.d_model, q, bias=c.qkv_bias, dtype=dtype)
+        self.k_proj = Linear(c.d_model, kv, bias=c.qkv_bias, dtype=dtype)
+        self.v_proj = Linear(c.d_model, kv, bias=c.qkv_bias, dtype=dtype)
+        self.o_proj = Linear(q, c.d_model, bias=c.out_bias, dtype=dtype)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, c: ModelConfig, dtype):
+        self.input_layernorm = make_norm(c, dtype)
+        self.self_attn = Attention(c, dtype)
+        self.post_attention_layernorm = make_norm(c, dtype)
+        self.mlp = GatedMLP(c, dtype)
+
+
+class Llama(ResidualModule):
+    def __init__(self, config: ModelConfig, dtype=jnp.float32):
+        c = self.config = config
+        self.embed_tokens = nnx.Param(jnp.zeros((c.vocab_size, c.d_model), dtype))  # 'VD'
+        self.layers = nnx.List([DecoderLayer(c, dtype) for _ in range(c.n_layers)])
+        self.norm = make_norm(c, dtype)
+        self.lm_head = None if c.tie_embeddings else Linear(c.d_model, c.vocab_size, bias=False, dtype=dtype)
+
+    def token_embed(self, ids):
+        w = self.embed_tokens[...]
+        x = w[ids].astype(compute_dtype_for(w.dtype))
+        if self.config.embed_scale == 1.0:
+            return x
+        # HF rounds the scale to the weights' dtype first (visible with bf16 weights)
+        return x * jnp.asarray(self.config.embed_scale, w.dtype).astype(x.dtype)
+
+    def embed(self, ids):  # positions enter through the rotary embedding, not the stream
+        return self.token_embed(ids)
+
+    def attn(self, layer, h):
+        c, block = self.config, self.layers[layer]
+        x = block.input_layernorm(h)
+        att = block.self_attn
+        heads = lambda y, n: y.reshape(*y.shape[:-1], n, c.d_head)
+        q, k, v = heads(att.q_proj(x), c.n_heads), heads(att.k_proj(x), c.kv_heads), heads(att.v_proj(x), c.kv_heads)
+        if c.clip_qkv is not None:
+            q, k, v = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k, v))
+        cos, sin = rotary_tables(c, h.shape[-2], h.dtype)
+        out = causal_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
+                               scale=1.0 / np.sqrt(c.d_head), window=c.window(layer))
+        return att.o_proj(out.reshape(*out.shape[:-2], c.n_heads * c.d_head))
+
+    def mlp(self, layer, h):
+        block = self.layers[layer]
+        return block.mlp(block.post_attention_layernorm(h))
+
+    def final_norm(self, h):
+        return self.norm(h)
+
+    def unembed(self, x):
+        if self.lm_head is not None:
+            return self.lm_head(x)
+        return x @ self.embed_tokens[...].astype(x.dtype).T
+
+
+def weight_map(c: ModelConfig) -> dict[str, tuple[tuple, bool]]:
+    """HF tensor name (without the ``model.`` prefix) -> (our param path, transpose?)."""
+    has_gain = c.norm != "layernorm_no_affine"
+    m = {"embed_tokens.weight": (("embed_tokens",), False)}
+    if has_gain:
+        m["norm.weight"] = (("norm", "scale"), False)
+    for i in range(c.n_layers):
+        if has_gain:
+            for ln in ("input_layernorm", "post_attention_layernorm"):
+                m[f"layers.{i}.{ln}.weight"] = (("layers", i, ln, "scale"), False)
+        for sub, lin, bias in (("self_attn", "q_proj", c.qkv_bias), ("self_attn", "k_proj", c.qkv_bias),
+                               ("self_attn", "v_proj", c.qkv_bias), ("self_attn", "o_proj", c.out_bias),
+                               ("mlp", "gate_proj", c.mlp_bias), ("mlp", "up_proj", c.mlp_bias),
+                               ("mlp", "down_proj", c.mlp_bias)):
+            m[f"layers.{i}.{sub}.{lin}.weight"] = (("layers", i, sub, lin, "kernel"), True)
+            if bias:
+                m[f"layers.{i}.{sub}.{lin}.bias"] = (("layers", i, sub, lin, "bias"), False)
+    if not c.tie_embeddings:
+        m["lm_head.weight"] = (("lm_head", "kernel"), True)
+    return m
+
+
+STRIP_PREFIXES = ("model.",)
+IGNORED_TENSORS = (".rotary_emb.inv_freq",)  # a buffer older checkpoints saved; we recompute it
+MODULE = Llama

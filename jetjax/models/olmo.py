@@ -1,0 +1,56 @@
+"""OLMo (``OlmoForCausalLM``): the Llama block with a non-parametric layer norm (no gain, no
+bias, eps 1e-5) in place of RMS norm, and optional clipping of queries, keys and values.
+
+Everything else (rotary attention, grouped-query heads, SwiGLU, weight names) is the Llama
+family's, so this file only reads the config.
+
+Example:
+  >>> cfg = config_from_hf({"model_type": "olmo", "hidden_size": 16, "num_attention_heads": 2,
+  ...                       "num_hidden_layers": 2, "clip_qkv": 8.0})
+  >>> cfg.norm, cfg.norm_eps, cfg.clip_qkv, cfg.rope_dim
+  ('layernorm_no_affine', 1e-05, 8.0, 8)
+"""
+
+from __future__ import annotations
+
+from jetjax.models.base import ConfigKeys, ModelConfig, activation_from_hf, rope_from_hf
+from jetjax.models.llama import IGNORED_TENSORS, MODULE, STRIP_PREFIXES, weight_map  # noqa: F401 (family API)
+
+CONFIG_KEYS = {"olmo": ConfigKeys(
+    handled=frozenset({
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+        "vocab_size", "hidden_act", "tie_word_embeddings", "attention_bias", "clip_qkv", "rope_parameters",
+        "rope_scaling", "rope_theta",
+    }),
+    ignored=frozenset({"attention_dropout", "initializer_range", "use_cache", "max_position_embeddings"}),
+)}
+
+
+def config_from_hf(cfg: dict) -> ModelConfig:
+    d, n_heads = int(cfg.get("hidden_size", 4096)), int(cfg.get("num_attention_heads", 32))
+    if d % n_heads:
+        raise ValueError(f"hidden_size={d} is not divisible by num_attention_heads={n_heads}")
+    bias = bool(cfg.get("attention_bias", False))
+    clip = cfg.get("clip_qkv")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
+        raise ValueError(f"clip_qkv must be a positive number or null, got {clip!r}")
+    return ModelConfig(
+        arch="olmo",
+        n_layers=int(cfg.get("num_hidden_layers", 32)),
+        d_model=d,
+        n_heads=n_heads,
+        d_head=d // n_heads,
+        d_mlp=int(cfg.get("intermediate_size", 11008)),
+        vocab_size=int(cfg.get("vocab_size", 50304)),
+        n_positions=None,
+        norm_eps=1e-5,  # fixed in OLMo, not a config key
+        activation=activation_from_hf(cfg, "hidden_act", "silu"),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+        qkv_bias=bias,
+        out_bias=bias,
+        mlp_bias=False,
+        norm="layernorm_no_affine",
+        clip_qkv=None if clip is None else float(clip),
+        **rope_from_hf(cfg, d // n_heads, allow_partial=False),
+    )

@@ -1,0 +1,62 @@
+"""Tiny random Hugging Face checkpoints of every family jetjax loads besides GPT-2.
+
+Sizes are small and odd (heads not dividing evenly into "nice" numbers, GQA with fewer key/value
+heads, head_dim independent of d_model / n_heads, windows shorter than the test sequences), and
+weights are drawn wide enough that attention is far from uniform: a wrong mask, rotary angle or
+head grouping changes the logits well beyond the tolerance.
+"""
+
+import torch
+
+SEQ = 11  # test sequence length: longer than every sliding window below
+
+# name -> (HF config class, HF model class, config kwargs)
+FAMILY_CONFIGS = {
+    "neox_parallel": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(
+        hidden_size=30, num_hidden_layers=3, num_attention_heads=3, intermediate_size=37, vocab_size=41,
+        hidden_act="gelu", use_parallel_residual=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.4})),
+    "neox_sequential": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(
+        hidden_size=36, num_hidden_layers=2, num_attention_heads=4, intermediate_size=29, vocab_size=31,
+        hidden_act="gelu_new", use_parallel_residual=False, attention_bias=False, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5})),
+    "llama_gqa_llama3": ("LlamaConfig", "LlamaForCausalLM", dict(
+        hidden_size=30, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2, head_dim=6,
+        intermediate_size=29, vocab_size=37, attention_bias=True, mlp_bias=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 2000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 256})),
+    "mistral_window": ("MistralConfig", "MistralForCausalLM", dict(
+        hidden_size=20, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=6,
+        intermediate_size=27, vocab_size=31, sliding_window=3)),
+    "qwen2_sliding_tied": ("Qwen2Config", "Qwen2ForCausalLM", dict(
+        hidden_size=24, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=23,
+        vocab_size=29, use_sliding_window=True, sliding_window=4, max_window_layers=1, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
+    "gemma_mqa": ("GemmaConfig", "GemmaForCausalLM", dict(
+        hidden_size=18, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1, head_dim=8,
+        intermediate_size=23, vocab_size=29)),
+    "gpt_neo_local": ("GPTNeoConfig", "GPTNeoForCausalLM", dict(
+        hidden_size=20, num_layers=3, num_heads=4, intermediate_size=33, vocab_size=31, max_position_embeddings=19,
+        attention_types=[[["global", "local"], 1], [["local"], 1]], window_size=3, bos_token_id=0, eos_token_id=0)),
+    "olmo_clip": ("OlmoConfig", "OlmoForCausalLM", dict(
+        hidden_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=31,
+        vocab_size=31, clip_qkv=0.8, eos_token_id=0)),
+}
+
+
+def make_family_checkpoint(directory, name, seed=0):
+    """Save a random-init HF model of ``FAMILY_CONFIGS[name]`` (float32) into ``directory``."""
+    import transformers
+
+    config_cls, model_cls, kwargs = FAMILY_CONFIGS[name]
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, config_cls)(initializer_range=0.3, **kwargs)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    # Default init leaves norms at identity (Gemma: at zero) and biases at zero: randomise
+    # them so a mis-mapped norm or bias cannot pass.
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname or ".ln" in pname or pname.endswith("bias"):
+                p.add_(0.2 * torch.randn_like(p))
+    model.save_pretrained(directory)
+    return model
