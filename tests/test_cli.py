@@ -1,0 +1,125 @@
+"""The `jetjax` command on the shipped model: every subcommand, its --json fields, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+import jetjax as jj
+from jetjax import cli
+from jetjax.train import shipped_model_path
+
+TEXT = "To be, or not to be, that is the"
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys, tmp_path, *argv):
+    path = tmp_path / "out.json"
+    code, out, err = run(capsys, *argv, "--json", str(path))
+    assert code == 0, err
+    return json.loads(path.read_text()), out
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return jj.load_shipped()
+
+
+def test_lens(capsys, tmp_path, shipped):
+    data, out = run_json(capsys, tmp_path, "lens", "--text", TEXT, "--orders", "0", "1", "--out", str(tmp_path / "png"))
+    assert data["tokens"] == shipped.token_strings(shipped.tokenize(TEXT))
+    assert set(data["lenses"]) == {"order 0", "order 1"}
+    assert "h4" in out and (tmp_path / "png" / "lens_order1.png").stat().st_size > 10_000
+    assert (tmp_path / "png" / "lens_metrics.png").is_file()
+    # --json - keeps stdout pure JSON
+    code, out, _ = run(capsys, "lens", "--ids", "5,6,7", "--orders", "0", "--json", "-")
+    assert code == 0 and json.loads(out)["tokens"] == shipped.token_strings([5, 6, 7])
+
+
+def test_bigrams_paths_attribute(capsys, tmp_path, shipped):
+    data, out = run_json(capsys, tmp_path, "bigrams", "--paths", "emb>mlp0>dec", "--top", "5", "--quiet")
+    assert data["paths"] == ["emb>mlp0>dec"] and len(data["top"]) == 5
+    assert {"context", "next", "prob"} <= set(data["top"][0])
+    probs = [t["prob"] for t in data["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+
+    data, _ = run_json(capsys, tmp_path, "paths", "--text", TEXT, "--max-length", "1", "--top", "3")
+    assert data["n_paths"] == 1 + shipped.config.n_layers and len(data["top"]) == 3
+    norms = [t["norm"] for t in data["top"]]
+    assert norms == sorted(norms, reverse=True)
+
+    ids = shipped.tokenize(TEXT)
+    logits = np.asarray(shipped.logits(ids))[-1]
+    first, second = (int(i) for i in np.argsort(-logits)[:2])
+    data, out = run_json(capsys, tmp_path, "attribute", "--text", TEXT, "--target", str(first),
+                         "--foil", str(second))
+    assert data["n_paths"] == 2 ** shipped.config.n_layers
+    assert data["total"] == pytest.approx(float(logits[first] - logits[second]), abs=1e-4)
+    assert data["total"] == pytest.approx(sum(p["score"] for p in data["paths"]) + data["remainder"], abs=1e-3)
+    assert "top paths" in out
+
+
+def test_diff_index_agree(capsys, tmp_path):
+    data, _ = run_json(capsys, tmp_path, "diff", "--model-b", str(shipped_model_path()), "--top-k", "3", "--quiet")
+    assert {"gained_prob", "lost_prob", "gained_rank", "lost_rank"} <= set(data)
+    assert all(abs(r["delta"]) < 1e-6 for r in data["gained_prob"])   # a model against itself: no change
+
+    keywords = tmp_path / "words.txt"
+    keywords.write_text("king\nlord\nlove\n")
+    data, _ = run_json(capsys, tmp_path, "index", "--keywords", str(keywords), "--quiet")
+    mass = data["models"]["shipped"][str(keywords)]
+    assert 0 < mass["all_contexts"] < 1 and mass["uniform"] > 0 and mass["n_words"] == 3
+
+    data, out = run_json(capsys, tmp_path, "agree", "--paths", "emb>mlp0>dec", "--min-count", "20", "--quiet")
+    assert {"top1_hit_rate", "rank_correlation", "kl", "unigram", "n_contexts"} <= set(data)
+
+
+def test_passthrough_commands(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    assert e.value.code == 0 and "--out" in capsys.readouterr().out
+    code, out, err = run(capsys, "bench", "--only", "jet_order", "--quick", "--out", str(tmp_path / "bench"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "bench" / "summary.json").read_text())
+    assert summary["runs"]["jet_order"]["status"] == "ok" and (tmp_path / "bench" / "jet_order.json").is_file()
+
+
+def test_demo(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--out", str(tmp_path / "demo"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert {"lens", "bigrams", "attribution", "agreement"} <= set(summary)
+    for name in ("lens_order0.png", "lens_order1.png", "lens_metrics.png"):
+        assert (tmp_path / "demo" / name).stat().st_size > 10_000
+    assert "iterative jet lens, order 1" in out
+
+
+def test_shipped_model_findings(shipped):
+    """What the issue asks us to report, held as checks on the shipped artefact."""
+    from jetjax.ngrams import corpus_agreement, jet_bigrams
+
+    text = (shipped_model_path() / "validation.txt").read_text(encoding="utf-8")
+    table = jet_bigrams(shipped, "emb>mlp0>dec", top_k=5, progress=False)
+    agree = corpus_agreement(table, text, shipped, min_count=1, n_contexts=500)
+    assert agree.n_contexts == 500
+    assert agree.top1_hit_rate > 2 * agree.unigram["top1_hit_rate"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["lens", "--model", "/no/such/dir", "--text", "a"], "no such directory"),
+    (["lens", "--text", TEXT, "--layers", "99"], "out of range"),
+    (["lens", "--text", TEXT, "--layers", "one"], "comma-separated integers"),
+    (["index", "--keywords", "/no/such/words.txt"], "cannot read keyword file"),
+    (["attribute", "--text", TEXT, "--target", "nonexistent-multitoken-word"], "expected exactly one"),
+    (["agree", "--corpus", "/no/such/corpus.txt"], "no such file"),
+])
+def test_bad_input_is_one_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("jetjax ")
