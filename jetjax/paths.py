@@ -155,13 +155,15 @@ def _affine_stage(model: Model, order: int, mesh):
 
 
 def _affine_unembedding(model: Model, params, d: int, dtype):
-    """``(W [d, V], b [V])`` with ``unembed(x) = x W + b``, or ``None`` if the unembedding is not affine."""
+    """``(W [d, V], b [V], W Wᵀ, W b, b·b)`` with ``unembed(x) = x W + b``; ``None`` if not affine."""
     b = model.unembed(jnp.zeros((d,), dtype), params=params)
     w = model.unembed(jnp.eye(d, dtype=dtype), params=params) - b
     probe = jax.random.normal(jax.random.key(0), (2, d), dtype)
     ref = model.unembed(probe, params=params)
     err = float(jnp.max(jnp.abs(probe @ w + b - ref)))
-    return (w, b) if err <= 1e-4 * (1.0 + float(jnp.max(jnp.abs(ref)))) else None
+    if err > 1e-4 * (1.0 + float(jnp.max(jnp.abs(ref)))):
+        return None
+    return w, b, w @ w.T, w @ b, b @ b
 
 
 def _normalise_position(position, t: int) -> int | None:
@@ -251,13 +253,14 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
     if direction is not None and direction.shape != (model.config.vocab_size,):
         raise ValueError(f"an array score is a direction in logit space of shape ({model.config.vocab_size},), "
                          f"got {tuple(direction.shape)}")
+    # keyed on the params object too: W and its d x d Gram matrix are computed once per weights
     affine = None if callable(score) else _cached(
-        model, ("affine", variate.dtype.name), lambda: _affine_unembedding(model, params, variate.shape[-1],
-                                                                            variate.dtype))
+        model, ("affine", variate.dtype.name, id(params)),
+        lambda: _affine_unembedding(model, params, variate.shape[-1], variate.dtype))
     if affine is not None:
-        w, b = affine
+        w, b, gram, wb, bb = affine
         u = jnp.zeros_like(b) if direction is None else direction
-        extra = (w @ w.T, w @ b, b @ b, w @ u, b @ u)
+        extra = (gram, wb, bb, w @ u, b @ u)
         step = _cached(model, ("affine_step", order, mesh), lambda: _affine_stage(model, order, mesh))
     else:
         if callable(score):

@@ -114,7 +114,8 @@ def test_affine_unembedding_detection(gpt2):
     from jetjax.paths import _affine_unembedding
 
     model, _ = gpt2
-    w, b = _affine_unembedding(model, model.params, 28, jnp.float32)
+    w, b, gram, _, _ = _affine_unembedding(model, model.params, 28, jnp.float32)
+    np.testing.assert_allclose(np.asarray(gram), np.asarray(w) @ np.asarray(w).T, rtol=1e-5, atol=1e-5)
     x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 28)), jnp.float32)
     np.testing.assert_allclose(np.asarray(x @ w + b), np.asarray(model.unembed(x)), atol=1e-5)
     plain = model.unembed
