@@ -4,22 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 import jetjax as jj
 from jetjax.parallel import path_mesh
-from tests.test_expand import _path_by_hand
-
-
-@pytest.fixture
-def gpt2(gpt2_checkpoints):
-    path, hf = gpt2_checkpoints["prime"]
-    return jj.from_pretrained(path), hf
-
-
-def _hf_logits(hf, ids):
-    with torch.no_grad():
-        return hf(torch.from_numpy(np.asarray(ids)).long()[None]).logits[0].numpy()
+from tests.test_expand import _hf_logits, _path_by_hand, gpt2  # noqa: F401  (gpt2: the shared fixture)
 
 
 def _by_hand(model, ids, labels):
