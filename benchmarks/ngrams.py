@@ -125,7 +125,7 @@ def run_child(name: str, args) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vocab", type=int, default=50257)
-    ap.add_argument("--block-rows", type=int, default=512)
+    ap.add_argument("--block-rows", type=int, default=1024)
     ap.add_argument("--global-k", type=int, default=10, help="global top pairs kept (per-row top-k is max(10, this))")
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))

@@ -142,15 +142,19 @@ def _streams(model: Model, params, ids, granularity: str) -> jax.Array:
     return jnp.concatenate([h[:1], between.reshape((-1,) + h.shape[1:])], axis=0)
 
 
-def _iterative_core(model_ref, order, granularity, params, ids, rows):
+def _iterative_core(model_ref, order, granularity, last_pos, params, ids, rows):
     TRACE_COUNTS[("iterative", order, granularity)] += 1
     model = model_ref()
     streams = _streams(model, params, ids, granularity)
     exp = expand_decoder(model, ids, streams[rows], order, weights="unit", streams=streams, params=params)
+    if last_pos is not None:
+        # The row of h_L is J^k Dec(h_L)(h_L): every term past the primal multiplies a zero
+        # increment, so it is Dec(h_L) itself; reuse it instead of a 14th vocabulary-sized GEMM.
+        return exp.terms, exp.terms[last_pos]
     return exp.terms, model.decode(streams[-1], params=params)
 
 
-def _joint_core(model_ref, order, granularity, params, ids, rows):
+def _joint_core(model_ref, order, granularity, last_pos, params, ids, rows):
     TRACE_COUNTS[("joint", order, granularity)] += 1
     model = model_ref()
     streams = _streams(model, params, ids, granularity)
@@ -163,13 +167,14 @@ def _joint_core(model_ref, order, granularity, params, ids, rows):
 _CORES: "weakref.WeakKeyDictionary[Model, dict]" = weakref.WeakKeyDictionary()
 
 
-def _core(model: Model, kind: str, order: int, granularity: str) -> Callable:
+def _core(model: Model, kind: str, order: int, granularity: str, last_pos: int | None = None) -> Callable:
+    """``last_pos``: where the last stream ``h_L`` sits among the chosen rows (iterative lens), if it does."""
     per_model = _CORES.setdefault(model, {})
-    key = (kind, order, granularity)
+    key = (kind, order, granularity, last_pos)
     if key not in per_model:
         body = {"iterative": _iterative_core, "joint": _joint_core}[kind]
         # A weak reference, so that the cache (keyed weakly by the model) does not keep it alive.
-        per_model[key] = jax.jit(functools.partial(body, weakref.ref(model), order, granularity))
+        per_model[key] = jax.jit(functools.partial(body, weakref.ref(model), order, granularity, last_pos))
     return per_model[key]
 
 
@@ -396,7 +401,9 @@ def iterative_jet_lens(model: Model, ids, layers=None, order: int = 1, *,
       True
     """
     ids, rows, order = _prepare(model, ids, layers, order, granularity)
-    logits, model_logits = _core(model, "iterative", order, granularity)(
+    last = _n_rows(model, granularity) - 1
+    last_pos = rows.index(last) if last in rows else None
+    logits, model_logits = _core(model, "iterative", order, granularity, last_pos)(
         model.params, ids, jnp.asarray(rows, jnp.int32))
     labels = row_labels(model, granularity)
     return LensResult("logit" if order == 0 else "iterative", order, granularity,

@@ -85,6 +85,15 @@ def test_iterative_lens_matches_nested_jvp(hf_model, rng, order, granularity):
     np.testing.assert_allclose(np.asarray(lens.logits[-1]), _hf_logits(torch_model, ids), atol=1e-4)
     # away from the last stream the jet really differs from the logit lens
     assert not np.allclose(np.asarray(lens.logits[0]), np.asarray(model.decode(rows[0])), atol=1e-3)
+    # model_logits is the model's output whether or not the last stream is among the rows (with it,
+    # the lens reuses that row; without it, it decodes h_L separately)
+    hf = _hf_logits(torch_model, ids)
+    np.testing.assert_allclose(np.asarray(lens.model_logits), hf, atol=1e-4)
+    without_last = lenses.iterative_jet_lens(model, ids, layers=[1, 0], order=order, granularity=granularity)
+    np.testing.assert_allclose(np.asarray(without_last.model_logits), hf, atol=1e-4)
+    last_first = lenses.iterative_jet_lens(model, ids, layers=[-1, 1], order=order, granularity=granularity)
+    np.testing.assert_allclose(np.asarray(last_first.model_logits), hf, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(last_first.logits[1]), expected[1], atol=1e-4)
 
 
 def test_branch_granularity_rows(hf_model, rng):

@@ -15,7 +15,9 @@ from jetjax.ngrams import (NGramTable, candidate_contexts, corpus_agreement, dif
                            jet_skip_bigrams, jet_trigrams, keyword_mass)
 from tests.conftest import GPT2_CONFIGS
 
-DEVICE_SETUPS = [(1, 5), (4, 8), (4, 64)]  # (devices, block_rows): padded, split and single-block sweeps
+# (devices, block_rows, vocab_tile): padded, split and single-block sweeps; vocabulary tiles smaller
+# than the kept top-k (with a padded last tile), several tiles, and one tile (capped at V)
+DEVICE_SETUPS = [(1, 5, 3), (4, 8, 10), (4, 64, 4096)]
 
 
 def _t(x):
@@ -67,9 +69,9 @@ def test_bigram_rows_match_hf_weights(gpt2_checkpoints, name, path, components):
     ref = _reference_probs(hf, components, GPT2_CONFIGS[name].get("activation_function", "gelu_new"))
     v, k = ref.shape[0], 4
     rows = np.arange(v)
-    for n_dev, block in DEVICE_SETUPS:
+    for n_dev, block, tile in DEVICE_SETUPS:
         t = jet_bigrams(model, path, top_k=k, global_k=7, block_rows=block, chunk_rows=11,
-                        devices=jax.devices()[:n_dev], progress=False)
+                        devices=jax.devices()[:n_dev], progress=False, vocab_tile=tile)
         np.testing.assert_allclose(t.probs, -np.sort(-ref, axis=1)[:, :k], atol=1e-5, rtol=0)
         np.testing.assert_allclose(ref[rows[:, None], t.ids], t.probs, atol=1e-5, rtol=0)
         flat = np.sort(ref.reshape(-1))[::-1][:7]
@@ -127,6 +129,28 @@ def test_trigrams_and_skip_bigrams_match_numpy_attention(gpt2_checkpoints):
     skip = jet_skip_bigrams(model, ctx, layers=[1], top_k=5, progress=False)
     np.testing.assert_allclose(skip.probs, -np.sort(-softmax_rows(attn[1]), axis=1)[:, :5], atol=1e-5, rtol=0)
     assert tri.contexts.tolist() == ctx.tolist() and tri.n == 3
+
+
+def test_vocabulary_tiles_break_ties_like_one_top_k():
+    """Equal logits in different tiles (and a padded last tile) keep the lower ids, as one lax.top_k does."""
+    from jetjax.ngrams.sweep import _mesh, _step, _tile_unembedding
+
+    v, kk = 11, 4
+    w = np.zeros((3, v), np.float32)
+    w[0, [1, 4, 7, 9]] = 1.0   # row 0: a four-way tie spread over tiles 0, 1, 2, 3
+    w[1, [10, 2]] = [2.0, 2.0]  # row 1: a tie between the padded last tile and the first one
+    w[2] = np.linspace(-1, 1, v)  # row 2: no ties
+    b = np.zeros(v, np.float32)
+    x = jnp.asarray(np.eye(3, dtype=np.float32)[[0, 1, 2, 0]] * [[1], [1], [1], [0]])  # row 3: all logits 0
+    step = _step(lambda params, ctx: params[ctx[:, 0]], kk, _mesh(jax.devices()[:1]))
+    probs, ids, lse = step(x, *_tile_unembedding(jnp.asarray(w), jnp.asarray(b), 3), jnp.arange(4)[:, None])
+    logits = np.asarray(x) @ w + b
+    want_v, want_i = jax.lax.top_k(jnp.asarray(logits), kk)
+    want_lse = jax.nn.logsumexp(jnp.asarray(logits), axis=-1)
+    assert np.asarray(ids).tolist() == np.asarray(want_i).tolist()
+    assert np.asarray(ids)[:2].tolist() == [[1, 4, 7, 9], [2, 10, 0, 1]]
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-6)
+    np.testing.assert_allclose(probs, np.exp(np.asarray(want_v) - np.asarray(want_lse)[:, None]), rtol=1e-6)
 
 
 # ---- hand-built models with a known bigram matrix --------------------------------------------
