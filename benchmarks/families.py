@@ -5,9 +5,18 @@ For every family jetjax loads, a random-init HF model of one fixed small size (d
 ``save_pretrained``, loaded with ``jetjax.from_pretrained``, and run on the same random tokens
 (batch 4 × 128). Recorded: the largest absolute logit difference to HF (float32), and forward
 tokens/s of jetjax (jitted ``model.logits``) and of the HF torch forward (median of repeats,
-compile time excluded and reported apart). Written to benchmarks/results/families.{json,md}.
+compile time excluded and reported apart).
 
-    python benchmarks/families.py [--repeats 5] [--batch 4] [--seq 128] [--only llama,gpt_neox]
+--dtype is the storage dtype of the jetjax weights, ``from_pretrained(dir, dtype=...)`` (default
+float32). With bfloat16 the weights take half the memory while activations stay float32 (each
+weight is cast when used, which usually costs a little speed on a CPU). The HF model stays a
+float32 torch model, but its parameters are rounded through bfloat16 first, so the logit
+difference still compares the same function (buffers such as RoPE frequencies are left alone:
+jetjax computes those in float32 from the config, as HF does).
+
+Written to benchmarks/results/families.{json,md} (float32) or families_bfloat16.{json,md}.
+
+    python benchmarks/families.py [--repeats 5] [--batch 4] [--seq 128] [--only llama,gpt_neox] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -22,9 +31,11 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import jetjax as jj
+from jetjax.bench import add_dtype_option, dtype_label, result_stem
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
 RESULTS = Path(os.environ.get("JETJAX_BENCH_RESULTS") or Path(__file__).parent / "results")
@@ -76,12 +87,16 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(runs)
 
 
-def run_family(model_type: str, ids: np.ndarray, repeats: int) -> dict:
+def run_family(model_type: str, ids: np.ndarray, repeats: int, dtype: str = "float32") -> dict:
     import torch
 
     with tempfile.TemporaryDirectory() as directory:
         hf = build_hf(model_type, directory)
-        model = jj.from_pretrained(directory)
+        model = jj.from_pretrained(directory, dtype=jnp.dtype(dtype))
+    if dtype != "float32":  # the reference gets the weights jetjax holds, rounded through the same dtype
+        with torch.no_grad():
+            for param in hf.parameters():
+                param.copy_(param.to(getattr(torch, dtype)).float())
     tokens = ids.size
     with torch.no_grad():
         t_ids = torch.from_numpy(ids).long()
@@ -111,6 +126,7 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--only", default=",".join(FAMILIES), help="comma-separated model types")
+    add_dtype_option(parser)
     args = parser.parse_args()
     chosen = [t.strip() for t in args.only.split(",") if t.strip()]
     unknown = sorted(set(chosen) - set(FAMILIES))
@@ -124,27 +140,33 @@ def main():
     ids = np.random.default_rng(0).integers(0, VOCAB, size=(args.batch, args.seq)).astype(np.int32)
     rows = []
     for t in chosen:
-        rows.append(run_family(t, ids, args.repeats))
+        rows.append(run_family(t, ids, args.repeats, args.dtype))
         r = rows[-1]
         print(f"{t:9s} max|Δlogit| {r['max_abs_logit_diff']:.2e}  jetjax {r['jetjax_tokens_per_s']:9.0f} tok/s  "
               f"HF {r['hf_torch_tokens_per_s']:9.0f} tok/s", flush=True)
 
     meta = {"d_model": D, "n_layers": LAYERS, "n_heads": HEADS, "kv_heads_gqa": KV, "d_mlp": MLP, "vocab": VOCAB,
-            "batch": args.batch, "seq": args.seq, "repeats": args.repeats, "dtype": "float32",
+            "batch": args.batch, "seq": args.seq, "repeats": args.repeats, "dtype": args.dtype,
+            "activation_dtype": "float32", "hf_dtype": "float32",
             "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "load_avg_1min": os.getloadavg()[0],
             "device": str(jax.devices()[0])}
+    stem = result_stem("families", args.dtype)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "families.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
-        f"# Families: parity with HF transformers and forward throughput",
+        f"# Families: parity with HF transformers and forward throughput, {dtype_label(args.dtype)}",
         "",
         f"Random-init models, d={D}, {LAYERS} layers, {HEADS} heads (GQA families: {KV} key/value heads), MLP {MLP}, "
-        f"vocabulary {VOCAB}; batch {args.batch} × {args.seq} tokens, float32, {meta['device']} "
+        f"vocabulary {VOCAB}; batch {args.batch} × {args.seq} tokens, jetjax {dtype_label(args.dtype)}, "
+        f"{meta['device']} "
         f"({meta['cpu_count']} cores, 1-min load average {meta['load_avg_1min']:.1f} when written). "
         f"Tokens/s: median of {args.repeats} forwards; jetjax jitted (compile excluded). "
         "\"HF fp32 vs HF fp64\": the same HF model run in float64 (GPT-Neo casts queries and keys to "
-        "float32 even then): the rounding noise float32 itself carries at this size.",
+        "float32 even then): the rounding noise float32 itself carries at this size."
+        + ("" if args.dtype == "float32" else
+           f" The HF model (float32) runs on its parameters rounded through {args.dtype}, the weights jetjax "
+           "holds, so the logit difference compares the same function."),
         "",
         "| model_type | params | max abs logit diff to HF | HF fp32 vs HF fp64 | max abs logit | jetjax tokens/s | "
         "HF torch tokens/s | jetjax compile s |",
@@ -154,8 +176,8 @@ def main():
         lines.append(f"| {r['model_type']} | {r['n_params']:,} | {r['max_abs_logit_diff']:.2e} | {r['hf_fp32_vs_fp64']:.2e} | "
                      f"{r['max_abs_logit']:.1f} | "
                      f"{r['jetjax_tokens_per_s']:,.0f} | {r['hf_torch_tokens_per_s']:,.0f} | {r['jetjax_compile_s']:.1f} |")
-    (RESULTS / "families.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / 'families.json'} and {RESULTS / 'families.md'}")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / (stem + '.json')} and {RESULTS / (stem + '.md')}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
 """Jet order sweep: jetjax.jet vs k nested jax.jvp on a GPT-2-small-shaped block.
 
-A block of d=768, 12 heads, T=64, float32, random weights (passed as jit arguments, not
-compiled-in constants). For each order k the jet terms J^k block(x)(y) are computed both ways,
-under jax.jit (and, for runtime only, through the stock jax.experimental.jet); we record compile time, the median runtime over repeats, and the largest
-relative difference between the two results. Written to benchmarks/results/jet_order.{json,md}.
+A block of d=768, 12 heads, T=64, random weights (passed as jit arguments, not compiled-in
+constants). For each order k the jet terms J^k block(x)(y) are computed both ways, under jax.jit
+(and, for runtime only, through the stock jax.experimental.jet); we record compile time, the median
+runtime over repeats, and the largest relative difference between the two results.
 
-    python benchmarks/jet_order.py [--orders 1-8] [--repeats 10] [--seq 64]
+--dtype is the storage dtype of the block's weights (default float32). With bfloat16 the weights
+take half the memory but the inputs, the series and every activation stay float32 (each weight is
+cast when used, which usually costs a little speed on a CPU); all three computations use the same
+bf16-rounded weights, so the difference column still measures jet against nested jvp.
+Written to benchmarks/results/jet_order.{json,md} (float32) or jet_order_bfloat16.{json,md}.
+
+    python benchmarks/jet_order.py [--orders 1-8] [--repeats 10] [--seq 64] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 import jetjax as jj
+from jetjax.bench import add_dtype_option, dtype_label, result_stem
 from jetjax.models import ModelConfig, random_model
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
@@ -75,13 +82,14 @@ def main():
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--d-model", type=int, default=768)
     ap.add_argument("--heads", type=int, default=12)
+    add_dtype_option(ap)
     args = ap.parse_args()
 
     d = args.d_model
     cfg = ModelConfig(arch="gpt2", n_layers=1, d_model=d, n_heads=args.heads, d_head=d // args.heads,
                       d_mlp=4 * d, vocab_size=64, n_positions=max(args.seq, 64), norm_eps=1e-5,
                       activation="gelu_new")
-    model = random_model(cfg, seed=0)
+    model = random_model(cfg, seed=0, dtype=jnp.dtype(args.dtype))
     kx, ky = jax.random.split(jax.random.key(1))
     x = jax.random.normal(kx, (args.seq, d), jnp.float32)
     y = x + 0.5 * jax.random.normal(ky, (args.seq, d), jnp.float32)
@@ -110,16 +118,19 @@ def main():
 
     meta = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
                 jax=jax.__version__, machine=platform.machine(), cpu_count=__import__("os").cpu_count(),
-                d_model=d, heads=args.heads, seq=args.seq, repeats=args.repeats, dtype="float32")
+                d_model=d, heads=args.heads, seq=args.seq, repeats=args.repeats, dtype=args.dtype,
+                activation_dtype="float32")
+    stem = result_stem("jet_order", args.dtype)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "jet_order.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
-    lines = [f"GPT-2-small-shaped block, T={args.seq}, float32, {meta['device']} ({meta['backend']}), jax {jax.__version__}",
+    (RESULTS / f"{stem}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
+    lines = [f"GPT-2-small-shaped block, T={args.seq}, {dtype_label(args.dtype)}, {meta['device']} ({meta['backend']}), "
+             f"jax {jax.__version__}",
              "", "| k | jet compile s | nested-jvp compile s | compile ratio (jvp/jet) | jet run ms | nested-jvp run ms | stock jet run ms | run ratio (jet/jvp) | max rel diff |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['order']} | {r['jet_compile_s']:.2f} | {r['jvp_compile_s']:.2f} | {r['compile_ratio']:.1f}x | "
                      f"{r['jet_run_ms']:.1f} | {r['jvp_run_ms']:.1f} | {r['stock_jet_run_ms']:.1f} | {r['run_ratio']:.2f} | {r['max_rel_diff']:.1e} |")
-    (RESULTS / "jet_order.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -1,6 +1,6 @@
 """Iterative jet lens speed: jetjax against one forward pass and against the PyTorch reference algorithm.
 
-A GPT-2-small-shaped random model (12 layers, d=768, 12 heads, V=50257, float32), one prompt of
+A GPT-2-small-shaped random model (12 layers, d=768, 12 heads, V=50257), one prompt of
 T=64 tokens, all L+1 = 13 rows, orders 0, 1, 2. For each order we time one call of
 ``iterative_jet_lens`` after compilation (median over repeats) and compare it with
 
@@ -13,9 +13,15 @@ T=64 tokens, all L+1 = 13 rows, orders 0, 1, 2. For each order we time one call 
   ``F.layer_norm`` has wrong second derivatives. The torch model is written here from the same
   weights, so the two lenses are also compared for parity.
 
-Everything runs in one process, one after the other. Results: benchmarks/results/lenses.{json,md}.
+--dtype is the storage dtype of the jetjax model's weights (default float32). With bfloat16 the
+weights take half the memory while activations stay float32 (each weight is cast when used, which
+usually costs a little speed on a CPU). The PyTorch reference stays float32 but is given the same
+bf16-rounded weights (cast back to float32), so the parity column still compares like with like.
 
-    python benchmarks/lenses.py [--seq 64] [--orders 0,1,2] [--repeats 5] [--torch-repeats 2]
+Everything runs in one process, one after the other. Results: benchmarks/results/lenses.{json,md}
+(float32) or lenses_bfloat16.{json,md}.
+
+    python benchmarks/lenses.py [--seq 64] [--orders 0,1,2] [--repeats 5] [--torch-repeats 2] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 
 from jetjax import lenses
+from jetjax.bench import add_dtype_option, dtype_label, result_stem
 from jetjax.models import ModelConfig, random_model
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
@@ -116,6 +124,7 @@ def main():
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--d-model", type=int, default=768)
     ap.add_argument("--vocab", type=int, default=50257)
+    add_dtype_option(ap)
     args = ap.parse_args()
     orders = [int(k) for k in args.orders.split(",")]
 
@@ -123,7 +132,7 @@ def main():
     cfg = ModelConfig(arch="gpt2", n_layers=args.layers, d_model=d, n_heads=d // 64, d_head=64, d_mlp=4 * d,
                       vocab_size=args.vocab, n_positions=max(1024, args.seq), norm_eps=1e-5,
                       activation="gelu_new")
-    model = random_model(cfg, seed=0)
+    model = random_model(cfg, seed=0, dtype=jnp.dtype(args.dtype))
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, size=args.seq).astype(np.int32)
     load_before = os.getloadavg()
 
@@ -137,7 +146,8 @@ def main():
     floor_s = median_time(lambda: jax.block_until_ready(unembed(model.params, streams)), args.repeats)
     print(f"unembedding all {cfg.n_layers + 1} streams: {1e3 * floor_s:.1f} ms", flush=True)
 
-    p = jax.tree_util.tree_map(lambda a: torch.from_numpy(np.array(a)), model.params)
+    # float32 copies of our (possibly bf16-rounded) weights: the reference computes in float32 on the same values
+    p = jax.tree_util.tree_map(lambda a: torch.from_numpy(np.array(a, dtype=np.float32)), model.params)
     t_ids = torch.from_numpy(ids.astype(np.int64))
     rows = []
     for k in orders:
@@ -157,19 +167,39 @@ def main():
         print(" ".join(f"{key}={val:.4g}" if isinstance(val, float) else f"{key}={val}" for key, val in row.items()),
               flush=True)
 
-    meta = dict(forward_ms=1e3 * forward_s, unembed_all_rows_ms=1e3 * floor_s, backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), jax=jax.__version__,
+    # GEMM FLOPs (2 per multiply-add). A forward pass: the blocks' weights (12 d² per layer in GPT-2),
+    # attention scores and mixing (2 · 2 T² d per layer) and one unembedding; the lens needs the streams
+    # (the forward pass without its unembedding) plus one unembedding per row (the h_L row is the model's
+    # own logits), so (L + 1) unembeddings in all: the ratio below bounds lens / forward from below
+    # for any implementation that returns every row's logits and runs its GEMMs no faster than the
+    # forward pass runs its own.
+    t, n_layers = args.seq, cfg.n_layers
+    unembed_flops = 2.0 * t * d * cfg.vocab_size
+    forward_flops = n_layers * (2.0 * t * 12 * d * d + 4.0 * t * t * d) + unembed_flops
+    lens_flops = forward_flops + n_layers * unembed_flops
+    print(f"GEMM FLOPs: forward {forward_flops / 1e9:.2f} G, lens {lens_flops / 1e9:.2f} G "
+          f"({lens_flops / forward_flops:.2f}x)", flush=True)
+    meta = dict(forward_ms=1e3 * forward_s, unembed_all_rows_ms=1e3 * floor_s, forward_gflop=forward_flops / 1e9,
+                lens_gflop=lens_flops / 1e9, lens_over_forward_flops=lens_flops / forward_flops, backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), jax=jax.__version__,
                 torch=torch.__version__, torch_threads=torch.get_num_threads(), machine=platform.machine(),
                 cpu_count=os.cpu_count(), load_average_before=load_before, load_average_after=os.getloadavg(),
                 n_layers=cfg.n_layers, d_model=d, vocab_size=cfg.vocab_size, seq=args.seq, batch=1,
-                repeats=args.repeats, torch_repeats=args.torch_repeats, dtype="float32")
+                repeats=args.repeats, torch_repeats=args.torch_repeats, dtype=args.dtype,
+                activation_dtype="float32", torch_dtype="float32")
+    stem = result_stem("lenses", args.dtype)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lenses.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
     lines = [f"Iterative jet lens, all {cfg.n_layers + 1} rows, GPT-2-small-shaped random model "
-             f"(L={cfg.n_layers}, d={d}, V={cfg.vocab_size}), T={args.seq}, float32, {meta['backend']} "
+             f"(L={cfg.n_layers}, d={d}, V={cfg.vocab_size}), T={args.seq}, {dtype_label(args.dtype)}, "
+             f"{meta['backend']} "
              f"({meta['cpu_count']} cores; load average {load_before[0]:.1f} before, "
-             f"{meta['load_average_after'][0]:.1f} after), jax {jax.__version__}, torch {torch.__version__}",
+             f"{meta['load_average_after'][0]:.1f} after), jax {jax.__version__}, torch {torch.__version__}"
+             + ("" if args.dtype == "float32" else " (the reference in float32 on the same bf16-rounded weights)"),
              "", f"One forward pass (model.logits): {1e3 * forward_s:.1f} ms. Unembedding the {cfg.n_layers + 1} "
-             f"streams alone (the floor for any lens that returns all rows' logits): {1e3 * floor_s:.1f} ms.", "",
+             f"streams alone (the floor for any lens that returns all rows' logits): {1e3 * floor_s:.1f} ms. "
+             f"GEMM FLOPs: forward {forward_flops / 1e9:.1f} G, lens over all rows {lens_flops / 1e9:.1f} G "
+             f"(streams + {n_layers + 1} unembeddings): the lens does {lens_flops / forward_flops:.2f}x the "
+             "arithmetic of a forward pass.", "",
              "| k | jetjax lens ms | lens / forward | PyTorch reference ms | reference / jetjax | "
              "first call s (compile) | max abs diff vs reference (max abs logit) |",
              "|---|---|---|---|---|---|---|"]
@@ -177,7 +207,7 @@ def main():
         lines.append(f"| {r['order']} | {r['lens_ms']:.1f} | {r['lens_over_forward']:.2f}x | {r['torch_ms']:.1f} | "
                      f"{r['torch_over_lens']:.1f}x | {r['first_call_s']:.1f} | "
                      f"{r['max_abs_diff_vs_torch']:.1e} ({r['max_abs_logit']:.1f}) |")
-    (RESULTS / "lenses.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -14,8 +14,12 @@ Achieved FLOP/s count the GEMM (``2 V² d``) plus, for the MLP path, ``16 V d²`
 ``benchmarks/results/ngrams.{json,md}``.
 
     python benchmarks/ngrams.py [--vocab 50257] [--paths emb>dec emb>mlp5>dec] [--global-k 10] [--skip-torch]
+                                [--dtype float32|bfloat16]
 
-Runs of different vocabulary sizes / paths accumulate in the results files.
+Runs of different vocabulary sizes / paths accumulate in the results files. ``--dtype bfloat16``
+stores the jetjax model's weights in bfloat16 (jetjax computes activations, and so the sweep's GEMM,
+in float32 either way; the unembedding matrix is read off the bf16 weights); results then go to
+``ngrams_bfloat16.{json,md}``. The matmul rate and the torch baseline stay float32.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from jetjax.bench import add_dtype_option, dtype_label, result_stem
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
 RESULTS = Path(os.environ.get("JETJAX_BENCH_RESULTS") or Path(__file__).parent / "results")
@@ -57,7 +63,8 @@ def measure_matmul(vocab: int, block: int) -> dict:
     return {"seconds_per_block": best, "gflops": 2.0 * block * D * vocab / best / 1e9}
 
 
-def measure_jetjax(vocab: int, path: str, block: int, global_k: int) -> dict:
+def measure_jetjax(vocab: int, path: str, block: int, global_k: int, dtype: str = "float32") -> dict:
+    import jax.numpy as jnp
     import numpy as np
 
     from jetjax.models import ModelConfig, random_model
@@ -65,9 +72,9 @@ def measure_jetjax(vocab: int, path: str, block: int, global_k: int) -> dict:
 
     cfg = ModelConfig(arch="gpt2", n_layers=LAYERS, d_model=D, n_heads=HEADS, d_head=D // HEADS, d_mlp=4 * D,
                       vocab_size=vocab, n_positions=1024, norm_eps=1e-5, activation="gelu_new")
-    model = random_model(cfg)
+    model = random_model(cfg, dtype=jnp.dtype(dtype))
     opts = dict(top_k=TOP_K, global_k=global_k, block_rows=block, progress=False)
-    sweep_contexts(model, np.arange(block, dtype=np.int32)[:, None], [path], **opts)  # compile
+    sweep_contexts(model, (np.arange(block) % vocab).astype(np.int32)[:, None], [path], **opts)  # compile
     # The matmul rate is measured in the same process just before and after the sweep, so that both
     # see the same load on a shared machine.
     before = measure_matmul(vocab, block)["gflops"]
@@ -108,7 +115,7 @@ def child(args) -> None:
     if kind == "matmul":
         out = measure_matmul(args.vocab, args.block_rows)
     elif kind == "jetjax":
-        out = measure_jetjax(args.vocab, path, args.block_rows, args.global_k)
+        out = measure_jetjax(args.vocab, path, args.block_rows, args.global_k, args.dtype)
     else:
         out = measure_torch(args.vocab, PATHS[path])
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
@@ -117,7 +124,7 @@ def child(args) -> None:
 
 def run_child(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--measure", name, "--vocab", str(args.vocab), "--block-rows",
-           str(args.block_rows), "--global-k", str(args.global_k)]
+           str(args.block_rows), "--global-k", str(args.global_k), "--dtype", args.dtype]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -128,6 +135,7 @@ def main(argv=None) -> None:
     ap.add_argument("--block-rows", type=int, default=1024)
     ap.add_argument("--global-k", type=int, default=10, help="global top pairs kept (per-row top-k is max(10, this))")
     ap.add_argument("--skip-torch", action="store_true")
+    add_dtype_option(ap)
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -151,26 +159,28 @@ def main(argv=None) -> None:
     import jax
     import torch
 
-    result = {"vocab": args.vocab, "d_model": D, "top_k": TOP_K, "global_k": args.global_k,
+    result = {"vocab": args.vocab, "d_model": D, "dtype": args.dtype, "top_k": TOP_K, "global_k": args.global_k,
               "block_rows": args.block_rows, "matmul": matmul, "sweeps": rows,
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "jax": jax.__version__, "torch": torch.__version__, "devices": str(jax.devices()),
                           "cpus": os.cpu_count(), "load_average": os.getloadavg()[0]},
               "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     RESULTS.mkdir(exist_ok=True)
-    store = RESULTS / "ngrams.json"
+    stem = result_stem("ngrams", args.dtype)
+    store = RESULTS / f"{stem}.json"
     runs = json.loads(store.read_text()).get("runs", []) if store.is_file() else []
     key = lambda run: (run["vocab"], [r["path"] for r in run["sweeps"]])  # noqa: E731
     runs = [r for r in runs if key(r) != key(result)] + [result]
     store.write_text(json.dumps({"runs": runs}, indent=1))
-    (RESULTS / "ngrams.md").write_text("\n\n".join(markdown(r) for r in runs))
+    (RESULTS / f"{stem}.md").write_text("\n\n".join(markdown(r) for r in runs))
     print(markdown(result))
 
 
 def markdown(result: dict) -> str:
     matmul, rows = result["matmul"], result["sweeps"]
+    dtype = result.get("dtype", "float32")
     lines = [f"## Jet bigram sweeps, V = {result['vocab']}, d = {D}, top-{TOP_K} per row "
-             f"(global top {result['global_k']})", "",
+             f"(global top {result['global_k']}), jetjax {dtype_label(dtype)}", "",
              f"float32 `jnp.dot` [{result['block_rows']}, {D}] @ [{D}, {result['vocab']}] in its own process: "
              f"**{matmul['gflops']:.1f} GFLOP/s** (peak RSS {matmul['peak_rss_gb']:.2f} GB). "
              "'of matmul' compares with the rate measured around each sweep, in the sweep's process.", "",

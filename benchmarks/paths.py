@@ -1,16 +1,21 @@
 """Exhaustive paths: jetjax.reduce_paths vs a naive per-path loop, and how cost grows.
 
-A GPT-2-small-shaped model (d=768, 12 heads, V=50257) with random weights, T=16 tokens, float32.
+A GPT-2-small-shaped model (d=768, 12 heads, V=50257) with random weights, T=16 tokens.
 Every order-0 block path (2^L of them) is decoded to full logits and reduced to its norm (plus
 the top-10 paths' logits and the remainder), which is what ``jetjax.reduce_paths`` does by
 default. The naive baseline recomputes each path from the embedding with jitted per-block
 functions and decodes it, one path at a time; it is timed on a random sample of paths and
 reported as paths per second. Its norms are checked against ours on that sample.
 
-Each measurement runs in its own subprocess so that its peak resident memory can be read.
-Results go to benchmarks/results/paths.{json,md}.
+--dtype is the storage dtype of the weights (default float32). With bfloat16 the weights take
+half the memory (visible in the resident-memory columns) while activations stay float32 (each
+weight is cast when used, which usually costs a little speed on a CPU); the naive loop runs on the
+same bf16 weights, so the agreement on the sample still checks jetjax against it.
 
-    python benchmarks/paths.py [--layers 12] [--seq 16] [--naive-sample 64] [--quick]
+Each measurement runs in its own subprocess so that its peak resident memory can be read.
+Results go to benchmarks/results/paths.{json,md} (float32) or paths_bfloat16.{json,md}.
+
+    python benchmarks/paths.py [--layers 12] [--seq 16] [--naive-sample 64] [--quick] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from jetjax.bench import add_dtype_option, dtype_label, result_stem
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
 RESULTS = Path(os.environ.get("JETJAX_BENCH_RESULTS") or Path(__file__).parent / "results")
@@ -49,7 +56,7 @@ def run_case(case: dict) -> dict:
     import jetjax as jj
     from jetjax.models import random_model
 
-    model = random_model(_config(case["layers"], case["vocab"]), seed=0)
+    model = random_model(_config(case["layers"], case["vocab"]), seed=0, dtype=jnp.dtype(case["dtype"]))
     ids = np.random.default_rng(0).integers(0, case["vocab"], size=case["seq"]).astype(np.int32)
     jax.block_until_ready(model.params)
     base_mb = _rss_mb()
@@ -109,6 +116,7 @@ def main(argv=None):
     ap.add_argument("--naive-sample", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     ap.add_argument("--_case", help=argparse.SUPPRESS)
+    add_dtype_option(ap)
     args = ap.parse_args(argv)
     if args._case:
         print(json.dumps(run_case(json.loads(args._case))))
@@ -117,7 +125,7 @@ def main(argv=None):
 
     if args.quick:
         args.layers, args.vocab, args.naive_sample = 4, 1000, 8
-    common = dict(seq=args.seq, vocab=args.vocab, chunk=args.chunk, check=args.naive_sample)
+    common = dict(seq=args.seq, vocab=args.vocab, chunk=args.chunk, check=args.naive_sample, dtype=args.dtype)
     main_case = spawn(dict(kind="jetjax", layers=args.layers, order=0, **common))
     naive = spawn(dict(kind="naive", layers=args.layers, order=0, labels=sorted(main_case["sample_norms"]), **common))
     diffs = [abs(naive["sample_norms"][k] - v) / v for k, v in main_case["sample_norms"].items()]
@@ -132,7 +140,7 @@ def main(argv=None):
     summary = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus", "backend": jax.default_backend(),
         "device_kind": device.device_kind, "jax": jax.__version__, "seq": args.seq, "vocab": args.vocab,
-        "layers": args.layers, "chunk": args.chunk,
+        "layers": args.layers, "chunk": args.chunk, "dtype": args.dtype, "activation_dtype": "float32",
         "jetjax_paths_per_s": main_case["paths_per_s"], "naive_paths_per_s": naive["paths_per_s"],
         "speedup": main_case["paths_per_s"] / naive["paths_per_s"],
         "jetjax_peak_rss_mb": main_case["peak_rss_mb"], "jetjax_base_rss_mb": main_case["base_rss_mb"],
@@ -142,11 +150,13 @@ def main(argv=None):
         "orders": [{k: c[k] for k in ("layers", "order", "paths", "run_s", "first_call_s", "paths_per_s",
                                       "peak_rss_mb")} for c in orders],
     }
+    stem = result_stem("paths", args.dtype)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "paths.json").write_text(json.dumps(summary, indent=2))
+    (RESULTS / f"{stem}.json").write_text(json.dumps(summary, indent=2))
     lines = [
         f"Exhaustive order-0 block paths, GPT-2-small-shaped random model (d=768, V={args.vocab}), "
-        f"T={args.seq}, float32, {summary['machine']}, {summary['backend']} ({summary['device_kind']}), "
+        f"T={args.seq}, {dtype_label(args.dtype)}, {summary['machine']}, "
+        f"{summary['backend']} ({summary['device_kind']}), "
         f"jax {summary['jax']}", "",
         f"{args.layers} layers, {main_case['paths']} paths: jetjax {main_case['paths_per_s']:.1f} paths/s "
         f"({main_case['run_s']:.1f} s; first call with compilation {main_case['first_call_s']:.1f} s), naive "
@@ -164,7 +174,7 @@ def main(argv=None):
         seen.add(key)
         lines.append(f"| {c['layers']} | {c['order']} | {c['paths']} | {c['run_s']:.2f} | {c['first_call_s']:.1f} | "
                      f"{c['paths_per_s']:.1f} | {c['peak_rss_mb']:.0f} |")
-    (RESULTS / "paths.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -1,13 +1,18 @@
 """``jetjax bench``: run the benchmark scripts of a source checkout and collect their results.
 
 The scripts live in ``benchmarks/`` at the repository root (they import torch for baselines, so
-they are not part of the installed package). Each writes ``benchmarks/results/<name>.{json,md}``;
-this runner calls them in turn on whatever JAX backend is present and writes
-``benchmarks/results/summary.{json,md}`` with the device they ran on.
+they are not part of the installed package). This runner calls each of them on whatever JAX
+backend is present, once per parameter dtype (``--dtype``, default float32 and bfloat16), and
+writes ``summary.{json,md}`` with the device they ran on and one row per (benchmark, dtype).
 
-    jetjax bench                  # all benchmarks, full sizes (tens of minutes on a laptop CPU)
+dtype is the *parameter storage* dtype, as in ``from_pretrained(dtype=...)``: with bfloat16 the
+weights take half the memory, activations are still computed in float32 (each weight is cast
+when used, which on a CPU usually costs a little speed). float32 results go to
+``<name>.{json,md}``, bfloat16 results to ``<name>_bfloat16.{json,md}``.
+
+    jetjax bench                  # all benchmarks, both dtypes, full sizes (tens of minutes per dtype on a laptop CPU)
     jetjax bench --quick          # small sizes: a smoke run, results in ./jetjax-bench/
-    jetjax bench --only paths lenses --out my_results
+    jetjax bench --only paths lenses --dtype bfloat16 --out my_results
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from pathlib import Path
 
 BENCHMARKS = ("jet_order", "paths", "lenses", "ngrams", "families")
+DTYPES = ("float32", "bfloat16")
 # Small sizes for a smoke run of every script (seconds each on a laptop CPU).
 QUICK_ARGS = {
     "jet_order": ["--orders", "1-2", "--repeats", "2", "--seq", "8", "--d-model", "64", "--heads", "4"],
@@ -32,6 +38,27 @@ QUICK_ARGS = {
     "families": ["--repeats", "1", "--batch", "1", "--seq", "16"],
 }
 
+
+# ---- conventions shared by the scripts in benchmarks/ ----------------------------------------
+
+def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--dtype`` option every benchmark script takes: the parameter storage dtype."""
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="parameter storage dtype of the jetjax model (activations stay float32); "
+                             "bfloat16 results go to <name>_bfloat16.{json,md}")
+
+
+def result_stem(name: str, dtype: str) -> str:
+    """File stem of a script's results: ``<name>`` for float32 (the committed figures), else ``<name>_<dtype>``."""
+    return name if dtype == "float32" else f"{name}_{dtype}"
+
+
+def dtype_label(dtype: str) -> str:
+    """How a results heading names the dtype."""
+    return "float32" if dtype == "float32" else f"{dtype} weights (float32 activations)"
+
+
+# ---------------------------------------------------------------------------------------------
 
 def benchmarks_dir() -> Path:
     here = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -45,6 +72,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="jetjax bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", choices=BENCHMARKS, default=None)
+    ap.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES),
+                    help="parameter dtypes to run each benchmark in (default: both)")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--out", default=None, help="results directory (default: benchmarks/results, or "
                                                 "./jetjax-bench with --quick so committed figures stay)")
@@ -56,30 +85,35 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, JETJAX_BENCH_RESULTS=str(out.resolve()))
     device = jax.devices()[0]
+    dtypes = list(dict.fromkeys(args.dtype))  # keep the order given, drop repeats
     summary = {"backend": jax.default_backend(), "device_kind": device.device_kind,
                "device_count": jax.device_count(), "machine": f"{platform.machine()} {platform.processor()}".strip(),
-               "jax": jax.__version__, "quick": args.quick, "runs": {}}
+               "jax": jax.__version__, "quick": args.quick, "dtypes": dtypes, "runs": []}
     for name in args.only or BENCHMARKS:
         script = root / f"{name}.py"
-        if not script.is_file():
-            summary["runs"][name] = {"status": "missing"}
-            continue
-        extra = QUICK_ARGS.get(name, []) if args.quick else []
-        print(f"== {name} {' '.join(extra)}", flush=True)
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(script), *extra], env=env)
-        run = {"status": "ok" if proc.returncode == 0 else f"failed ({proc.returncode})",
-               "wall_s": round(time.perf_counter() - t0, 1)}
-        result = out / f"{name}.json"
-        if proc.returncode == 0 and result.is_file():
-            run["result"] = str(result)
-        summary["runs"][name] = run
+        for dtype in dtypes:
+            run = {"benchmark": name, "dtype": dtype}
+            summary["runs"].append(run)
+            if not script.is_file():
+                run["status"] = "missing"
+                continue
+            extra = [*(QUICK_ARGS.get(name, []) if args.quick else []), "--dtype", dtype]
+            print(f"== {name} {' '.join(extra)}", flush=True)
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, str(script), *extra], env=env)
+            run["status"] = "ok" if proc.returncode == 0 else f"failed ({proc.returncode})"
+            run["wall_s"] = round(time.perf_counter() - t0, 1)
+            result = out / f"{result_stem(name, dtype)}.json"
+            if proc.returncode == 0 and result.is_file():
+                run["result"] = str(result)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [f"Benchmarks on {summary['backend']} ({summary['device_kind']}, {summary['device_count']} devices), "
-             f"jax {summary['jax']}{' (quick sizes)' if args.quick else ''}", "",
-             "| benchmark | status | wall s | results |", "|---|---|---|---|"]
-    for name, run in summary["runs"].items():
-        lines.append(f"| {name} | {run['status']} | {run.get('wall_s', '')} | {run.get('result', '')} |")
+             f"jax {summary['jax']}{' (quick sizes)' if args.quick else ''}; dtype = parameter storage dtype "
+             "(activations float32)", "",
+             "| benchmark | dtype | status | wall s | results |", "|---|---|---|---|---|"]
+    for run in summary["runs"]:
+        lines.append(f"| {run['benchmark']} | {run['dtype']} | {run['status']} | {run.get('wall_s', '')} | "
+                     f"{run.get('result', '')} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return summary

@@ -83,10 +83,28 @@ def test_passthrough_commands(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--help"])
     assert e.value.code == 0 and "--out" in capsys.readouterr().out
-    code, out, err = run(capsys, "bench", "--only", "jet_order", "--quick", "--out", str(tmp_path / "bench"))
+
+
+def test_bench_dtypes(capsys, tmp_path):
+    """One benchmark in both parameter dtypes: a summary row and a result file per dtype."""
+    code, out, err = run(capsys, "bench", "--only", "jet_order", "--quick", "--dtype", "float32", "bfloat16",
+                         "--out", str(tmp_path / "bench"))
     assert code == 0, err
     summary = json.loads((tmp_path / "bench" / "summary.json").read_text())
-    assert summary["runs"]["jet_order"]["status"] == "ok" and (tmp_path / "bench" / "jet_order.json").is_file()
+    assert summary["dtypes"] == ["float32", "bfloat16"] and summary["device_kind"]
+    assert [(r["benchmark"], r["dtype"], r["status"]) for r in summary["runs"]] == [
+        ("jet_order", "float32", "ok"), ("jet_order", "bfloat16", "ok")]
+    for run_, stem in zip(summary["runs"], ("jet_order", "jet_order_bfloat16")):
+        path = tmp_path / "bench" / f"{stem}.json"
+        assert run_["result"] == str(path)
+        result = json.loads(path.read_text())
+        assert result["meta"]["dtype"] == run_["dtype"] and result["meta"]["activation_dtype"] == "float32"
+        assert [r["order"] for r in result["rows"]] == [1, 2]
+        for row in result["rows"]:  # same weights on both sides: jet agrees with nested jvp to float32 rounding
+            assert row["jet_run_ms"] > 0 and row["jvp_run_ms"] > 0 and row["max_rel_diff"] < 1e-4
+        heading = (tmp_path / "bench" / f"{stem}.md").read_text().splitlines()[0]
+        assert ("bfloat16 weights" in heading) == (run_["dtype"] == "bfloat16")
+    assert "| jet_order | bfloat16 | ok |" in (tmp_path / "bench" / "summary.md").read_text()
 
 
 def test_demo(capsys, tmp_path):
