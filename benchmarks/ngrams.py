@@ -184,17 +184,22 @@ def markdown(result: dict) -> str:
              f"float32 `jnp.dot` [{result['block_rows']}, {D}] @ [{D}, {result['vocab']}] in its own process: "
              f"**{matmul['gflops']:.1f} GFLOP/s** (peak RSS {matmul['peak_rss_gb']:.2f} GB). "
              "'of matmul' compares with the rate measured around each sweep, in the sweep's process.", "",
-             "| path | jetjax s | rows/s | GFLOP/s | of matmul | torch ref s | speed-up | peak RSS jetjax / torch GB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "'GEMM-only s' is the sweep's arithmetic at that matmul rate, a lower bound for any implementation "
+             "(the torch baseline included, which does the same GEMMs); 'bound on speed-up' is torch's time over it.",
+             "",
+             "| path | jetjax s | rows/s | GFLOP/s | of matmul | GEMM-only s | torch ref s | speed-up "
+             "| bound on speed-up | peak RSS jetjax / torch GB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ref = r["torch_reference"]
-        ref_s, speedup, ref_mem = ("—",) * 3
+        gemm_s = r["jetjax"]["seconds"] * r["fraction_of_matmul"]  # the FLOPs at the matmul rate around it
+        ref_s, speedup, bound, ref_mem = ("—",) * 4
         if ref is not None:
             ref_s, speedup = f"{ref['seconds']:.1f}", f"{r['speedup_vs_torch']:.2f}×"
-            ref_mem = f"{ref['peak_rss_gb']:.2f}"
+            bound, ref_mem = f"{ref['seconds'] / gemm_s:.2f}×", f"{ref['peak_rss_gb']:.2f}"
         lines.append(f"| `{r['path']}` | {r['jetjax']['seconds']:.1f} | {r['jetjax']['rows_per_s']:.0f} | "
-                     f"{r['achieved_gflops']:.1f} | {100 * r['fraction_of_matmul']:.0f}% | {ref_s} | {speedup} | "
-                     f"{r['jetjax']['peak_rss_gb']:.2f} / {ref_mem} |")
+                     f"{r['achieved_gflops']:.1f} | {100 * r['fraction_of_matmul']:.0f}% | {gemm_s:.1f} | {ref_s} | "
+                     f"{speedup} | {bound} | {r['jetjax']['peak_rss_gb']:.2f} / {ref_mem} |")
     m = result["machine"]
     lines += ["", f"Machine: {m['platform']}, jax {m['jax']}, torch {m['torch']}, {result['time']}, "
               f"1-minute load average {m['load_average']:.1f} on {m['cpus']} CPUs (shared with other processes)."]

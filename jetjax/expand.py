@@ -14,6 +14,7 @@ expansion are valid centres of the next, and labels compose (``emb>attn0>mlp2>de
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any, Callable, Sequence
 
 import jax
@@ -375,6 +376,7 @@ def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block",
       :func:`count_paths` gives the number of paths without computing them.
 
     Returns an :class:`Expansion` of logits ``[P, ..., T, V]`` with ``remainder = logits − Σ paths``.
+    Runs as one compiled function per (model, settings); later calls with the same shapes reuse it.
     This holds all paths' logits in memory: meant for shallow models and small vocabularies; for
     deep models use :func:`jetjax.reduce_paths` / :func:`jetjax.path_attribution`, which decode in
     chunks and keep only what they report.
@@ -385,11 +387,30 @@ def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block",
       (8, 'emb>block0>block1>block2>dec', 'emb>dec')
     """
     ids = model.check_ids(ids)
+    order = _check_order(order)
+    settings = dict(granularity=granularity, weights=weights, include=None if include is None else tuple(include),
+                    exclude=tuple(exclude), max_length=max_length, attention_free=attention_free)
+    try:
+        key = (order, tuple(sorted(settings.items())))
+        hash(key)
+    except TypeError:  # an unhashable setting: run it eagerly and let the checks name it
+        return _expand_all(model, order, settings, params, ids, streams)
+    per_model = _EXPAND_ALL.setdefault(model, {})
+    if key not in per_model:
+        # One compiled function per (model, settings), taking params, ids and streams as arguments;
+        # weakly referenced, so the cache (keyed weakly by the model) does not keep the model alive.
+        ref = weakref.ref(model)
+        per_model[key] = jax.jit(lambda p, i, s: _expand_all(ref(), order, settings, p, i, s))
+    return per_model[key](model.params if params is None else params, ids, streams)
+
+
+_EXPAND_ALL: "weakref.WeakKeyDictionary[Model, dict]" = weakref.WeakKeyDictionary()
+
+
+def _expand_all(model: Model, order: int, settings: dict, params, ids, streams) -> Expansion:
     streams = streams if streams is not None else model.residual_stream(ids, mid=True, params=params)
-    current = path_streams(model, ids, order, granularity=granularity, weights=weights, include=include,
-                           exclude=exclude, max_length=max_length, attention_free=attention_free,
-                           streams=streams, params=params)
-    return expand_decoder(model, ids, current, order, weights, streams=streams, params=params)
+    current = path_streams(model, ids, order, streams=streams, params=params, **settings)
+    return expand_decoder(model, ids, current, order, settings["weights"], streams=streams, params=params)
 
 
 def count_paths(n_layers: int, granularity: str = "block", *, parallel_residual: bool = False,
