@@ -71,19 +71,23 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, c: ModelConfig, dtype):
+    def __init__(self, c: ModelConfig, dtype, attention=Attention):
         self.ln_1 = LayerNorm(c.d_model, eps=c.norm_eps, dtype=dtype)
-        self.attn = Attention(c, dtype)
+        self.attn = attention(c, dtype)
         self.ln_2 = LayerNorm(c.d_model, eps=c.norm_eps, dtype=dtype)
         self.mlp = MLP(c, dtype)
 
 
 class GPT2(ResidualModule):
+    """GPT-2; also the base of GPT-Neo, which swaps in its own attention module (``ATTENTION``) and ``attn``."""
+
+    ATTENTION = Attention
+
     def __init__(self, config: ModelConfig, dtype=jnp.float32):
         c = self.config = config
         self.wte = nnx.Param(jnp.zeros((c.vocab_size, c.d_model), dtype))   # 'VD'
         self.wpe = nnx.Param(jnp.zeros((c.n_positions, c.d_model), dtype))  # 'PD'
-        self.h = nnx.List([Block(c, dtype) for _ in range(c.n_layers)])
+        self.h = nnx.List([Block(c, dtype, self.ATTENTION) for _ in range(c.n_layers)])
         self.ln_f = LayerNorm(c.d_model, eps=c.norm_eps, dtype=dtype)
         self.lm_head = None if c.tie_embeddings else Linear(c.d_model, c.vocab_size, bias=False, dtype=dtype)
 

@@ -15,11 +15,11 @@ Example:
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 from flax import nnx
 
-from jetjax.models.base import (ACTIVATIONS, ConfigKeys, LayerNorm, Linear, ModelConfig, ResidualModule,
-                                activation_from_hf, causal_attention, compute_dtype_for, windows_for)
+from jetjax.models.base import (ConfigKeys, Linear, ModelConfig, activation_from_hf, causal_attention,
+                                windows_for)
+from jetjax.models.gpt2 import GPT2
 
 CONFIG_KEYS = {"gpt_neo": ConfigKeys(
     handled=frozenset({
@@ -77,36 +77,10 @@ class Attention(nnx.Module):
         self.out_proj = Linear(c.d_model, c.d_model, dtype=dtype)
 
 
-class MLP(nnx.Module):
-    def __init__(self, c: ModelConfig, dtype):
-        self.c_fc = Linear(c.d_model, c.d_mlp, dtype=dtype)
-        self.c_proj = Linear(c.d_mlp, c.d_model, dtype=dtype)
+class GPTNeo(GPT2):
+    """GPT-2's modules, embedding, MLP, norms and unembedding; its own attention projections and ``attn``."""
 
-
-class Block(nnx.Module):
-    def __init__(self, c: ModelConfig, dtype):
-        self.ln_1 = LayerNorm(c.d_model, eps=c.norm_eps, dtype=dtype)
-        self.attn = Attention(c, dtype)
-        self.ln_2 = LayerNorm(c.d_model, eps=c.norm_eps, dtype=dtype)
-        self.mlp = MLP(c, dtype)
-
-
-class GPTNeo(ResidualModule):
-    def __init__(self, config: ModelConfig, dtype=jnp.float32):
-        c = self.config = config
-        self.wte = nnx.Param(jnp.zeros((c.vocab_size, c.d_model), dtype))   # 'VD'
-        self.wpe = nnx.Param(jnp.zeros((c.n_positions, c.d_model), dtype))  # 'PD'
-        self.h = nnx.List([Block(c, dtype) for _ in range(c.n_layers)])
-        self.ln_f = LayerNorm(c.d_model, eps=c.norm_eps, dtype=dtype)
-        self.lm_head = None if c.tie_embeddings else Linear(c.d_model, c.vocab_size, bias=False, dtype=dtype)
-
-    def token_embed(self, ids):
-        wte = self.wte[...]
-        return wte[ids].astype(compute_dtype_for(wte.dtype))
-
-    def embed(self, ids):
-        wpe = self.wpe[...]
-        return self.token_embed(ids) + wpe[: ids.shape[-1]].astype(compute_dtype_for(wpe.dtype))
+    ATTENTION = Attention
 
     def attn(self, layer, h):
         c, block = self.config, self.h[layer]
@@ -115,18 +89,6 @@ class GPTNeo(ResidualModule):
         q, k, v = (proj(x).reshape(*x.shape[:-1], c.n_heads, c.d_head) for proj in (att.q_proj, att.k_proj, att.v_proj))
         out = causal_attention(q, k, v, scale=1.0, window=c.window(layer))  # GPT-Neo does not scale scores
         return att.out_proj(out.reshape(*out.shape[:-2], c.d_model))
-
-    def mlp(self, layer, h):
-        block = self.h[layer]
-        return block.mlp.c_proj(ACTIVATIONS[self.config.activation](block.mlp.c_fc(block.ln_2(h))))
-
-    def final_norm(self, h):
-        return self.ln_f(h)
-
-    def unembed(self, x):
-        if self.lm_head is not None:
-            return self.lm_head(x)
-        return x @ self.wte[...].astype(x.dtype).T
 
 
 def weight_map(c: ModelConfig) -> dict[str, tuple[tuple, bool]]:
