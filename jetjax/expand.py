@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jetjax._compiled import per_model
 from jetjax.jet import _check_order, jet
 from jetjax.models.base import Model
 
@@ -395,16 +396,12 @@ def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block",
         hash(key)
     except TypeError:  # an unhashable setting: run it eagerly and let the checks name it
         return _expand_all(model, order, settings, params, ids, streams)
-    per_model = _EXPAND_ALL.setdefault(model, {})
-    if key not in per_model:
-        # One compiled function per (model, settings), taking params, ids and streams as arguments;
-        # weakly referenced, so the cache (keyed weakly by the model) does not keep the model alive.
-        ref = weakref.ref(model)
-        per_model[key] = jax.jit(lambda p, i, s: _expand_all(ref(), order, settings, p, i, s))
-    return per_model[key](model.params if params is None else params, ids, streams)
-
-
-_EXPAND_ALL: "weakref.WeakKeyDictionary[Model, dict]" = weakref.WeakKeyDictionary()
+    # One compiled function per (model, settings), taking params, ids and streams as arguments; it
+    # holds the model weakly, so the per-model cache does not keep the model alive.
+    ref = weakref.ref(model)
+    fn = per_model(model, "expand_all", key,
+                   lambda: jax.jit(lambda p, i, s: _expand_all(ref(), order, settings, p, i, s)))
+    return fn(model.params if params is None else params, ids, streams)
 
 
 def _expand_all(model: Model, order: int, settings: dict, params, ids, streams) -> Expansion:

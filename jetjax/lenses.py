@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jetjax._compiled import per_model
 from jetjax.expand import GRANULARITIES, expand_decoder
 from jetjax.jet import _check_order
 from jetjax.models.base import Model
@@ -142,7 +143,7 @@ def _streams(model: Model, params, ids, granularity: str) -> jax.Array:
     return jnp.concatenate([h[:1], between.reshape((-1,) + h.shape[1:])], axis=0)
 
 
-def _iterative_core(model_ref, order, granularity, last_pos, params, ids, rows):
+def _iterative_core(model_ref, order, granularity, params, ids, rows, *, last_pos=None):
     TRACE_COUNTS[("iterative", order, granularity)] += 1
     model = model_ref()
     streams = _streams(model, params, ids, granularity)
@@ -154,7 +155,7 @@ def _iterative_core(model_ref, order, granularity, last_pos, params, ids, rows):
     return exp.terms, model.decode(streams[-1], params=params)
 
 
-def _joint_core(model_ref, order, granularity, last_pos, params, ids, rows):
+def _joint_core(model_ref, order, granularity, params, ids, rows):
     TRACE_COUNTS[("joint", order, granularity)] += 1
     model = model_ref()
     streams = _streams(model, params, ids, granularity)
@@ -164,18 +165,12 @@ def _joint_core(model_ref, order, granularity, last_pos, params, ids, rows):
     return exp.terms, model.decode(streams[-1], params=params)
 
 
-_CORES: "weakref.WeakKeyDictionary[Model, dict]" = weakref.WeakKeyDictionary()
-
-
 def _core(model: Model, kind: str, order: int, granularity: str, last_pos: int | None = None) -> Callable:
     """``last_pos``: where the last stream ``h_L`` sits among the chosen rows (iterative lens), if it does."""
-    per_model = _CORES.setdefault(model, {})
-    key = (kind, order, granularity, last_pos)
-    if key not in per_model:
-        body = {"iterative": _iterative_core, "joint": _joint_core}[kind]
-        # A weak reference, so that the cache (keyed weakly by the model) does not keep it alive.
-        per_model[key] = jax.jit(functools.partial(body, weakref.ref(model), order, granularity, last_pos))
-    return per_model[key]
+    body = {"iterative": functools.partial(_iterative_core, last_pos=last_pos), "joint": _joint_core}[kind]
+    # A weak reference, so that the per-model cache does not keep the model alive.
+    return per_model(model, "lenses", (kind, order, granularity, last_pos),
+                     lambda: jax.jit(functools.partial(body, weakref.ref(model), order, granularity)))
 
 
 @functools.partial(jax.jit, static_argnames="steps")

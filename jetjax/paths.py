@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import weakref
 from typing import Any, Callable, Sequence
 
 import jax
@@ -20,21 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jetjax._compiled import per_model
 from jetjax.expand import _check_order, _jets, count_paths, path_streams
 from jetjax.models.base import Model
 from jetjax.parallel import constrain_leading, mesh_axis, pad_leading, shard_leading
 
 __all__ = ["PathScores", "reduce_paths", "PathAttribution", "path_attribution"]
 
-# model -> {settings: compiled function}; weak so that dropping a model frees its functions.
-_COMPILED: "weakref.WeakKeyDictionary[Model, dict]" = weakref.WeakKeyDictionary()
-
-
 def _cached(model: Model, key, build: Callable):
-    table = _COMPILED.setdefault(model, {})
-    if key not in table:
-        table[key] = build()
-    return table[key]
+    return per_model(model, "paths", key, build)
 
 
 def _norm_score(logits, aux):

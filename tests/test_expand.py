@@ -276,12 +276,13 @@ def test_expand_all_paths(gpt2, rng, granularity, n_paths):
         assert other.labels == paths.labels
         np.testing.assert_allclose(np.asarray(other.total() + other.remainder), hf_logits, atol=1e-4)
     # one compiled function per (model, settings): another prompt of the same length reuses it
-    from jetjax.expand import _EXPAND_ALL
+    from jetjax._compiled import built
 
-    sizes = {key: f._cache_size() for key, f in _EXPAND_ALL[model].items()}
+    sizes = {key: f._cache_size() for key, f in built(model, "expand_all").items()}
+    assert sizes
     again = jj.expand_all(model, rng.integers(0, 37, size=6), order=0, granularity=granularity)
     assert again.labels == paths.labels and not np.allclose(np.asarray(again.terms), np.asarray(paths.terms))
-    assert {key: f._cache_size() for key, f in _EXPAND_ALL[model].items()} == sizes
+    assert {key: f._cache_size() for key, f in built(model, "expand_all").items()} == sizes
     with pytest.raises(ValueError, match="granularity"):
         jj.expand_all(model, ids, granularity="layer")
     with pytest.raises(ValueError, match="max_length must be a non-negative int"):
