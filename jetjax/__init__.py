@@ -15,19 +15,10 @@ from jetjax.ngrams import (NGramTable, corpus_agreement, diff_tables, jet_bigram
 from jetjax.lenses import LensResult, iterative_jet_lens, joint_jet_lens, logit_lens
 from jetjax.paths import PathAttribution, PathScores, path_attribution, reduce_paths
 from jetjax.models.base import Model, ModelConfig
+from jetjax.assets import load_default, load_shipped
 
 
-def load_shipped(**kwargs) -> Model:
-    """The Shakespeare GPT-2 shipped with jetjax (model card: ``jetjax/assets/shakespeare/README.md``).
-
-    Keyword arguments go to :func:`from_pretrained` (e.g. ``dtype``).
-    """
-    from jetjax.train import shipped_model_path
-
-    return from_pretrained(shipped_model_path(), **kwargs)
-
-
-__all__ = ["load_shipped", "jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "NGramTable", "diff_tables", "keyword_mass",
+__all__ = ["load_default", "load_shipped", "jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "NGramTable", "diff_tables", "keyword_mass",
            "corpus_agreement", "logit_lens", "iterative_jet_lens", "joint_jet_lens", "LensResult", "expand", "expand_all", "path_streams", "reduce_paths", "PathScores", "path_attribution",
            "PathAttribution", "count_paths", "expand_block", "expand_decoder", "Expansion", "jet", "JetRuleError", "from_pretrained", "supported_model_types", "Model", "ModelConfig"]
 __version__ = "0.1.0"

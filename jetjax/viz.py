@@ -12,7 +12,7 @@ import numpy as np
 
 from jetjax.lenses import METRICS, LensResult, _token_texts
 
-__all__ = ["lens_table", "metric_curves", "joint_weights"]
+__all__ = ["lens_table", "metric_curves", "joint_weights", "study_curves", "bigram_layers"]
 
 _METRIC_TITLES = {
     "cosine": "cosine with model logits",
@@ -229,5 +229,74 @@ def joint_weights(result: LensResult, path, *, batch: int = 0, dpi: int = 110) -
         loss_ax.set_xlabel("Adam step")
         loss_ax.set_title("mean squared remainder norm", fontsize=10)
         loss_ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=dpi)
+    return str(path)
+
+
+def study_curves(study, path, *, dpi: int = 110) -> str:
+    """A :class:`~jetjax.findings.LensStudy` as curves against layer: cosine, top-1 and KL per order.
+
+    The middle streams (:func:`~jetjax.findings.middle_rows`) are shaded.
+
+    Example:
+      >>> import os, tempfile
+      >>> import jetjax.viz as viz
+      >>> from jetjax.findings import lens_study
+      >>> from jetjax.models import ModelConfig, random_model
+      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
+      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
+      >>> study = lens_study(random_model(cfg), [[1, 2, 3]], orders=(0, 1))
+      >>> os.path.getsize(viz.study_curves(study, os.path.join(tempfile.mkdtemp(), "c.png"))) > 0
+      True
+    """
+    from jetjax.findings import middle_rows
+
+    fig = _figure(12.0, 3.6)
+    axes = fig.subplots(1, 3)
+    x = np.arange(len(study.rows))
+    mid = middle_rows(len(study.rows) - 1)
+    for ax, metric in zip(axes, ("cosine", "top1", "kl")):
+        for i, k in enumerate(study.orders):
+            label = "logit lens (k=0)" if k == 0 else f"jet lens k={k}"
+            ax.plot(x, study.metrics[metric][i], marker="o", markersize=3, label=label)
+        ax.axvspan(mid.start - 0.5, mid.stop - 0.5, color="grey", alpha=0.12, linewidth=0)
+        if metric == "kl":
+            ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_title(_METRIC_TITLES[metric], fontsize=10)
+        step = max(1, len(x) // 10)
+        ax.set_xticks(x[::step], study.rows[::step], fontsize=8)
+        ax.set_xlabel("stream h_l (shaded: the middle layers)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"lens faithfulness per stream: mean over {study.n_prompts} prompts, {study.n_positions} positions",
+                 fontsize=10)
+    fig.savefig(path, dpi=dpi)
+    return str(path)
+
+
+def bigram_layers(study, path, *, dpi: int = 110) -> str:
+    """Which MLPs carry bigrams: per layer ``l``, the ``emb>mlp{l}>dec`` path's corpus top-1 hit rate,
+    its copy share and its agreement with the model's own one-token prediction, from a
+    :class:`~jetjax.findings.BigramStudy`, with the references as horizontal lines."""
+    layers = study.mlp_layers()
+    x = np.arange(len(layers))
+    fig = _figure(11.0, 3.8)
+    left, right = fig.subplots(1, 2)
+    left.bar(x, [r.agreement.top1_hit_rate for r in layers], color="tab:blue", label="emb>mlp{l}>dec")
+    refs = [(n, r.agreement.top1_hit_rate) for n, r in study.results.items() if r.kind in ("model", "mean")]
+    refs.append(("corpus unigram", study.unigram["top1_hit_rate"]))
+    for (name, value), color in zip(refs, ("tab:orange", "tab:green", "tab:red", "tab:purple", "black", "tab:brown")):
+        left.axhline(value, linestyle="--", color=color, linewidth=1.2, label=f"{name}: {value:.3f}")
+    left.set_title(f"top-1 is a most frequent successor ({study.n_contexts} most frequent contexts)", fontsize=9)
+    left.set_xlabel("MLP layer l")
+    left.legend(fontsize=7)
+    right.plot(x, [r.copy_share for r in layers], marker="o", markersize=3, label="top-1 = the context token (copy)")
+    right.plot(x, [r.model_top1 for r in layers], marker="o", markersize=3, label="top-1 = the model's on [z]")
+    right.set_title("emb>mlp{l}>dec: what the top-1 is", fontsize=9)
+    right.set_xlabel("MLP layer l")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
     fig.savefig(path, dpi=dpi)
     return str(path)

