@@ -90,8 +90,6 @@ def _llama_config(model_type: str) -> Callable[[dict, set], dict]:
         }
         if model_type == "llama":
             cfg["attention_bias"] = "blk.0.attn_q.bias" in names
-        if model_type == "mistral" and key("attention.sliding_window") is not None:
-            cfg["sliding_window"] = int(key("attention.sliding_window"))
         return cfg
 
     return build
@@ -193,11 +191,10 @@ _GPT2_GLOBAL = {"token_embd.weight": "wte.weight", "position_embd.weight": "wpe.
                 "output.weight": "lm_head.weight"}
 
 ARCHITECTURES: dict[str, _Arch] = {
-    # llama.cpp writes Mistral checkpoints as 'llama'; 'mistral' files exist from other writers
+    # llama.cpp writes Mistral checkpoints as 'llama' too (no sliding window in the metadata: a
+    # file whose window matters would need 'llama.attention.sliding_window', which is refused)
     "llama": _Arch("llama", _LLAMA_KEYS, _LLAMA_IGNORED, _llama_config("llama"), _LLAMA_GLOBAL, _LLAMA_LAYER,
                    _llama_fix),
-    "mistral": _Arch("mistral", _LLAMA_KEYS | {"attention.sliding_window"}, _LLAMA_IGNORED,
-                     _llama_config("mistral"), _LLAMA_GLOBAL, _LLAMA_LAYER, _llama_fix),
     # llama.cpp runs Qwen2 with the "rotate half" rope of HF: no row reordering
     "qwen2": _Arch("qwen2", _LLAMA_KEYS, _LLAMA_IGNORED, _llama_config("qwen2"), _LLAMA_GLOBAL, _LLAMA_LAYER,
                    lambda name, w, cfg: w),
