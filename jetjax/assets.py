@@ -94,6 +94,25 @@ def load(name: str, **kwargs):
     return from_pretrained(model_path(name), **kwargs)
 
 
+def load_model(src: str | None = None, **kwargs):
+    """A model from what a user typed: ``None`` (the default model), a name of :data:`MODELS`, a GGUF
+    file, a Hugging Face directory or a hub id. Keyword arguments go to ``from_pretrained``.
+
+    Raises:
+      FileNotFoundError: ``src`` looks like a local path (or ends in ``.gguf``) and does not exist.
+    """
+    from jetjax.hf import from_pretrained
+
+    if src is None:
+        return load_default(**kwargs)
+    if src in MODELS:
+        return load(src, **kwargs)
+    if not Path(src).exists() and (src.startswith((".", "/", "~")) or src.count("/") > 1 or src.endswith(".gguf")
+                                   or not src):
+        raise FileNotFoundError(f"{src!r}: no such file or directory (model names: {', '.join(sorted(MODELS))})")
+    return from_pretrained(src, **kwargs)
+
+
 def load_default(*, quiet: bool = False, **kwargs):
     """SmolLM2-135M-Instruct when its wheel is installed, otherwise the shipped Shakespeare model
     (with a one-line hint on stderr unless ``quiet``). Keyword arguments go to ``from_pretrained``."""
@@ -111,5 +130,5 @@ def load_shipped(**kwargs):
     return load("shakespeare", **kwargs)
 
 
-__all__ = ["MODELS", "load", "load_default", "load_shipped", "model_path", "default_model_name", "smollm2_path",
+__all__ = ["MODELS", "load", "load_model", "load_default", "load_shipped", "model_path", "default_model_name", "smollm2_path",
            "shipped_model_path", "shipped_text", "SMOLLM2_WHEEL"]

@@ -50,18 +50,13 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------------------
 # helpers
 
-def load_model(src: str | None):
-    import jetjax as jj
+def load_model(src: str | None, option: str = "--model"):
     from jetjax import assets
 
-    if src is None:
-        return assets.load_default()
-    if src in assets.MODELS:
-        return assets.load(src)
-    path = Path(src)
-    if not path.exists() and (src.startswith((".", "/", "~")) or src.count("/") > 1 or src.endswith(".gguf")):
-        raise CLIError(f"--model {src}: no such file or directory (model names: {', '.join(sorted(assets.MODELS))})")
-    return jj.from_pretrained(src)
+    try:
+        return assets.load_model(src)
+    except FileNotFoundError as e:
+        raise CLIError(f"{option} {e}") from None
 
 
 def _ids(model, args):
@@ -216,7 +211,7 @@ def cmd_attribute(args) -> None:
 
 def _two_models(args):
     model_a = load_model(args.model)
-    model_b = load_model(args.model_b)
+    model_b = load_model(args.model_b, "--model-b")
     return model_a, model_b
 
 

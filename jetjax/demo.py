@@ -71,8 +71,7 @@ def main(argv=None) -> dict:
 
     import jetjax as jj
     from jetjax import findings, viz
-    from jetjax.assets import shipped_text
-    from jetjax.cli import load_model
+    from jetjax.assets import load_model, shipped_text
 
     t0 = time.perf_counter()
     out = Path(args.out)

