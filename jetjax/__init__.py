@@ -14,7 +14,8 @@ from jetjax.ngrams import (NGramTable, corpus_agreement, diff_tables, jet_bigram
                            jet_trigrams, keyword_mass)
 from jetjax.lenses import LensResult, iterative_jet_lens, joint_jet_lens, logit_lens
 from jetjax.paths import PathAttribution, PathScores, path_attribution, reduce_paths
-from jetjax.models.base import Model, ModelConfig
+from jetjax.models.config import ModelConfig
+from jetjax.models.model import Model
 from jetjax.assets import load_default, load_shipped
 
 

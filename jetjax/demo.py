@@ -114,8 +114,7 @@ def main(argv=None) -> dict:
           f"most frequent successor;\n   rho: rank correlation with the successor counts; copy: top-1 = the "
           f"context token; =model: top-1 = the model's own on [z]")
     best = sorted(bigrams.mlp_layers(), key=lambda r: -r.agreement.top1_hit_rate)[:4]
-    attn = sorted((r for r in bigrams.results.values() if r.name.startswith("emb>attn")),
-                  key=lambda r: -r.agreement.top1_hit_rate)[:2]
+    attn = sorted(bigrams.attention_layers(), key=lambda r: -r.agreement.top1_hit_rate)[:2]
     shown = ["emb>dec", *(r.name for r in best), *(r.name for r in attn),
              *(name for name, r in bigrams.results.items() if r.kind in ("mean", "model"))]
     print("\n".join("   " + line for line in bigrams.table(shown).splitlines()))

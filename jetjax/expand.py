@@ -22,10 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax._compiled import per_model
-from jetjax.jet import _check_order, jet
-from jetjax.models.base import Model
+from jetjax.checks import check_nonnegative_int, check_order
+from jetjax.jet import jet
+from jetjax.labels import (DEC, EMB, Component, check_component_names, check_granularity, extend_label,
+                           label_length)
+from jetjax.models.model import Model
 
-__all__ = ["Expansion", "expand", "expand_block", "expand_decoder", "path_streams", "expand_all", "count_paths"]
+__all__ = ["Expansion", "expand", "expand_block", "expand_decoder", "path_streams", "expand_all", "count_paths",
+           "jets", "final_norm_jets"]
 
 BRANCHES = ("block", "attn", "mlp", "branches")
 
@@ -129,8 +133,28 @@ def _scale(weights, tree):
     return jax.tree_util.tree_map(lambda t: weights.reshape((-1,) + (1,) * (t.ndim - 1)) * t, tree)
 
 
-def _jets(fn, centers, variate, order):
+def jets(fn: Callable, centers, variate, order: int):
+    """``J^k fn(centers[c])(variate)`` for every centre, stacked along the leading centre axis.
+
+    The unweighted jets of one expansion (:func:`expand` scales them by the weights); ``centers`` is
+    ``[C, *variate.shape]`` (or a pytree of such arrays), batched with ``vmap``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> [float(v) for v in jets(lambda v: v ** 2, jnp.asarray([1.0, 3.0]), jnp.float32(2.0), 1)]
+      [3.0, 3.0]
+    """
     return jax.vmap(lambda c: jet(fn, c, variate, order))(centers)
+
+
+def final_norm_jets(model: Model, centers, variate, order: int, *, params=None):
+    """``J^k final_norm(centers[c])(variate)`` per centre: the decoder's jets before the unembedding.
+
+    ``Dec = unembed ∘ final_norm`` and the unembedding is linear, so a decoder term is the
+    unembedding of one of these (times its weight): :func:`expand_decoder` and the chunked
+    reductions of :mod:`jetjax.paths` share this.
+    """
+    return jets(lambda x: model.final_norm(x, params=params), centers, variate, order)
 
 
 def _subtract(a, b):
@@ -161,11 +185,11 @@ def expand(fn: Callable, centers, variate, order: int = 0, weights=None, *,
       >>> [float(t) for t in exp.terms], float(exp.remainder)   # (1 + 2·1)/2, (9 + 6·(−1))/2
       ([1.5, 1.5], 1.0)
     """
-    order = _check_order(order)
+    order = check_order(order)
     centers, given = _unpack_centers(centers, labels)
     n = _n_centers(centers, variate)
     w = _weights(weights, n, _float_dtype(variate))
-    terms = _scale(w, _jets(fn, centers, variate, order))
+    terms = _scale(w, jets(fn, centers, variate, order))
     remainder = _subtract(fn(variate), _sum_terms(terms))
     return Expansion(terms, remainder, w, _labels(given, n), order)
 
@@ -209,10 +233,10 @@ def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights
       >>> exp.labels                                                          # doctest: +SKIP
       ('emb>block1', 'block0>block1', 'emb', 'block0')
     """
-    order = _check_order(order)
+    order = check_order(order)
     if branch not in BRANCHES:
         raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-    layer = model._layer(layer)
+    layer = model.check_layer(layer)
     parallel = model.config.parallel_residual
     if branch == "mlp" and parallel:
         raise ValueError("branch='mlp' needs a sequential block; in a parallel-residual model both branches "
@@ -235,9 +259,9 @@ def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights
         sel = np.arange(n) if gamma_centers is None else np.asarray(gamma_centers.get(name, []), int)
         if sel.size == 0:
             continue
-        parts.append(_scale(w[sel], _jets(lambda x, fn=fn: fn(layer, x, params=params), centers[sel], variate,
-                                          order)))
-        out_labels += [f"{names[i]}>{name}{layer}" for i in sel]
+        parts.append(_scale(w[sel], jets(lambda x, fn=fn: fn(layer, x, params=params), centers[sel], variate,
+                                         order)))
+        out_labels += [extend_label(names[i], Component(name, layer)) for i in sel]
         out_weights.append(w[sel])
     parts.append(_scale(w, _identity_jet(centers, variate, order)))
     out_labels += list(names)
@@ -262,7 +286,7 @@ def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
       >>> lens.labels                                                        # doctest: +SKIP
       ('h1>dec',)
     """
-    order = _check_order(order)
+    order = check_order(order)
     h = streams[0] if isinstance(streams, tuple) else streams
     if h is None:
         h = model.residual_stream(ids, params=params)
@@ -270,19 +294,16 @@ def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
     variate = h[-1]
     n = _n_centers(centers, variate)
     w = _weights(weights, n, variate.dtype)
-    normed = _scale(w, _jets(lambda x: model.final_norm(x, params=params), centers, variate, order))
+    normed = _scale(w, final_norm_jets(model, centers, variate, order, params=params))
     terms = model.unembed(normed, params=params)
     logits = model.decode(variate, params=params)
-    return Expansion(terms, logits - jnp.sum(terms, 0), w, tuple(f"{lab}>dec" for lab in _labels(given, n)), order)
-
-
-GRANULARITIES = ("block", "branch")
+    labels_out = tuple(extend_label(lab, DEC) for lab in _labels(given, n))
+    return Expansion(terms, logits - jnp.sum(terms, 0), w, labels_out, order)
 
 
 def _steps(n_layers: int, granularity: str, parallel_residual: bool):
-    """The expansion steps of Algorithm 2: ``(layer, branch mode, component names)`` in order."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    """The expansion steps of Algorithm 2: ``(layer, branch mode, component kinds)`` in order."""
+    check_granularity(granularity)
     steps = []
     for layer in range(n_layers):
         if granularity == "block":
@@ -294,16 +315,14 @@ def _steps(n_layers: int, granularity: str, parallel_residual: bool):
     return steps
 
 
-def _path_length(label: str) -> int:
-    return label.count(">")  # components after "emb" (before the final ">dec")
+def _component_filter(include, exclude, attention_free, n_layers: int, granularity: str):
+    """``allowed(component) -> bool`` for the path filters; the names are parsed and checked here."""
+    check_granularity(granularity)
+    include = check_component_names(include, what="include", n_layers=n_layers, granularity=granularity)
+    exclude = set(check_component_names(exclude or (), what="exclude", n_layers=n_layers, granularity=granularity))
 
-
-def _component_filter(include, exclude, attention_free):
-    include = None if include is None else set(include)
-    exclude = set(exclude or ())
-
-    def allowed(component: str) -> bool:
-        if attention_free and component.startswith("attn"):
+    def allowed(component: Component) -> bool:
+        if attention_free and component.kind == "attn":
             return False
         return component not in exclude and (include is None or component in include)
 
@@ -333,21 +352,20 @@ def path_streams(model: Model, ids, order: int = 0, *, granularity: str = "block
       >>> paths.labels, paths.terms.shape
       (('emb>block0>block1', 'emb>block1', 'emb>block0', 'emb'), (4, 3, 16))
     """
-    order = _check_order(order)
+    order = check_order(order)
     steps = _steps(model.config.n_layers, granularity, model.config.parallel_residual)
     if not isinstance(weights, str) or weights not in ("unit", "uniform"):
         raise ValueError(f"weights must be 'unit' or 'uniform' for expand_all, got {weights!r}")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0):
-        raise ValueError(f"max_length must be a non-negative int or None, got {max_length!r}")
+    max_length = check_nonnegative_int("max_length", max_length, optional=True)
     ids = model.check_ids(ids)
     streams = streams if streams is not None else model.residual_stream(ids, mid=True, params=params)
-    allowed = _component_filter(include, exclude, attention_free)
+    allowed = _component_filter(include, exclude, attention_free, model.config.n_layers, granularity)
     current = Expansion(streams[0][0][None], jnp.zeros_like(streams[0][0]),
-                        jnp.ones((1,), streams[0].dtype), ("emb",), order)
-    for layer, branch, names in steps:
+                        jnp.ones((1,), streams[0].dtype), (EMB,), order)
+    for layer, branch, kinds in steps:
         short = [i for i, lab in enumerate(current.labels)
-                 if max_length is None or _path_length(lab) < max_length]
-        select = {name: short if allowed(f"{name}{layer}") else [] for name in names}
+                 if max_length is None or label_length(lab) < max_length]
+        select = {kind: short if allowed(Component(kind, layer)) else [] for kind in kinds}
         current = expand_block(model, ids, layer, current, order, weights, branch=branch, streams=streams,
                                gamma_centers=select, params=params)
         if constrain is not None:
@@ -372,8 +390,10 @@ def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block",
     * ``weights="unit"`` (each expansion's weights are 1; at order 0 every path is then the plain
       composition of its components) or ``"uniform"`` (``1/C`` at each expansion, as the paper).
     * Filters (paths they drop are not computed; what they carried goes to the remainder):
-      ``include`` / ``exclude`` component names (``"attn0"``, ``"mlp3"``, ``"block2"``),
-      ``max_length`` (at most this many components per path), ``attention_free`` (no ``attn*``).
+      ``include`` / ``exclude`` component names (``"attn0"``, ``"mlp3"``, ``"block2"``; spelled and
+      checked against the model's depth and ``granularity`` by :mod:`jetjax.labels`; one name alone
+      counts as a list of it), ``max_length`` (at most this many components per path),
+      ``attention_free`` (no ``attn*``).
       :func:`count_paths` gives the number of paths without computing them.
 
     Returns an :class:`Expansion` of logits ``[P, ..., T, V]`` with ``remainder = logits − Σ paths``.
@@ -388,9 +408,13 @@ def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block",
       (8, 'emb>block0>block1>block2>dec', 'emb>dec')
     """
     ids = model.check_ids(ids)
-    order = _check_order(order)
-    settings = dict(granularity=granularity, weights=weights, include=None if include is None else tuple(include),
-                    exclude=tuple(exclude), max_length=max_length, attention_free=attention_free)
+    order = check_order(order)
+    # parsed component names (sorted, deduplicated): one compiled function per filter, however it is spelled
+    n_layers = model.config.n_layers
+    include = check_component_names(include, what="include", n_layers=n_layers, granularity=granularity)
+    exclude = check_component_names(exclude or (), what="exclude", n_layers=n_layers, granularity=granularity)
+    settings = dict(granularity=granularity, weights=weights, include=include, exclude=exclude,
+                    max_length=max_length, attention_free=attention_free)
     try:
         key = (order, tuple(sorted(settings.items())))
         hash(key)
@@ -432,11 +456,11 @@ def count_paths(n_layers: int, granularity: str = "block", *, parallel_residual:
       >>> count_paths(12, "branch", attention_free=True, max_length=2)  # 1 + 12 + C(12, 2)
       79
     """
-    allowed = _component_filter(include, exclude, attention_free)
+    allowed = _component_filter(include, exclude, attention_free, n_layers, granularity)
     # by_length[j] = number of path prefixes with j components
     by_length = [1]
-    for layer, _, names in _steps(n_layers, granularity, parallel_residual):
-        k = sum(allowed(f"{name}{layer}") for name in names)
+    for layer, _, kinds in _steps(n_layers, granularity, parallel_residual):
+        k = sum(allowed(Component(kind, layer)) for kind in kinds)
         nxt = by_length + [0]
         for j, count in enumerate(by_length):
             nxt[j + 1] += k * count

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jetjax.models.base import Model
+from jetjax.labels import Component, format_label, parse_label
+from jetjax.models.model import Model
 
 __all__ = ["PROMPTS", "lens_study", "LensStudy", "bigram_study", "BigramStudy", "PathSetAgreement",
            "middle_rows"]
@@ -213,7 +214,12 @@ class BigramStudy:
     bos_token: str | None
 
     def mlp_layers(self) -> list[PathSetAgreement]:
-        return [r for name, r in self.results.items() if name.startswith("emb>mlp")]
+        """The ``emb>mlp{l}>dec`` paths, in layer order."""
+        return [r for r in self.results.values() if r.kind == "path" and _kinds(r.name) == ["mlp"]]
+
+    def attention_layers(self) -> list[PathSetAgreement]:
+        """The ``emb>attn{l}>dec`` paths, in layer order (empty without ``with_attention``)."""
+        return [r for r in self.results.values() if r.kind == "path" and _kinds(r.name) == ["attn"]]
 
     def best_mlp(self) -> PathSetAgreement:
         """The ``emb>mlp{l}>dec`` path with the highest top-1 hit rate."""
@@ -238,6 +244,14 @@ class BigramStudy:
                 "results": {n: r.to_dict() for n, r in self.results.items()}}
 
 
+def _kinds(label: str) -> list[str]:
+    return [c.kind for c in parse_label(label)]
+
+
+def _one_component(kind: str, layer: int) -> str:
+    return format_label([Component(kind, layer)])
+
+
 def _normed_outputs(model: Model, with_attention: bool):
     """A jitted ``fn(params, ctx [N]) -> {name: final_norm(path output) [N, d]}`` for every length-≤1
     bigram path (one compiled function for all of them)."""
@@ -246,11 +260,11 @@ def _normed_outputs(model: Model, with_attention: bool):
     def fn(params, ctx):
         x0 = model.token_embed(ctx[:, None], params=params)            # [N, 1, d]: one token, no position
         norm = lambda x: model.final_norm(x[:, -1], params=params)     # noqa: E731
-        out = {"emb>dec": norm(x0)}
+        out = {format_label([]): norm(x0)}
         for layer in range(n):
-            out[f"emb>mlp{layer}>dec"] = norm(model.mlp(layer, x0, params=params))
+            out[_one_component("mlp", layer)] = norm(model.mlp(layer, x0, params=params))
             if with_attention:
-                out[f"emb>attn{layer}>dec"] = norm(model.attn(layer, x0, params=params))
+                out[_one_component("attn", layer)] = norm(model.attn(layer, x0, params=params))
         return out
 
     return jax.jit(fn)
@@ -287,7 +301,7 @@ def bigram_study(model: Model, text: str, *, n_contexts: int = 500, bos_token: s
     ctx = corpus.contexts.astype(np.int32)
     w, b = jax.jit(lambda p: unembedding_matrix(model, p))(model.params)
     normed = _normed_outputs(model, with_attention)(model.params, jnp.asarray(ctx))
-    free = ["emb>dec"] + [f"emb>mlp{l}>dec" for l in range(model.config.n_layers)]
+    free = [format_label([])] + [_one_component("mlp", l) for l in range(model.config.n_layers)]
     sets = {name: (x, "path") for name, x in normed.items()}
     sets["mean: attention-free"] = (sum(normed[n] for n in free) / len(free), "mean")
     if with_attention:

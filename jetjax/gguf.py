@@ -1,4 +1,4 @@
-"""Load GGUF checkpoints (llama.cpp's format) into a :class:`~jetjax.models.base.Model`.
+"""Load GGUF checkpoints (llama.cpp's format) into a :class:`~jetjax.models.model.Model`.
 
 A GGUF file carries the config (as metadata under llama.cpp's key names), the tokenizer (as
 ``tokenizer.ggml.*`` metadata) and the weights (often block-quantized). Loading here:
@@ -307,7 +307,7 @@ def dequantize(tensor, where: str) -> np.ndarray:
 
 
 def load_gguf(path: str | os.PathLike, *, dtype=None):
-    """Load a GGUF file as a :class:`~jetjax.models.base.Model` (use :func:`jetjax.from_pretrained`).
+    """Load a GGUF file as a :class:`~jetjax.models.model.Model` (use :func:`jetjax.from_pretrained`).
 
     Args:
       path: a ``.gguf`` file.
@@ -316,8 +316,8 @@ def load_gguf(path: str | os.PathLike, *, dtype=None):
     """
     import jax.numpy as jnp
 
-    from jetjax.hf import assign_params, family_for
-    from jetjax.models.base import Model, abstract_params
+    from jetjax.models.family import assign_params, family_for
+    from jetjax.models.model import Model, abstract_params
 
     reader = open_gguf(path)
     where = str(path)
@@ -346,7 +346,7 @@ def load_gguf(path: str | os.PathLike, *, dtype=None):
         hf_name = names[gguf_name]
         w = arch.fix(hf_name, dequantize(t, where), hf_cfg)
         hf_tensors[hf_name] = jnp.asarray(w, dtype=dtype or jnp.float32)
-    skeleton, expected = abstract_params(lambda: family.MODULE(config))
+    skeleton, expected = abstract_params(lambda: family.module(config))
     params = assign_params(config, family, hf_tensors, expected, where, None)
     tokenizer = None
     if "tokenizer.ggml.model" in meta:

@@ -10,14 +10,14 @@ import json
 import os
 import re
 from pathlib import Path
-from types import ModuleType
 
 import jax
 import jax.numpy as jnp
 
 from jetjax.gguf import is_gguf
 from jetjax.models import FAMILIES
-from jetjax.models.base import Model, abstract_params, nest
+from jetjax.models.family import Family, assign_params, family_for
+from jetjax.models.model import Model, abstract_params
 
 # config.json keys that describe the file, the tokenizer or generation, never the computation.
 METADATA_KEYS = {
@@ -64,7 +64,7 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
         (as in transformers' ``from_pretrained(..., gguf_file=...)``).
 
     Returns:
-      a :class:`~jetjax.models.base.Model`.
+      a :class:`~jetjax.models.model.Model`.
 
     Raises:
       FileNotFoundError: no such file or directory, no ``config.json``, no weights.
@@ -89,18 +89,9 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
     family = family_for(cfg.get("model_type"), path / "config.json")
     _check_config_keys(cfg, family, path)
     config = family.config_from_hf(cfg)
-    skeleton, expected = abstract_params(lambda: family.MODULE(config))
+    skeleton, expected = abstract_params(lambda: family.module(config))
     params = assign_params(config, family, _read_tensors(path), expected, path, dtype)
     return Model(skeleton, params, tokenizer=_load_tokenizer(path), source=str(src))
-
-
-def family_for(model_type, where) -> ModuleType:
-    """The family module of ``model_type``, or a ``ValueError`` naming it and ``where``."""
-    family = FAMILIES.get(model_type)
-    if family is None:
-        raise ValueError(f"{where}: model_type {model_type!r} is not supported; "
-                         f"supported model types: {', '.join(supported_model_types())}")
-    return family
 
 
 def _check_dtype(dtype):
@@ -199,8 +190,8 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
-def _check_config_keys(cfg: dict, family: ModuleType, path: Path) -> None:
-    keys = family.CONFIG_KEYS[cfg["model_type"]]
+def _check_config_keys(cfg: dict, family: Family, path: Path) -> None:
+    keys = family.config_keys[cfg["model_type"]]
     # keys starting with '_' describe the file (e.g. '_name_or_path' written by converters)
     unknown = sorted(k for k in cfg if k not in keys.known() | METADATA_KEYS and not k.startswith("_"))
     if unknown:
@@ -249,42 +240,6 @@ def _read_tensors(path: Path) -> dict[str, jax.Array]:
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{f} is not a readable safetensors file (truncated or corrupt?): {err}") from err
     return tensors
-
-
-def assign_params(config, family: ModuleType, tensors: dict, expected: dict, path, dtype) -> dict:
-    """Map HF-named tensors onto our param paths, checking names and shapes against ``expected``
-    (shared by the safetensors and GGUF loaders)."""
-    mapping = family.weight_map(config)
-    stripped = {}
-    for name, value in tensors.items():
-        for prefix in family.STRIP_PREFIXES:
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-                break
-        stripped[name] = value
-
-    flat = {}
-    for hf_name, (ours, transpose) in mapping.items():
-        if hf_name not in stripped:
-            raise ValueError(f"{path}: tensor {hf_name!r} is missing from the checkpoint "
-                             f"(needed for {config.arch} with {config.n_layers} layers)")
-        value = stripped[hf_name]
-        if transpose:
-            value = value.T
-        want = expected[ours].shape
-        if tuple(value.shape) != tuple(want):
-            shown = tuple(value.T.shape) if transpose else tuple(value.shape)
-            raise ValueError(f"{path}: tensor {hf_name!r} has shape {shown}, expected "
-                             f"{tuple(want[::-1]) if transpose else tuple(want)} from the config")
-        if not jnp.issubdtype(value.dtype, jnp.floating):
-            raise ValueError(f"{path}: tensor {hf_name!r} has dtype {value.dtype}; expected floating point")
-        flat[ours] = value.astype(dtype) if dtype is not None else value
-    extra = sorted(n for n in stripped if n not in mapping and not n.endswith(family.IGNORED_TENSORS)
-                   and not (config.tie_embeddings and n == "lm_head.weight"))
-    if extra:
-        raise ValueError(f"{path}: the checkpoint has tensors jetjax does not use for {config.arch}: "
-                         f"{extra[:5]}{' ...' if len(extra) > 5 else ''}; it may be a different variant")
-    return nest(flat)
 
 
 def _load_tokenizer(path: Path):

@@ -26,7 +26,6 @@ read, never modified: importing jetjax changes nothing for other users of
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from functools import partial
 from typing import Any, Callable
@@ -35,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jetjax.checks import check_order
 
 __all__ = ["jet", "JetRuleError"]
 
@@ -328,15 +329,6 @@ def _internals() -> _Internals:
 # --------------------------------------------------------------------------------------------
 # Public operator
 
-def _check_order(order) -> int:
-    if isinstance(order, bool) or not isinstance(order, numbers.Integral):
-        raise TypeError(f"jet order must be a non-negative Python int, got {order!r} "
-                        f"of type {type(order).__name__}")
-    if order < 0:
-        raise ValueError(f"jet order must be >= 0, got {order}")
-    return int(order)
-
-
 def _tree_sum(trees):
     return jax.tree_util.tree_map(lambda *xs: sum(xs[1:], xs[0]), *trees)
 
@@ -371,7 +363,7 @@ def jet(f: Callable, x, y, order: int, *, return_terms: bool = False):
       >>> [float(t) for t in terms]  # f(1), f'(1)·(2 − 1)
       [1.0, 3.0]
     """
-    order = _check_order(order)
+    order = check_order(order)
     x_leaves, x_tree = jax.tree_util.tree_flatten(x)
     if order == 0:
         value = f(x)

@@ -47,11 +47,12 @@ import numpy as np
 import optax
 
 from jetjax._compiled import per_model
-from jetjax.expand import GRANULARITIES, expand_decoder
-from jetjax.jet import _check_order
-from jetjax.models.base import Model
+from jetjax.checks import check_nonnegative_int, check_order
+from jetjax.expand import expand_decoder
+from jetjax.labels import EMB, check_granularity, model_components
+from jetjax.models.model import Model
 
-__all__ = ["LensResult", "logit_lens", "iterative_jet_lens", "joint_jet_lens", "METRICS", "row_labels"]
+__all__ = ["LensResult", "logit_lens", "iterative_jet_lens", "joint_jet_lens", "METRICS", "row_labels", "token_texts"]
 
 METRICS = ("cosine", "kl", "top1", "rank", "remainder_norm", "entropy")
 
@@ -64,20 +65,12 @@ TRACE_COUNTS: collections.Counter = collections.Counter()
 # Rows
 
 def _n_rows(model: Model, granularity: str) -> int:
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    n_layers = model.config.n_layers
-    return n_layers + 1 if granularity == "block" else 2 * n_layers + 1
+    return len(_row_components(model, granularity))
 
 
-def _component(row: int, granularity: str) -> str:
-    """The component whose output completes the stream of this row (``emb`` for row 0)."""
-    if row == 0:
-        return "emb"
-    if granularity == "block":
-        return f"block{row - 1}"
-    layer, is_mlp = divmod(row - 1, 2)
-    return f"{'mlp' if is_mlp else 'attn'}{layer}"
+def _row_components(model: Model, granularity: str) -> tuple[str, ...]:
+    """Per row, the component whose output completes its stream: ``emb`` then the model's components."""
+    return (EMB, *map(str, model_components(model.config.n_layers, check_granularity(granularity))))
 
 
 def row_labels(model: Model, granularity: str = "block") -> tuple[str, ...]:
@@ -91,17 +84,18 @@ def row_labels(model: Model, granularity: str = "block") -> tuple[str, ...]:
       >>> row_labels(model), row_labels(model, "branch")
       (('h0', 'h1', 'h2'), ('emb', 'attn0', 'mlp0', 'attn1', 'mlp1'))
     """
-    n = _n_rows(model, granularity)
+    components = _row_components(model, granularity)
     if granularity == "block":
-        return tuple(f"h{r}" for r in range(n))
-    return tuple(_component(r, granularity) for r in range(n))
+        return tuple(f"h{r}" for r in range(len(components)))
+    return components
 
 
-def _joint_labels(rows: Sequence[int], granularity: str) -> tuple[str, ...]:
+def _joint_labels(model: Model, rows: Sequence[int], granularity: str) -> tuple[str, ...]:
     """Centre ``i`` is ``stream[rows[i]] − stream[rows[i-1]]``: the components in between."""
+    components = _row_components(model, granularity)
     labels, prev = [], -1
     for r in rows:
-        first, last = _component(prev + 1, granularity), _component(r, granularity)
+        first, last = components[prev + 1], components[r]
         labels.append(last if first == last else f"{first}..{last}")
         prev = r
     return tuple(labels)
@@ -230,7 +224,7 @@ def _faithfulness(lens, target) -> dict[str, jax.Array]:
     }
 
 
-def _token_texts(model: Model | None, ids) -> list[str]:
+def token_texts(model: Model | None, ids) -> list[str]:
     """One string per id; ``#id`` where the model has no tokenizer (random models)."""
     flat = np.asarray(ids).reshape(-1)
     if model is not None and model.tokenizer is not None:
@@ -323,11 +317,11 @@ class LensResult:
     def top_tokens(self, k: int = 5, *, which: str = "rows") -> list:
         """Top-``k`` token strings per cell, nested like :meth:`top_k` (``#id`` without a tokenizer)."""
         ids, _ = self.top_k(k, which=which)
-        return _nested(_token_texts(self.model, ids), ids.shape)
+        return _nested(token_texts(self.model, ids), ids.shape)
 
     def input_tokens(self) -> list:
         """The input tokens as strings, nested like ``ids``."""
-        return _nested(_token_texts(self.model, self.ids), self.ids.shape)
+        return _nested(token_texts(self.model, self.ids), self.ids.shape)
 
     def to_json(self, path=None, *, top_k: int = 5) -> str:
         """Metrics, top-``k`` tokens and probabilities per cell, weights, as JSON (no full logits).
@@ -341,10 +335,10 @@ class LensResult:
             "rows": list(self.rows), "layers": list(self.layers),
             "input_ids": self.ids.tolist(), "input_tokens": self.input_tokens(),
             "metrics": {k: v.tolist() for k, v in self.metrics.items()},
-            "top_k": {"ids": ids.tolist(), "tokens": _nested(_token_texts(self.model, ids), ids.shape),
+            "top_k": {"ids": ids.tolist(), "tokens": _nested(token_texts(self.model, ids), ids.shape),
                       "probs": probs.tolist()},
             "model_top_k": {"ids": model_ids.tolist(),
-                            "tokens": _nested(_token_texts(self.model, model_ids), model_ids.shape),
+                            "tokens": _nested(token_texts(self.model, model_ids), model_ids.shape),
                             "probs": model_probs.tolist()},
         }
         if self.combined is not None:
@@ -364,7 +358,7 @@ class LensResult:
 def _prepare(model: Model, ids, layers, order, granularity):
     if not isinstance(model, Model):
         raise TypeError(f"expected a jetjax Model, got {type(model).__name__}")
-    order = _check_order(order)
+    order = check_order(order)
     rows = _check_rows(layers, _n_rows(model, granularity), granularity)
     return model.check_ids(ids), rows, order
 
@@ -464,8 +458,7 @@ def joint_jet_lens(model: Model, ids, layers=None, order: int = 1, *, granularit
     if any(b <= a for a, b in zip(rows, rows[1:])):
         raise ValueError(f"joint_jet_lens needs strictly increasing layers (after resolving negative "
                          f"indices), got {list(rows)}")
-    if isinstance(fit_steps, bool) or not isinstance(fit_steps, (int, np.integer)) or fit_steps < 0:
-        raise ValueError(f"fit_steps must be a non-negative int, got {fit_steps!r}")
+    fit_steps = check_nonnegative_int("fit_steps", fit_steps)
     if fit_steps and weights is not None:
         raise ValueError("pass either explicit weights or fit_steps > 0 (fitting starts from uniform), not both")
     if fit_steps and not _positive_number(learning_rate):
@@ -481,7 +474,7 @@ def joint_jet_lens(model: Model, ids, layers=None, order: int = 1, *, granularit
         w = jnp.full((n,) + token_shape, 1.0 / n, terms.dtype)
     else:
         w = _check_weights(weights, n, token_shape, terms.dtype)
-    return LensResult("joint", order, granularity, _joint_labels(rows, granularity), rows, np.asarray(ids),
+    return LensResult("joint", order, granularity, _joint_labels(model, rows, granularity), rows, np.asarray(ids),
                       terms, model_logits, combined=_combine(w, terms), weights=w, fit_losses=losses,
                       model=model)
 

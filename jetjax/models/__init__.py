@@ -1,19 +1,25 @@
-"""Architectures: one file per family, all implementing the residual interface of ``base``."""
+"""Architectures: one file per family, each implementing the residual interface of ``model`` and
+ending with its :class:`~jetjax.models.family.Family` record, registered here.
+
+``config`` (ModelConfig), ``layers`` (shared layers), ``rope`` (rotary embeddings), ``model``
+(ResidualModule, the Model facade), ``hf_config`` (config.json allowlists and parsers), ``family``
+(the Family contract and the registry).
+"""
 
 from __future__ import annotations
-
-from types import ModuleType
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jetjax.models import gpt2, gpt_neo, gpt_neox, llama, olmo
-from jetjax.models.base import Model, ModelConfig, ResidualModule, nest
+from jetjax.models.config import ModelConfig
+from jetjax.models.family import FAMILIES, Family, register
+from jetjax.models.model import Model, ResidualModule, nest
 
-# HF model_type -> family module (one file per family under jetjax/models/).
-FAMILIES: dict[str, ModuleType] = {t: fam for fam in (gpt2, gpt_neox, llama, gpt_neo, olmo)
-                                   for t in fam.CONFIG_KEYS}
+for _family in (gpt2.FAMILY, gpt_neox.FAMILY, llama.FAMILY, gpt_neo.FAMILY, olmo.FAMILY):
+    register(_family)
+del _family
 
 
 def random_model(config: ModelConfig, *, seed: int = 0, scale: float = 0.02, dtype=jnp.float32) -> Model:
@@ -31,7 +37,7 @@ def random_model(config: ModelConfig, *, seed: int = 0, scale: float = 0.02, dty
     """
     if config.arch not in FAMILIES:
         raise ValueError(f"unknown arch {config.arch!r}; known: {sorted(FAMILIES)}")
-    module = FAMILIES[config.arch].MODULE(config, dtype=dtype)
+    module = FAMILIES[config.arch].module(config, dtype=dtype)
     _, state = nnx.split(module)
     initial = {tuple(path): var[...] for path, var in nnx.to_flat_state(state)}
     keys = jax.random.split(jax.random.key(seed), len(initial))
@@ -42,4 +48,4 @@ def random_model(config: ModelConfig, *, seed: int = 0, scale: float = 0.02, dty
     return Model(module, nest(flat), source=f"random({config.arch}, seed={seed})")
 
 
-__all__ = ["Model", "ModelConfig", "ResidualModule", "FAMILIES", "random_model"]
+__all__ = ["Model", "ModelConfig", "ResidualModule", "Family", "FAMILIES", "register", "random_model"]

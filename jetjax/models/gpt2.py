@@ -1,7 +1,7 @@
 """GPT-2 (``GPT2LMHeadModel``): learned positions, pre-LayerNorm blocks, tied unembedding.
 
 HF stores GPT-2's projections as ``Conv1D`` with weights ``(in, out)`` used as ``x @ W + b``:
-they map onto :class:`~jetjax.models.base.Linear` kernels unchanged.
+they map onto :class:`~jetjax.models.layers.Linear` kernels unchanged.
 """
 
 from __future__ import annotations
@@ -10,25 +10,27 @@ import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
-from jetjax.models.base import (ACTIVATIONS, ConfigKeys, LayerNorm, Linear, ModelConfig, ResidualModule,
-                                causal_attention, compute_dtype_for)
+from jetjax.models.config import ModelConfig
+from jetjax.models.family import Family
+from jetjax.models.hf_config import ConfigKeys, activation_from_hf
+from jetjax.models.layers import ACTIVATIONS, LayerNorm, Linear, causal_attention, compute_dtype_for
+from jetjax.models.model import ResidualModule
 
 # config.json keys, the penzai way: what we read, what carries no meaning for the computation,
 # and keys that are fine only at one value.
-HANDLED_KEYS = {
+_HANDLED_KEYS = {
     "model_type", "architectures", "n_embd", "n_layer", "n_head", "n_inner", "n_positions", "n_ctx",
     "vocab_size", "activation_function", "layer_norm_epsilon", "scale_attn_weights",
     "scale_attn_by_inverse_layer_idx", "tie_word_embeddings",
 }
-IGNORED_KEYS = {
+_IGNORED_KEYS = {
     # dropout and initialisation (training only), output heads of other task classes,
     # numerics-only switches
     "attn_pdrop", "embd_pdrop", "resid_pdrop", "initializer_range", "summary_activation",
     "summary_first_dropout", "summary_proj_to_labels", "summary_type", "summary_use_proj",
     "reorder_and_upcast_attn", "use_cache",
 }
-REQUIRED_VALUES = {"add_cross_attention": (False,)}
-CONFIG_KEYS = {"gpt2": ConfigKeys(frozenset(HANDLED_KEYS), frozenset(IGNORED_KEYS), REQUIRED_VALUES)}
+_REQUIRED_VALUES = {"add_cross_attention": (False,)}
 
 
 def config_from_hf(cfg: dict) -> ModelConfig:
@@ -37,9 +39,7 @@ def config_from_hf(cfg: dict) -> ModelConfig:
     if d % n_heads:
         raise ValueError(f"n_embd={d} is not divisible by n_head={n_heads}")
     n_positions = int(cfg.get("n_positions", cfg.get("n_ctx", 1024)))
-    act = cfg.get("activation_function", "gelu_new")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"unsupported activation_function {act!r}; supported: {sorted(ACTIVATIONS)}")
+    act = activation_from_hf(cfg, "activation_function", "gelu_new")
     n_inner = cfg.get("n_inner")
     return ModelConfig(
         arch="gpt2",
@@ -143,7 +143,12 @@ def weight_map(c: ModelConfig) -> dict[str, tuple[tuple, bool]]:
     return m
 
 
-# HF names that are buffers or prefixes rather than weights of ours.
-STRIP_PREFIXES = ("transformer.",)
-IGNORED_TENSORS = (".attn.bias", ".attn.masked_bias")
-MODULE = GPT2
+FAMILY = Family(
+    name="gpt2",
+    config_keys={"gpt2": ConfigKeys(frozenset(_HANDLED_KEYS), frozenset(_IGNORED_KEYS), _REQUIRED_VALUES)},
+    config_from_hf=config_from_hf,
+    module=GPT2,
+    weight_map=weight_map,
+    strip_prefixes=("transformer.",),
+    ignored_tensors=(".attn.bias", ".attn.masked_bias"),  # mask buffers, not weights
+)

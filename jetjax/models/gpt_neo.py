@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from flax import nnx
 
-from jetjax.models.base import (ConfigKeys, Linear, ModelConfig, activation_from_hf, causal_attention,
-                                windows_for)
+from jetjax.models.config import ModelConfig
+from jetjax.models.family import Family
 from jetjax.models.gpt2 import GPT2
+from jetjax.models.hf_config import ConfigKeys, activation_from_hf, windows_for
+from jetjax.models.layers import Linear, causal_attention
 
-CONFIG_KEYS = {"gpt_neo": ConfigKeys(
+_CONFIG_KEYS = {"gpt_neo": ConfigKeys(
     handled=frozenset({
         "hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size", "max_position_embeddings",
         "activation_function", "layer_norm_epsilon", "attention_types", "attention_layers", "window_size",
@@ -110,6 +112,12 @@ def weight_map(c: ModelConfig) -> dict[str, tuple[tuple, bool]]:
     return m
 
 
-STRIP_PREFIXES = ("transformer.",)
-IGNORED_TENSORS = (".attn.attention.bias", ".attn.attention.masked_bias")  # mask buffers of old checkpoints
-MODULE = GPTNeo
+FAMILY = Family(
+    name="gpt_neo",
+    config_keys=_CONFIG_KEYS,
+    config_from_hf=config_from_hf,
+    module=GPTNeo,
+    weight_map=weight_map,
+    strip_prefixes=("transformer.",),
+    ignored_tensors=(".attn.attention.bias", ".attn.attention.masked_bias"),  # mask buffers of old checkpoints
+)

@@ -19,11 +19,14 @@ import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
-from jetjax.models.base import (ACTIVATIONS, ConfigKeys, LayerNorm, Linear, ModelConfig, ResidualModule,
-                                activation_from_hf, apply_rotary, causal_attention, compute_dtype_for,
-                                rope_from_hf, rotary_tables)
+from jetjax.models.config import ModelConfig
+from jetjax.models.family import Family
+from jetjax.models.hf_config import ConfigKeys, activation_from_hf, rope_from_hf
+from jetjax.models.layers import ACTIVATIONS, LayerNorm, Linear, causal_attention, compute_dtype_for
+from jetjax.models.model import ResidualModule
+from jetjax.models.rope import apply_rotary, rotary_tables
 
-CONFIG_KEYS = {"gpt_neox": ConfigKeys(
+_CONFIG_KEYS = {"gpt_neox": ConfigKeys(
     handled=frozenset({
         "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
         "hidden_act", "layer_norm_eps", "tie_word_embeddings", "use_parallel_residual", "attention_bias",
@@ -141,7 +144,13 @@ def weight_map(c: ModelConfig) -> dict[str, tuple[tuple, bool]]:
     return m
 
 
-STRIP_PREFIXES = ("gpt_neox.",)
-# buffers that older checkpoints saved: masks and rotary tables (we recompute them)
-IGNORED_TENSORS = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
-MODULE = GPTNeoX
+FAMILY = Family(
+    name="gpt_neox",
+    config_keys=_CONFIG_KEYS,
+    config_from_hf=config_from_hf,
+    module=GPTNeoX,
+    weight_map=weight_map,
+    strip_prefixes=("gpt_neox.",),
+    # buffers that older checkpoints saved: masks and rotary tables (we recompute them)
+    ignored_tensors=(".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq"),
+)

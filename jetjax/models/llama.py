@@ -29,9 +29,12 @@ import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
-from jetjax.models.base import (ConfigKeys, GatedMLP, Linear, ModelConfig, ResidualModule, activation_from_hf,
-                                apply_rotary, causal_attention, compute_dtype_for, make_norm, rope_from_hf,
-                                rotary_tables, windows_for)
+from jetjax.models.config import ModelConfig
+from jetjax.models.family import Family
+from jetjax.models.hf_config import ConfigKeys, activation_from_hf, rope_from_hf, windows_for
+from jetjax.models.layers import GatedMLP, Linear, causal_attention, compute_dtype_for, make_norm
+from jetjax.models.model import ResidualModule
+from jetjax.models.rope import apply_rotary, rotary_tables
 
 _COMMON = frozenset({
     "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
@@ -41,7 +44,7 @@ _COMMON = frozenset({
 # dropout, initialisation, caching; HF does not enforce the position limit either
 _IGNORED = frozenset({"attention_dropout", "initializer_range", "use_cache", "max_position_embeddings"})
 
-CONFIG_KEYS = {
+_CONFIG_KEYS = {
     # pretraining_tp only changed how training sliced the matmuls, not their result
     "llama": ConfigKeys(_COMMON | {"attention_bias", "mlp_bias"}, _IGNORED | {"pretraining_tp"}),
     "mistral": ConfigKeys(_COMMON | {"sliding_window"}, _IGNORED),
@@ -193,6 +196,12 @@ def weight_map(c: ModelConfig) -> dict[str, tuple[tuple, bool]]:
     return m
 
 
-STRIP_PREFIXES = ("model.",)
-IGNORED_TENSORS = (".rotary_emb.inv_freq",)  # a buffer older checkpoints saved; we recompute it
-MODULE = Llama
+FAMILY = Family(
+    name="llama",
+    config_keys=_CONFIG_KEYS,
+    config_from_hf=config_from_hf,
+    module=Llama,
+    weight_map=weight_map,
+    strip_prefixes=("model.",),
+    ignored_tensors=(".rotary_emb.inv_freq",),  # a buffer older checkpoints saved; we recompute it
+)

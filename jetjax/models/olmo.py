@@ -13,10 +13,13 @@ Example:
 
 from __future__ import annotations
 
-from jetjax.models.base import ConfigKeys, ModelConfig, activation_from_hf, rope_from_hf
-from jetjax.models.llama import IGNORED_TENSORS, MODULE, STRIP_PREFIXES, weight_map  # noqa: F401 (family API)
+import dataclasses
 
-CONFIG_KEYS = {"olmo": ConfigKeys(
+from jetjax.models import llama
+from jetjax.models.config import ModelConfig
+from jetjax.models.hf_config import ConfigKeys, activation_from_hf, rope_from_hf
+
+_CONFIG_KEYS = {"olmo": ConfigKeys(
     handled=frozenset({
         "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
         "vocab_size", "hidden_act", "tie_word_embeddings", "attention_bias", "clip_qkv", "rope_parameters",
@@ -54,3 +57,7 @@ def config_from_hf(cfg: dict) -> ModelConfig:
         clip_qkv=None if clip is None else float(clip),
         **rope_from_hf(cfg, d // n_heads, allow_partial=False),
     )
+
+
+# Llama's module, weight map and tensor names; only the config differs
+FAMILY = dataclasses.replace(llama.FAMILY, name="olmo", config_keys=_CONFIG_KEYS, config_from_hf=config_from_hf)

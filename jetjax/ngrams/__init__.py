@@ -8,12 +8,13 @@ with a corpus).
 
 from jetjax.ngrams.analysis import (CorpusAgreement, CorpusBigrams, KeywordMass, TableDiff, corpus_agreement,
                                     corpus_bigrams, diff_tables, keyword_mass, load_keywords)
-from jetjax.ngrams.paths import PATH_FORMS, parse_path
+from jetjax.ngrams.paths import PATH_FORMS, check_paths, parse_path
 from jetjax.ngrams.sweep import jet_bigrams, model_fingerprint, sweep_contexts
 from jetjax.ngrams.table import NGramTable
 from jetjax.ngrams.trigrams import bigram_candidates, candidate_contexts, jet_skip_bigrams, jet_trigrams
 
 __all__ = ["jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "candidate_contexts", "bigram_candidates",
            "sweep_contexts", "NGramTable", "diff_tables", "TableDiff", "keyword_mass", "KeywordMass",
-           "load_keywords", "corpus_agreement", "CorpusAgreement", "corpus_bigrams", "CorpusBigrams", "parse_path", "PATH_FORMS",
+           "load_keywords", "corpus_agreement", "CorpusAgreement", "corpus_bigrams", "CorpusBigrams", "parse_path", "check_paths",
+           "PATH_FORMS",
            "model_fingerprint"]

@@ -16,7 +16,8 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from jetjax.models.base import Model
+from jetjax.checks import check_positive_int
+from jetjax.models.model import Model
 from jetjax.ngrams.paths import context_scorer, unembedding_matrix
 from jetjax.ngrams.sweep import cached, model_fingerprint
 from jetjax.ngrams.table import NGramTable
@@ -346,8 +347,7 @@ def corpus_bigrams(text: str, tokenizer, vocab_size: int, *, min_count: int = 5,
       >>> cb.contexts.tolist(), cb.successors[0][0].tolist(), cb.successors[0][1].tolist()
       ([0, 1], [1, 2], [2.0, 1.0])
     """
-    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"min_count must be a positive int, got {min_count!r}")
+    min_count = check_positive_int("min_count", min_count)
     ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
     if ids.size < 2:
         raise ValueError("the corpus has fewer than two tokens")
@@ -356,9 +356,8 @@ def corpus_bigrams(text: str, tokenizer, vocab_size: int, *, min_count: int = 5,
     ctx_of = pairs // v
     ctx_total = np.bincount(ctx_of, weights=counts, minlength=v)
     frequent = np.flatnonzero(ctx_total >= min_count)
+    n_contexts = check_positive_int("n_contexts", n_contexts, optional=True)
     if n_contexts is not None:
-        if isinstance(n_contexts, bool) or not isinstance(n_contexts, int) or n_contexts < 1:
-            raise ValueError(f"n_contexts must be a positive int or None, got {n_contexts!r}")
         order = np.argsort(-ctx_total[frequent], kind="stable")[:n_contexts]
         frequent = np.sort(frequent[order])
     if frequent.size == 0:

@@ -1,27 +1,31 @@
 """Path names for jet n-grams, and the function that turns contexts into next-token scores.
 
-Grammar (layers 0-based, components in the order the model runs them)::
+Path names are the labels of :mod:`jetjax.labels` (its grammar and rules, one owner), so every
+label :func:`jetjax.expand_all` writes names an n-gram path too::
 
     path      := "emb" (">" component)* ">dec"
-    component := "attn" LAYER | "mlp" LAYER
+    component := "attn" LAYER | "mlp" LAYER | "block" LAYER
 
-``emb>dec``, ``emb>mlp3>dec``, ``emb>attn0>dec``, ``emb>attn1>mlp1>mlp4>dec``. Each component must
-run after the previous one: ``attn{l}`` comes before ``mlp{l}``, which comes before ``attn{l+1}``.
+``emb>dec``, ``emb>mlp3>dec``, ``emb>attn0>dec``, ``emb>attn1>mlp1>mlp4>dec``, ``emb>block0>block2>dec``.
+Components run in execution order (``attn{l}`` before ``mlp{l}`` before ``attn{l+1}``; ``block{l}``
+before ``block{l+1}``), each at most once, and one path never mixes ``block{l}`` with ``attn``/``mlp``.
 In parallel-residual models (GPT-NeoX) both branches of a layer read the same stream, so
 ``attn{l}>mlp{l}`` is not a path there.
 
 What a path computes on a context of token ids ``z_1..z_T`` (``T = 1`` for bigrams): start from the
 token embeddings (``model.token_embed``: no positions, as in the paper), apply each component
-(``model.attn(l, ·)`` / ``model.mlp(l, ·)``: the branch delta, pre-norm included, *without* the
-skip connection) to the whole sequence, then ``Dec = unembed ∘ final_norm`` at the last position.
-On a single-token context attention attends only to itself, so ``emb>attn{l}>dec`` is exactly
-``Dec(model.attn(l, E[z][None]))``: the layer's value-output map.
+(``model.attn(l, ·)`` / ``model.mlp(l, ·)`` / ``model.block(l, ·)``: the branch's or whole block's
+delta, pre-norms included, *without* the skip connection) to the whole sequence, then
+``Dec = unembed ∘ final_norm`` at the last position. On a single-token context attention attends
+only to itself, so ``emb>attn{l}>dec`` is exactly ``Dec(model.attn(l, E[z][None]))``: the layer's
+value-output map; ``emb>block{l}>dec`` is ``Dec(block_l(E[z]))``.
 
 Order ``k`` (default 0): every component and the final norm is replaced by its order-``k`` jet
 (:func:`jetjax.jet`) centred at the path's value so far and evaluated at the stream that component
 really reads when the model runs on the context alone (token embeddings, no positions) — the
-centre/variate choice of Algorithm 1. At order 0 the variate is unused and a path is the plain
-composition of its components.
+centre/variate choice of Algorithm 1: ``h_l`` for ``attn{l}`` and ``block{l}``, the mid-block
+stream for ``mlp{l}``. At order 0 the variate is unused and a path is the plain composition of its
+components.
 
 The score of a path set ``ξ`` is the paper's ``s(x) = Σ_{e∈ξ} e(x) / |ξ|``, the mean of the paths'
 logits. The unembedding is affine (``x @ W + b``), so this equals
@@ -31,68 +35,54 @@ paths.
 
 from __future__ import annotations
 
-import re
 from typing import Callable, Sequence
 
 import jax.numpy as jnp
 
-from jetjax.jet import _check_order, jet
-from jetjax.models.base import Model
+from jetjax.checks import check_order
+from jetjax.jet import jet
+from jetjax.labels import PATH_FORMS, format_label, parse_label
+from jetjax.models.model import Model
 
 __all__ = ["parse_path", "check_paths", "PATH_FORMS", "context_scorer", "unembedding_matrix"]
-
-PATH_FORMS = ("emb>dec", "emb>mlp{l}>dec", "emb>attn{l}>dec", "emb>attn{l}>mlp{m}>dec (l <= m)",
-              "emb>mlp{l}>attn{m}>dec (l < m)", "any chain emb>c1>c2>...>dec of attn{l}/mlp{l} in execution order")
-_PATH_RE = re.compile(r"emb((?:>(?:attn|mlp)\d+)*)>dec")
-_COMPONENT_RE = re.compile(r"(attn|mlp)(\d+)")
-
-
-def _forms() -> str:
-    return "; ".join(PATH_FORMS)
 
 
 def parse_path(name: str, n_layers: int, *, parallel_residual: bool = False) -> tuple[tuple[str, int], ...]:
     """``"emb>attn0>mlp2>dec"`` -> ``(("attn", 0), ("mlp", 2))``, validated against the model's depth.
 
+    The grammar and its errors are :func:`jetjax.labels.parse_label`'s.
+
     Example:
       >>> parse_path("emb>attn0>mlp2>dec", n_layers=3)
       (('attn', 0), ('mlp', 2))
+      >>> parse_path("emb>block0>block2>dec", n_layers=3)
+      (('block', 0), ('block', 2))
       >>> parse_path("emb>dec", n_layers=3)
       ()
     """
-    if not isinstance(name, str):
-        raise TypeError(f"a path name must be a str, got {type(name).__name__}: {name!r}")
-    match = _PATH_RE.fullmatch(name.strip())
-    if match is None:
-        raise ValueError(f"unknown path name {name!r}; valid forms: {_forms()} (layers 0..{n_layers - 1})")
-    comps = tuple((kind, int(layer)) for kind, layer in _COMPONENT_RE.findall(match.group(1)))
-    for kind, layer in comps:
-        if layer >= n_layers:
-            raise ValueError(f"path {name!r}: layer {layer} is out of range for a model with {n_layers} layers "
-                             f"(valid: 0..{n_layers - 1})")
-    steps = [2 * layer + (kind == "mlp") for kind, layer in comps]
-    for (a, b), (ca, cb) in zip(zip(steps, steps[1:]), zip(comps, comps[1:])):
-        if b <= a:
-            raise ValueError(f"path {name!r}: {cb[0]}{cb[1]} cannot follow {ca[0]}{ca[1]}; components must be "
-                             "in execution order (attn{l} before mlp{l} before attn{l+1}), each at most once")
-        if parallel_residual and ca[1] == cb[1]:
-            raise ValueError(f"path {name!r}: in a parallel-residual model attn{ca[1]} and mlp{ca[1]} both read "
-                             "the same stream, so one cannot follow the other")
-    return comps
+    comps = parse_label(name, n_layers=n_layers, parallel_residual=parallel_residual)
+    return tuple((c.kind, c.layer) for c in comps)
 
 
 def check_paths(model: Model, paths: Sequence[str] | str) -> tuple[str, ...]:
-    """Validate path names for ``model``; returns them as a tuple (duplicates are an error)."""
+    """Validate path names for ``model``; returns them as a tuple (duplicates are an error).
+
+    One name alone (a ``str``) is a list of it. Duplicates are found on the parsed paths, so no two
+    spellings of one path can count twice (the grammar admits one spelling anyway).
+    """
     if isinstance(paths, str):
         paths = (paths,)
     paths = tuple(paths)
     if not paths:
-        raise ValueError(f"paths must name at least one path; valid forms: {_forms()}")
+        raise ValueError(f"paths must name at least one path; valid forms: {'; '.join(PATH_FORMS)}")
     c = model.config
+    seen: dict[tuple, str] = {}
     for p in paths:
-        parse_path(p, c.n_layers, parallel_residual=c.parallel_residual)
-    if len(set(paths)) != len(paths):
-        raise ValueError(f"paths contains duplicates: {list(paths)}")
+        key = parse_label(p, n_layers=c.n_layers, parallel_residual=c.parallel_residual)
+        if key in seen:
+            raise ValueError(f"paths contains duplicates: {seen[key]!r} and {p!r} are both the path "
+                             f"{format_label(key)!r} (paths: {list(paths)})")
+        seen[key] = p
     return paths
 
 
@@ -130,7 +120,7 @@ def context_scorer(model: Model, paths: Sequence[str], order: int = 0) -> Callab
     Paths sharing a prefix compute it once.
     """
     paths = check_paths(model, paths)
-    order = _check_order(order)
+    order = check_order(order)
     c = model.config
     parsed = [parse_path(p, c.n_layers, parallel_residual=c.parallel_residual) for p in paths]
 
@@ -139,10 +129,10 @@ def context_scorer(model: Model, paths: Sequence[str], order: int = 0) -> Callab
         hs, mids = _token_streams(model, params, x0) if order > 0 else (None, None)
 
         def apply(kind, layer, x):
-            fn = model.attn if kind == "attn" else model.mlp
+            fn = {"attn": model.attn, "mlp": model.mlp, "block": model.block}[kind]
             if order == 0:
                 return fn(layer, x, params=params)
-            variate = hs[layer] if kind == "attn" else mids[layer]
+            variate = mids[layer] if kind == "mlp" else hs[layer]  # the stream this component reads
             return jet(lambda v: fn(layer, v, params=params), x, variate, order)
 
         prefixes = {(): x0}

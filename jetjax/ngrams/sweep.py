@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jetjax.jet import _check_order
-from jetjax.models.base import Model
+from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
+from jetjax.models.model import Model
 from jetjax.ngrams.paths import check_paths, context_scorer, unembedding_matrix
 from jetjax.ngrams.table import TABLE_FILE, TABLE_META, NGramTable, atomic_write_bytes
 
@@ -60,14 +60,6 @@ def cached(model: Model, key: tuple, build: Callable):
     if key not in per_model:
         per_model[key] = build()
     return per_model[key]
-
-
-def _positive_int(name: str, value, upper: int | None = None, what: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if upper is not None and value > upper:
-        raise ValueError(f"{name}={value} is larger than {what} ({upper})")
-    return int(value)
 
 
 def _mesh(devices) -> Mesh:
@@ -210,19 +202,18 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str], top_k: int = 10
                    kind: str = "contexts", vocab_tile: int = 4096) -> NGramTable:
     """Next-token tables of arbitrary contexts (``int [R, T]``) under ``paths``; see :func:`jet_bigrams`."""
     paths = check_paths(model, paths)
-    order = _check_order(order)
+    order = check_order(order)
     v = model.config.vocab_size
     contexts = np.asarray(contexts)
     if contexts.ndim != 2 or contexts.shape[0] == 0 or contexts.shape[1] == 0:
         raise ValueError(f"contexts must be an int array [rows, tokens] with at least one row, got {contexts.shape}")
     model.check_ids(contexts, check_length=False)
     contexts = contexts.astype(np.int32)
-    top_k = _positive_int("top_k", top_k, v, "the vocabulary size")
-    if isinstance(global_k, bool) or not isinstance(global_k, (int, np.integer)) or global_k < 0:
-        raise ValueError(f"global_k must be a non-negative int, got {global_k!r}")
-    block_rows = _positive_int("block_rows", block_rows)
-    chunk_rows = _positive_int("chunk_rows", chunk_rows)
-    vocab_tile = min(_positive_int("vocab_tile", vocab_tile), v)
+    top_k = check_positive_int("top_k", top_k, v, "the vocabulary size")
+    global_k = check_nonnegative_int("global_k", global_k)
+    block_rows = check_positive_int("block_rows", block_rows)
+    chunk_rows = check_positive_int("chunk_rows", chunk_rows)
+    vocab_tile = min(check_positive_int("vocab_tile", vocab_tile), v)
     mesh = _mesh(devices)
     n_dev = mesh.devices.size
     block_rows = -(-block_rows // n_dev) * n_dev  # every device gets the same number of rows
@@ -310,7 +301,7 @@ def jet_bigrams(model: Model, paths: Sequence[str] | str = ("emb>dec",), top_k: 
     ``emb>mlp{l}>dec`` is ``softmax(U · LN_f(MLP_l(LN2_l(E[z1]))))``.
 
     Args:
-      model: any :class:`~jetjax.models.base.Model`.
+      model: any :class:`~jetjax.models.model.Model`.
       paths: one path name or several (their logits are averaged).
       top_k: next tokens kept per row (``<= vocab_size``).
       order: jet order ``k`` (0: plain composition of the path's components).

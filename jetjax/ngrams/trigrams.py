@@ -26,7 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jetjax.models.base import Model
+from jetjax.labels import Component, format_label
+from jetjax.models.model import Model
 from jetjax.ngrams.sweep import sweep_contexts
 from jetjax.ngrams.table import NGramTable
 
@@ -63,7 +64,7 @@ def bigram_candidates(table: NGramTable, first: Sequence[int] | None = None, per
 
 def _attention_paths(model: Model, layers) -> list[str]:
     layers = range(model.config.n_layers) if layers is None else layers
-    return [f"emb>attn{int(layer)}>dec" for layer in layers]
+    return [format_label([Component("attn", layer)]) for layer in layers]
 
 
 def jet_trigrams(model: Model, contexts, paths: Sequence[str] | None = None, top_k: int = 10,

@@ -1,0 +1,60 @@
+"""Argument checks shared across jetjax: the jet order and integer settings, one message each.
+
+Example:
+  >>> check_order(2), check_positive_int("top_k", 5, upper=9, what="the vocabulary size")
+  (2, 5)
+  >>> check_positive_int("top_k", 12, upper=9, what="the vocabulary size")
+  Traceback (most recent call last):
+  ...
+  ValueError: top_k=12 is larger than the vocabulary size (9)
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = ["check_order", "check_positive_int", "check_nonnegative_int"]
+
+
+def check_order(order) -> int:
+    """A jet order: a non-negative Python (or NumPy) int, returned as ``int``.
+
+    Raises ``TypeError`` for anything else (``True``, ``1.0``) and ``ValueError`` when negative.
+    """
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral):
+        raise TypeError(f"jet order must be a non-negative Python int, got {order!r} "
+                        f"of type {type(order).__name__}")
+    if order < 0:
+        raise ValueError(f"jet order must be >= 0, got {order}")
+    return int(order)
+
+
+def _is_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def check_positive_int(name: str, value, upper: int | None = None, what: str | None = None, *,
+                       optional: bool = False) -> int | None:
+    """``value`` as an ``int >= 1`` (and ``<= upper`` when given, ``what`` naming that bound).
+
+    ``optional=True`` lets ``None`` through. ``ValueError`` otherwise, naming ``name``.
+    """
+    if optional and value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1{' or None' if optional else ''}, got {value!r}")
+    if upper is not None and value > upper:
+        bound = f"{what} ({upper})" if what else str(upper)
+        raise ValueError(f"{name}={value} is larger than {bound}")
+    return int(value)
+
+
+def check_nonnegative_int(name: str, value, *, optional: bool = False) -> int | None:
+    """``value`` as an ``int >= 0``; ``optional=True`` lets ``None`` through. ``ValueError`` otherwise."""
+    if optional and value is None:
+        return None
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int{' or None' if optional else ''}, got {value!r}")
+    return int(value)

@@ -1,0 +1,93 @@
+"""Architecture hyper-parameters: one frozen :class:`ModelConfig` in one vocabulary for every family."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters, in one vocabulary for every family.
+
+    Attributes:
+      arch: the family (``"gpt2"``, ...).
+      n_layers, d_model, n_heads, d_head, d_mlp, vocab_size: sizes (TransformerLens names:
+        ``d_vocab`` is ``vocab_size``).
+      n_positions: length of the learned position table, or ``None`` when positions are rotary.
+      norm_eps: epsilon of the normalisation layers.
+      activation: name of the MLP non-linearity (a key of :data:`~jetjax.models.layers.ACTIVATIONS`).
+      tie_embeddings: whether the unembedding is the transposed token embedding.
+      parallel_residual: both branches of a layer read the same stream (GPT-NeoX, GPT-J).
+      attn_scale_by_layer: divide attention scores by ``layer + 1`` as well (GPT-2 option).
+      attn_scale: scale attention scores by ``1/sqrt(d_head)``.
+      n_kv_heads: key/value heads (grouped-query attention when fewer than ``n_heads``; query head
+        ``i`` reads key/value head ``i // (n_heads // n_kv_heads)``); ``None``: as many as ``n_heads``.
+      rope_dim: how many leading dimensions of each query/key head are rotated (rotary position
+        embedding, in the "rotate half" layout); 0: no rotary embedding.
+      rope_theta: the rotary base period.
+      rope_scaling: ``(("rope_type", "llama3"), ("factor", 8.0), ...)``: a frequency rescaling
+        (``"linear"`` or ``"llama3"``, with Hugging Face's parameter names); ``()``: none.
+      attn_windows: per layer, the sliding-window length (a query sees the last ``w`` positions,
+        itself included) or ``None`` for global causal attention; ``None``: every layer global.
+      qkv_bias, out_bias, mlp_bias: whether the query/key/value, attention output and MLP
+        projections have biases (families that always have them ignore these).
+      norm: ``"layernorm"``, ``"layernorm_no_affine"`` (no gain or bias, OLMo), ``"rmsnorm"`` or
+        ``"rmsnorm_plus_one"`` (gain stored as ``w`` and applied as ``1 + w``, Gemma).
+      embed_scale: the token embedding is multiplied by this (Gemma: ``sqrt(d_model)``).
+      clip_qkv: clip queries, keys and values to ``[-clip_qkv, clip_qkv]`` (OLMo option).
+    """
+
+    arch: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    vocab_size: int
+    n_positions: int | None
+    norm_eps: float
+    activation: str
+    tie_embeddings: bool = True
+    parallel_residual: bool = False
+    attn_scale: bool = True
+    attn_scale_by_layer: bool = False
+    n_kv_heads: int | None = None
+    rope_dim: int = 0
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, Any], ...] = ()
+    attn_windows: tuple[int | None, ...] | None = None
+    qkv_bias: bool = True
+    out_bias: bool = True
+    mlp_bias: bool = True
+    norm: str = "layernorm"
+    embed_scale: float = 1.0
+    clip_qkv: float | None = None
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.rope_dim % 2 or not 0 <= self.rope_dim <= self.d_head:
+            raise ValueError(f"rope_dim must be even and at most d_head={self.d_head}, got {self.rope_dim}")
+        if self.attn_windows is not None and len(self.attn_windows) != self.n_layers:
+            raise ValueError(f"attn_windows needs one entry per layer ({self.n_layers}), got {len(self.attn_windows)}")
+
+    @property
+    def d_vocab(self) -> int:
+        return self.vocab_size
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    def window(self, layer: int) -> int | None:
+        """The sliding-window length of layer ``layer`` (``None``: global causal attention)."""
+        return None if self.attn_windows is None else self.attn_windows[layer]
+
+
+NORMS = ("layernorm", "layernorm_no_affine", "rmsnorm", "rmsnorm_plus_one")
+
+
+__all__ = ["ModelConfig", "NORMS"]

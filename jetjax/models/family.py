@@ -1,0 +1,172 @@
+"""The contract between an architecture family and the loaders: one frozen :class:`Family` record each.
+
+The loaders (:mod:`jetjax.hf` for safetensors, :mod:`jetjax.gguf` for GGUF) know no architecture:
+they look the checkpoint's ``model_type`` up in :data:`FAMILIES` and use only the record found there.
+Each family file ends with ``FAMILY = Family(...)``; ``jetjax/models/__init__.py`` passes it to
+:func:`register`, which checks it, so a malformed record fails at import with a message naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+from jetjax.models.config import ModelConfig
+from jetjax.models.hf_config import ConfigKeys
+from jetjax.models.model import ResidualModule, nest
+
+WeightMap = dict[str, tuple[tuple, bool]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Family:
+    """Everything a loader needs to know about one architecture family.
+
+    Attributes:
+      name: the family's name (its file under ``jetjax/models/``), used in messages.
+      config_keys: ``{model_type: ConfigKeys}``: the Hugging Face ``model_type`` values this family
+        loads (at least one), each with its ``config.json`` allowlist: keys the parser reads, keys
+        that cannot change the forward pass, and keys accepted only at some values. Any other key
+        makes :func:`jetjax.from_pretrained` refuse the checkpoint, naming the key. Model types that
+        share a module but accept different keys (Llama has no sliding window, Mistral does) get
+        one entry each. Stored read-only.
+      config_from_hf: ``(cfg: dict) -> ModelConfig``: a ``config.json`` (already checked against the
+        allowlist of ``cfg["model_type"]``) in our vocabulary. The result's ``arch`` is that
+        ``model_type``, so :func:`~jetjax.models.random_model` finds the family again. Raises
+        ``ValueError`` naming any feature it does not implement.
+      module: the Flax NNX class, a :class:`~jetjax.models.model.ResidualModule` subclass, built as
+        ``module(config, dtype=...)``; its parameter paths are what ``weight_map`` points at.
+      weight_map: ``(config) -> {hf_name: (param_path, transpose)}``: every tensor a checkpoint of
+        ``config`` holds. ``hf_name`` is the Hugging Face tensor name without the prefix in
+        ``strip_prefixes`` (``"h.0.attn.c_attn.weight"``); ``param_path`` the path of the parameter
+        in ``module(config)``'s state (``("h", 0, "attn", "c_attn", "kernel")``); ``transpose``
+        whether the stored array is the transpose of ours. Our kernels are ``(in, out)``
+        (``x @ kernel``), embeddings ``[vocab, d_model]``: a torch ``nn.Linear`` weight, stored
+        ``(out, in)``, needs ``True``; GPT-2's ``Conv1D`` (stored ``(in, out)``), embeddings, norm
+        gains and biases need ``False``. Tensors the config says are absent (the head when tied,
+        switched-off biases) are left out; every parameter of ``module(config)`` is covered.
+      strip_prefixes: prefixes removed from checkpoint tensor names (the first that matches) before
+        ``weight_map`` is consulted: ``("transformer.",)``, ``("model.",)``. Names without one
+        (``lm_head.weight``) are used as they are.
+      ignored_tensors: suffixes of tensor names that are buffers, not weights (mask buffers,
+        ``.rotary_emb.inv_freq`` that old checkpoints saved): the loader skips them rather than
+        refuse the checkpoint for holding tensors nobody maps. May be empty.
+
+    Example (a second name for GPT-2 is refused: ``"gpt2"`` is registered already):
+      >>> import dataclasses
+      >>> from jetjax.models import gpt2, register
+      >>> register(dataclasses.replace(gpt2.FAMILY, name="gpt2_again"))
+      Traceback (most recent call last):
+        ...
+      ValueError: family 'gpt2_again': model type(s) ['gpt2'] are registered already (by family 'gpt2')
+    """
+
+    name: str
+    config_keys: Mapping[str, ConfigKeys]
+    config_from_hf: Callable[[dict], ModelConfig]
+    module: type[ResidualModule]
+    weight_map: Callable[[ModelConfig], WeightMap]
+    strip_prefixes: tuple[str, ...]
+    ignored_tensors: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"Family.name must be a non-empty str, got {self.name!r}")
+        where = f"family {self.name!r}"
+        if not isinstance(self.config_keys, Mapping) or not self.config_keys:
+            raise ValueError(f"{where}: config_keys must map at least one model_type to its ConfigKeys, "
+                             f"got {self.config_keys!r}")
+        for model_type, keys in self.config_keys.items():
+            if not isinstance(model_type, str) or not model_type:
+                raise ValueError(f"{where}: model types must be non-empty strings, got {model_type!r}")
+            if not isinstance(keys, ConfigKeys):
+                raise TypeError(f"{where}: config_keys[{model_type!r}] must be a ConfigKeys, "
+                                f"got {type(keys).__name__}")
+        for field in ("config_from_hf", "weight_map"):
+            if not callable(getattr(self, field)):
+                raise TypeError(f"{where}: {field} must be callable, got {getattr(self, field)!r}")
+        if not (isinstance(self.module, type) and issubclass(self.module, ResidualModule)):
+            raise TypeError(f"{where}: module must be a ResidualModule subclass, got {self.module!r}")
+        for field in ("strip_prefixes", "ignored_tensors"):
+            value = getattr(self, field)
+            # a bare str would pass `startswith`/`endswith` one character at a time
+            if not isinstance(value, tuple) or not all(isinstance(s, str) and s for s in value):
+                raise TypeError(f"{where}: {field} must be a tuple of non-empty strings, got {value!r}")
+        object.__setattr__(self, "config_keys", MappingProxyType(dict(self.config_keys)))
+
+
+_REGISTRY: dict[str, Family] = {}
+# Hugging Face model_type -> its Family; read-only: families enter through `register`.
+FAMILIES: Mapping[str, Family] = MappingProxyType(_REGISTRY)
+
+
+def register(family: Family) -> Family:
+    """Make ``family``'s model types loadable (``FAMILIES[t] is family`` for each) and return it.
+
+    Raises:
+      TypeError: ``family`` is not a :class:`Family` (a malformed record fails when it is built).
+      ValueError: one of its model types, or its name, is registered already.
+    """
+    if not isinstance(family, Family):
+        raise TypeError(f"register expects a Family record, got {type(family).__name__}")
+    taken = sorted(t for t in family.config_keys if t in _REGISTRY)
+    if taken:
+        owner = _REGISTRY[taken[0]].name
+        raise ValueError(f"family {family.name!r}: model type(s) {taken} are registered already "
+                         f"(by family {owner!r})")
+    if any(f.name == family.name for f in _REGISTRY.values()):
+        raise ValueError(f"a family named {family.name!r} is registered already")
+    for model_type in family.config_keys:
+        _REGISTRY[model_type] = family
+    return family
+
+
+def family_for(model_type, where) -> Family:
+    """The :class:`~jetjax.models.family.Family` of ``model_type``, or a ``ValueError`` naming it and ``where``."""
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise ValueError(f"{where}: model_type {model_type!r} is not supported; "
+                         f"supported model types: {', '.join(sorted(FAMILIES))}")
+    return family
+
+
+def assign_params(config, family: Family, tensors: dict, expected: dict, path, dtype) -> dict:
+    """Map HF-named tensors onto our param paths, checking names and shapes against ``expected``
+    (shared by the safetensors and GGUF loaders)."""
+    mapping = family.weight_map(config)
+    stripped = {}
+    for name, value in tensors.items():
+        for prefix in family.strip_prefixes:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        stripped[name] = value
+
+    flat = {}
+    for hf_name, (ours, transpose) in mapping.items():
+        if hf_name not in stripped:
+            raise ValueError(f"{path}: tensor {hf_name!r} is missing from the checkpoint "
+                             f"(needed for {config.arch} with {config.n_layers} layers)")
+        value = stripped[hf_name]
+        if transpose:
+            value = value.T
+        want = expected[ours].shape
+        if tuple(value.shape) != tuple(want):
+            shown = tuple(value.T.shape) if transpose else tuple(value.shape)
+            raise ValueError(f"{path}: tensor {hf_name!r} has shape {shown}, expected "
+                             f"{tuple(want[::-1]) if transpose else tuple(want)} from the config")
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            raise ValueError(f"{path}: tensor {hf_name!r} has dtype {value.dtype}; expected floating point")
+        flat[ours] = value.astype(dtype) if dtype is not None else value
+    extra = sorted(n for n in stripped if n not in mapping and not n.endswith(family.ignored_tensors)
+                   and not (config.tie_embeddings and n == "lm_head.weight"))
+    if extra:
+        raise ValueError(f"{path}: the checkpoint has tensors jetjax does not use for {config.arch}: "
+                         f"{extra[:5]}{' ...' if len(extra) > 5 else ''}; it may be a different variant")
+    return nest(flat)
+
+
+__all__ = ["Family", "FAMILIES", "register", "WeightMap", "family_for", "assign_params"]

@@ -1,0 +1,257 @@
+"""The residual-model interface every architecture implements, and the :class:`Model` facade.
+
+A model is ``f = Dec ∘ Π_l (id + γ_l) ∘ Enc``. Architectures are Flax NNX modules (one file per
+family) that define the *branches*:
+
+* ``embed(ids)``: ``h_0``; ``token_embed(ids)``: the token embedding alone (no positions);
+* ``attn(l, h)`` and ``mlp(l, h)``: the delta each residual branch of layer ``l`` adds to the
+  stream, with its own pre-norm (never ``h + delta``);
+* ``final_norm(h)`` and ``unembed(x)``.
+
+:class:`Model` wraps such a module as a parameter pytree plus pure functions of arrays, and
+derives the rest of the interface (``block``, ``decode``, ``logits``, ``residual_stream``) once
+for all architectures, so a new family only writes its branches and its
+:class:`~jetjax.models.family.Family` record (config parser, weight map, allowlist).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jetjax.models.config import ModelConfig
+
+Array = jax.Array
+
+
+class ResidualModule(nnx.Module):
+    """What an architecture module provides. Subclasses define these five branch functions."""
+
+    config: ModelConfig
+
+    def embed(self, ids: Array) -> Array:  # h_0: [..., T, d]
+        raise NotImplementedError
+
+    def token_embed(self, ids: Array) -> Array:
+        raise NotImplementedError
+
+    def attn(self, layer: int, h: Array) -> Array:
+        raise NotImplementedError
+
+    def mlp(self, layer: int, h: Array) -> Array:
+        raise NotImplementedError
+
+    def final_norm(self, h: Array) -> Array:
+        raise NotImplementedError
+
+    def unembed(self, x: Array) -> Array:
+        raise NotImplementedError
+
+
+
+class Model:
+    """A residual language model: config, parameter pytree, tokenizer and pure residual functions.
+
+    Every residual function takes an optional ``params=`` (a pytree shaped like
+    :attr:`params`); without it the model's own parameters are used. Pass ``params``
+    explicitly inside your own ``jax.jit`` so weights are arguments, not compiled-in constants.
+
+    Shapes: ``ids`` is ``int [..., T]``; streams are ``[..., T, d_model]``; logits
+    ``[..., T, vocab]``. Layer indices are 0-based: ``attn(0, h)`` is the first layer's
+    attention branch, ``residual_stream(ids)[l]`` is ``h_l`` (``h_0`` = embedding).
+
+    Example:
+      >>> import jetjax as jj                                  # doctest: +SKIP
+      >>> model = jj.from_pretrained("path/to/hf_dir")         # doctest: +SKIP
+      >>> ids = model.tokenize("To be, or not to be")          # doctest: +SKIP
+      >>> streams = model.residual_stream(ids)                 # [L+1, T, d]   # doctest: +SKIP
+      >>> logits = model.decode(streams[-1])                   # == model.logits(ids)  # doctest: +SKIP
+    """
+
+    def __init__(self, module: ResidualModule, params: Any, *, tokenizer=None, source: str | None = None):
+        self.config: ModelConfig = module.config
+        self.graphdef, _ = nnx.split(module)
+        self.params = params
+        self.tokenizer = tokenizer
+        self.source = source
+        self._logits_jit = jax.jit(lambda p, ids: self.logits(ids, params=p, _checked=True))
+        self._stream_jit = jax.jit(
+            lambda p, ids, mid: self.residual_stream(ids, params=p, mid=mid, _checked=True),
+            static_argnums=2,
+        )
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Model(arch={c.arch!r}, n_layers={c.n_layers}, d_model={c.d_model}, "
+                f"n_heads={c.n_heads}, vocab_size={c.vocab_size}, source={self.source!r})")
+
+    # -- module binding -----------------------------------------------------------------------
+    def module(self, params=None) -> ResidualModule:
+        """The NNX module bound to ``params`` (default: the model's own)."""
+        return nnx.merge(self.graphdef, self.params if params is None else params)
+
+    @staticmethod
+    def _h(h) -> Array:
+        h = jnp.asarray(h)
+        if not jnp.issubdtype(h.dtype, jnp.inexact):
+            raise TypeError(f"residual streams must be floating arrays, got dtype {h.dtype}")
+        return h
+
+    # -- the residual interface ---------------------------------------------------------------
+    def embed(self, ids, *, params=None) -> Array:
+        """``h_0 = Enc(ids)``: token embedding plus absolute positions where the model has them."""
+        ids = self.check_ids(ids)
+        return self.module(params).embed(ids)
+
+    def token_embed(self, ids, *, params=None) -> Array:
+        """The token embedding alone (positions dropped, as jet n-grams need)."""
+        ids = self.check_ids(ids, check_length=False)
+        return self.module(params).token_embed(ids)
+
+    def attn(self, layer: int, h, *, params=None) -> Array:
+        """γ of layer ``layer``'s attention branch: the delta it adds (pre-norm included)."""
+        return self.module(params).attn(self.check_layer(layer), self._h(h))
+
+    def mlp(self, layer: int, h, *, params=None) -> Array:
+        """γ of layer ``layer``'s MLP branch: the delta it adds (pre-norm included)."""
+        return self.module(params).mlp(self.check_layer(layer), self._h(h))
+
+    def block(self, layer: int, h, *, params=None) -> Array:
+        """The whole-block γ: ``h_{l+1} − h_l`` as a function of ``h_l`` (``l`` = ``layer``)."""
+        return self._block_delta(self.module(params), self.check_layer(layer), self._h(h))[0]
+
+    def final_norm(self, h, *, params=None) -> Array:
+        return self.module(params).final_norm(self._h(h))
+
+    def unembed(self, x, *, params=None) -> Array:
+        return self.module(params).unembed(self._h(x))
+
+    def decode(self, h, *, params=None) -> Array:
+        """``Dec(h) = unembed(final_norm(h))``: logits from a residual stream."""
+        m = self.module(params)
+        return m.unembed(m.final_norm(self._h(h)))
+
+    def logits(self, ids, *, params=None, _checked: bool = False) -> Array:
+        """The model's logits ``[..., T, vocab]`` (float32 unless the params are float64)."""
+        if not _checked:
+            ids = self.check_ids(ids)
+            if params is None:
+                return self._logits_jit(self.params, ids)
+        m = self.module(params)
+        h = m.embed(ids)
+        for layer in range(self.config.n_layers):
+            h = h + self._block_delta(m, layer, h)[0]
+        return m.unembed(m.final_norm(h))
+
+    def residual_stream(self, ids, *, params=None, mid: bool = False, _checked: bool = False):
+        """``h_0..h_L`` stacked: ``[L+1, ..., T, d]``, from one forward pass.
+
+        With ``mid=True`` returns ``(streams, mids)`` where ``mids[l] = h_l + attn_l(h_l)`` is the
+        stream between layer ``l``'s attention and MLP (``[L, ..., T, d]``; for parallel-residual
+        models it is the same quantity, though the MLP does not read it).
+        """
+        if not _checked:
+            ids = self.check_ids(ids)
+            if params is None:
+                return self._stream_jit(self.params, ids, mid)
+        m = self.module(params)
+        h = m.embed(ids)
+        streams, mids = [h], []
+        for layer in range(self.config.n_layers):
+            delta, attn_out = self._block_delta(m, layer, h)
+            mids.append(h + attn_out)
+            h = h + delta
+            streams.append(h)
+        streams = jnp.stack(streams)
+        return (streams, jnp.stack(mids)) if mid else streams
+
+    def _block_delta(self, m: ResidualModule, layer: int, h: Array):
+        """(whole-block delta, attention delta) of layer ``layer`` at stream ``h``."""
+        a = m.attn(layer, h)
+        if self.config.parallel_residual:
+            return a + m.mlp(layer, h), a
+        return a + m.mlp(layer, h + a), a
+
+    # -- tokens -------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> np.ndarray:
+        """Token ids (``int32 [T]``) of ``text`` with the checkpoint's tokenizer."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.source or 'this model'} has no tokenizer files (tokenizer.json or "
+                             "vocab.json + merges.txt); pass token ids instead of text")
+        if not isinstance(text, str):
+            raise TypeError(f"tokenize expects a str, got {type(text).__name__}")
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if not ids:
+            raise ValueError("tokenize: the text produced no tokens")
+        return np.asarray(ids, dtype=np.int32)
+
+    def detokenize(self, ids) -> str:
+        """The text of token ids (a sequence or a 1-D array)."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.source or 'this model'} has no tokenizer files")
+        return self.tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)],
+                                     skip_special_tokens=False)
+
+    def token_strings(self, ids) -> list[str]:
+        """One string per token id (for tables and pictures)."""
+        return [self.detokenize([int(i)]) for i in np.asarray(ids).reshape(-1)]
+
+    # -- validation ---------------------------------------------------------------------------
+    def check_ids(self, ids, *, check_length: bool = True):
+        """Validate token ids: integer dtype, at least one token, within vocab and position table."""
+        if isinstance(ids, str):
+            raise TypeError("expected token ids, got a str: use model.tokenize(text) first")
+        if isinstance(ids, jax.core.Tracer):
+            if not jnp.issubdtype(ids.dtype, jnp.integer):
+                raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+            return ids
+        arr = np.asarray(ids)
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
+        if arr.ndim == 0 or arr.shape[-1] == 0:
+            raise ValueError(f"token ids must have shape [..., T] with T >= 1, got shape {arr.shape}")
+        lo, hi = int(arr.min()), int(arr.max())
+        v = self.config.vocab_size
+        if lo < 0 or hi >= v:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is out of range for a vocabulary of {v} (valid: 0..{v - 1})")
+        n_pos = self.config.n_positions
+        if check_length and n_pos is not None and arr.shape[-1] > n_pos:
+            raise ValueError(f"sequence of {arr.shape[-1]} tokens is longer than the model's position "
+                             f"table ({n_pos}); truncate the input to at most {n_pos} tokens")
+        return jnp.asarray(arr, dtype=jnp.int32)
+
+    def check_layer(self, layer) -> int:
+        """``layer`` as an int in ``0..n_layers-1``, or a ``TypeError``/``IndexError`` naming it."""
+        n = self.config.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise TypeError(f"layer index must be an int, got {layer!r}")
+        if not 0 <= layer < n:
+            raise IndexError(f"layer {layer} is out of range for a model with {n} layers (valid: 0..{n - 1})")
+        return int(layer)
+
+
+def abstract_params(module_fn: Callable[[], ResidualModule]):
+    """``(graph-free module skeleton, {path: ShapeDtypeStruct})`` without allocating weights."""
+    abstract = nnx.eval_shape(module_fn)
+    _, state = nnx.split(abstract)
+    flat = {tuple(path): var for path, var in nnx.to_flat_state(state)}
+    return abstract, {p: jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in flat.items()}
+
+
+def nest(flat: dict[tuple, Any]) -> dict:
+    """``{(a, b, c): x}`` -> ``{a: {b: {c: x}}}`` (the pure-dict form NNX merges)."""
+    out: dict = {}
+    for path, value in flat.items():
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return out
+
+
+__all__ = ["ResidualModule", "Model", "abstract_params", "nest"]
