@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax.labels import Component, format_label, parse_label
+from jetjax._compiled import module_jit, per_model
 from jetjax.models.model import Model
 
 __all__ = ["PROMPTS", "lens_study", "LensStudy", "bigram_study", "BigramStudy", "PathSetAgreement",
@@ -254,7 +255,11 @@ def _one_component(kind: str, layer: int) -> str:
 
 def _normed_outputs(model: Model, with_attention: bool):
     """A jitted ``fn(params, ctx [N]) -> {name: final_norm(path output) [N, d]}`` for every length-≤1
-    bigram path (one compiled function for all of them)."""
+    bigram path (one compiled function for all of them, cached per model)."""
+    return per_model(model, "findings", ("normed", with_attention), lambda: _build_normed(model, with_attention))
+
+
+def _build_normed(model: Model, with_attention: bool):
     n = model.config.n_layers
 
     def fn(params, ctx):
@@ -276,7 +281,7 @@ def _scores(normed, w, b):
     return jnp.argmax(logits, axis=-1), logp
 
 
-_scores_jit = jax.jit(_scores)
+_scores_jit = module_jit(jax.jit(_scores))
 
 
 def bigram_study(model: Model, text: str, *, n_contexts: int = 500, bos_token: str | None = "<|endoftext|>",
@@ -299,7 +304,8 @@ def bigram_study(model: Model, text: str, *, n_contexts: int = 500, bos_token: s
     v = model.config.vocab_size
     corpus = corpus_bigrams(text, model.tokenizer, v, min_count=1, n_contexts=n_contexts)
     ctx = corpus.contexts.astype(np.int32)
-    w, b = jax.jit(lambda p: unembedding_matrix(model, p))(model.params)
+    w, b = per_model(model, "findings", ("unembedding",),
+                     lambda: jax.jit(lambda p: unembedding_matrix(model, p)))(model.params)
     normed = _normed_outputs(model, with_attention)(model.params, jnp.asarray(ctx))
     free = [format_label([])] + [_one_component("mlp", l) for l in range(model.config.n_layers)]
     sets = {name: (x, "path") for name, x in normed.items()}

@@ -34,7 +34,6 @@ not recompile. ``ids`` may be one prompt ``[T]`` or a batch ``[B, T]``.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import json
@@ -46,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jetjax._compiled import per_model
+from jetjax._compiled import TRACE_COUNTS, module_jit, per_model
 from jetjax.checks import check_nonnegative_int, check_order
 from jetjax.expand import expand_decoder
 from jetjax.labels import EMB, check_granularity, model_components
@@ -58,7 +57,6 @@ METRICS = ("cosine", "kl", "top1", "rank", "remainder_norm", "entropy")
 
 # How many times each lens core was traced (i.e. compiled), by (kind, order, granularity).
 # Read by the tests to show that repeated calls reuse the compiled function.
-TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +165,7 @@ def _core(model: Model, kind: str, order: int, granularity: str, last_pos: int |
                      lambda: jax.jit(functools.partial(body, weakref.ref(model), order, granularity)))
 
 
+@module_jit
 @functools.partial(jax.jit, static_argnames="steps")
 def _fit_simplex_weights(terms, logits, steps: int, learning_rate):
     """Adam on softmax-parametrised weights ``[n, ..., T]`` minimising the mean squared remainder norm.
@@ -197,6 +196,7 @@ def _fit_simplex_weights(terms, logits, steps: int, learning_rate):
     return jax.nn.softmax(theta, axis=0), jnp.append(losses, loss(theta))
 
 
+@module_jit
 @jax.jit
 def _combine(weights, terms):
     return jnp.einsum("n...,n...v->...v", weights, terms)
@@ -205,6 +205,7 @@ def _combine(weights, terms):
 # ---------------------------------------------------------------------------------------------
 # Metrics
 
+@module_jit
 @jax.jit
 def _faithfulness(lens, target) -> dict[str, jax.Array]:
     """Per-position metrics of ``lens`` logits against ``target`` logits (broadcast, last axis V)."""

@@ -19,7 +19,8 @@ import numpy as np
 from jetjax.checks import check_positive_int
 from jetjax.models.model import Model
 from jetjax.ngrams.paths import context_scorer, unembedding_matrix
-from jetjax.ngrams.sweep import cached, model_fingerprint
+from jetjax._compiled import per_model
+from jetjax.ngrams.sweep import model_fingerprint
 from jetjax.ngrams.table import NGramTable
 
 __all__ = ["diff_tables", "TableDiff", "load_keywords", "keyword_mass", "KeywordMass", "corpus_agreement",
@@ -43,8 +44,9 @@ def _logprob_blocks(model: Model, table: NGramTable, rows: np.ndarray, cols: np.
         scorer = context_scorer(model, paths, order)
         return jax.jit(lambda p, w, b, ctx, lse: scorer(p, ctx) @ w + b - lse[:, None])
 
-    fn = cached(model, ("logprobs", paths, order), build)
-    w, b = cached(model, ("unembedding",), lambda: jax.jit(lambda p: unembedding_matrix(model, p)))(model.params)
+    fn = per_model(model, "ngrams", ("logprobs", paths, order), build)
+    w, b = per_model(model, "ngrams", ("unembedding",), lambda: jax.jit(lambda p: unembedding_matrix(model, p)))(
+        model.params)
     if cols is not None:
         w, b = w[:, cols], b[cols]
     for start in range(0, len(rows), block):

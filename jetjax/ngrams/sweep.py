@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jetjax._compiled import per_model
 from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
 from jetjax.models.model import Model
 from jetjax.ngrams.paths import check_paths, context_scorer, unembedding_matrix
@@ -50,16 +51,6 @@ def model_fingerprint(model: Model) -> str:
         digest.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}".encode())
         digest.update(arr.tobytes())
     return digest.hexdigest()
-
-
-def cached(model: Model, key: tuple, build: Callable):
-    """A jitted function of ``model`` built once per key (params stay arguments, so new weights of the
-    same shapes reuse it): repeated and resumed sweeps skip recompiling. Kept on the model itself,
-    so it goes away with it."""
-    per_model = model.__dict__.setdefault("_ngram_compiled", {})
-    if key not in per_model:
-        per_model[key] = build()
-    return per_model[key]
 
 
 def _mesh(devices) -> Mesh:
@@ -257,10 +248,10 @@ def _run_chunks(model, contexts, paths, order, top_k, global_k, kk, block_rows, 
     n_rows = contexts.shape[0]
     replicated = NamedSharding(mesh, P())
     params = jax.device_put(model.params, replicated)
-    unembedding = cached(model, ("unembedding", vocab_tile), lambda: jax.jit(
+    unembedding = per_model(model, "ngrams", ("unembedding", vocab_tile), lambda: jax.jit(
         lambda p: _tile_unembedding(*unembedding_matrix(model, p), vocab_tile)))
     w, b = jax.device_put(unembedding(model.params), replicated)
-    step = cached(model, ("step", tuple(paths), order, kk, tuple(mesh.devices.tolist())),
+    step = per_model(model, "ngrams", ("step", tuple(paths), order, kk, tuple(mesh.devices.tolist())),
                   lambda: _step(context_scorer(model, paths, order), kk, mesh))
     rows_sharding = NamedSharding(mesh, P("rows"))
     done_rows = n_rows - sum(min(chunk_rows, n_rows - i * chunk_rows) for i in todo)
