@@ -24,21 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
+from jetjax.viz import show_token
+
 ATTRIBUTION_PROMPT = "The capital of France is"
 ATTRIBUTION_PAIR = (" Paris", " London")
-
-
-def _show(tok: str) -> str:
-    return tok.replace("\n", "↵").replace(" ", "·")
 
 
 def _lens_block(res, tokens, width: int) -> list[str]:
     top = res.top_tokens(1)
     m = res.metrics
     cols = range(max(0, len(tokens) - width), len(tokens))
-    lines = [f"{'':>7} " + "".join(f"{_show(tokens[t])[:9]:>10}" for t in cols) + "    cos   top1"]
+    lines = [f"{'':>7} " + "".join(f"{show_token(tokens[t])[:9]:>10}" for t in cols) + "    cos   top1"]
     for r, row in enumerate(res.rows):
-        cells = "".join(f"{_show(top[r][t][0])[:9]:>10}" for t in cols)
+        cells = "".join(f"{show_token(top[r][t][0])[:9]:>10}" for t in cols)
         lines.append(f"{row:>7} {cells}  {m['cosine'][r].mean():5.3f}  {m['top1'][r].mean():5.2f}")
     return lines
 
@@ -120,7 +118,7 @@ def main(argv=None) -> dict:
     print("\n".join("   " + line for line in bigrams.table(shown).splitlines()))
     top = bigrams.results["emb>mlp0>dec"].top
     print("   emb>mlp0>dec, its most confident non-copy predictions: "
-          + ", ".join(f"{_show(c)!r}→{_show(nx)!r} {p:.2f}" for c, nx, p in top[:6]))
+          + ", ".join(f"{show_token(c)!r}→{show_token(nx)!r} {p:.2f}" for c, nx, p in top[:6]))
     viz.bigram_layers(bigrams, out / "bigram_layers.png")
     summary["agreement"] = bigrams.to_dict()
     summary["bigrams"] = [{"context": c, "next": nx, "prob": p} for c, nx, p in top]

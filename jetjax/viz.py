@@ -12,7 +12,7 @@ import numpy as np
 
 from jetjax.lenses import METRICS, LensResult, token_texts
 
-__all__ = ["lens_table", "metric_curves", "joint_weights", "study_curves", "bigram_layers"]
+__all__ = ["show_token", "lens_table", "metric_curves", "joint_weights", "study_curves", "bigram_layers"]
 
 _METRIC_TITLES = {
     "cosine": "cosine with model logits",
@@ -26,12 +26,22 @@ _METRIC_TITLES = {
 _SYMLOG = {"kl": 0.01, "rank": 1.0, "remainder_norm": 1.0}
 
 
-def _show(token: str, width: int = 9) -> str:
-    """A token made visible and short: spaces as ␣, newlines as ↵, ``$`` kept literal."""
+def show_token(token: str, width: int | None = None) -> str:
+    r"""A token made visible (spaces as ␣, newlines as ↵, tabs as ⇥, the empty string as ∅) and, with
+    ``width``, cut to that many characters.
+
+    >>> show_token(" the\n"), show_token("Shakespeare", 6)
+    ('␣the↵', 'Shake…')
+    """
     text = token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
-    if len(text) > width:
+    if width is not None and len(text) > width:
         text = text[: width - 1] + "…"
-    return text.replace("$", r"\$")
+    return text
+
+
+def _show(token: str, width: int = 9) -> str:
+    """:func:`show_token` for matplotlib text, where ``$`` must stay literal."""
+    return show_token(token, width).replace("$", r"\$")
 
 
 def _figure(width: float, height: float):

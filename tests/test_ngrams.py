@@ -133,7 +133,8 @@ def test_trigrams_and_skip_bigrams_match_numpy_attention(gpt2_checkpoints):
 
 def test_vocabulary_tiles_break_ties_like_one_top_k():
     """Equal logits in different tiles (and a padded last tile) keep the lower ids, as one lax.top_k does."""
-    from jetjax.ngrams.sweep import _mesh, _step, _tile_unembedding
+    from jetjax.ngrams.sweep import _step, _tile_unembedding
+    from jetjax.parallel import path_mesh
 
     v, kk = 11, 4
     w = np.zeros((3, v), np.float32)
@@ -142,7 +143,7 @@ def test_vocabulary_tiles_break_ties_like_one_top_k():
     w[2] = np.linspace(-1, 1, v)  # row 2: no ties
     b = np.zeros(v, np.float32)
     x = jnp.asarray(np.eye(3, dtype=np.float32)[[0, 1, 2, 0]] * [[1], [1], [1], [0]])  # row 3: all logits 0
-    step = _step(lambda params, ctx: params[ctx[:, 0]], kk, _mesh(jax.devices()[:1]))
+    step = _step(lambda params, ctx: params[ctx[:, 0]], kk, path_mesh(jax.devices()[:1], axis_name="rows"))
     probs, ids, lse = step(x, *_tile_unembedding(jnp.asarray(w), jnp.asarray(b), 3), jnp.arange(4)[:, None])
     logits = np.asarray(x) @ w + b
     want_v, want_i = jax.lax.top_k(jnp.asarray(logits), kk)

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jetjax._compiled import per_model
 from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
 from jetjax.models.model import Model
+from jetjax.parallel import path_mesh
 from jetjax.ngrams.paths import check_paths, context_scorer, unembedding_matrix
 from jetjax.ngrams.table import TABLE_FILE, TABLE_META, NGramTable, atomic_write_bytes
 
@@ -51,13 +52,6 @@ def model_fingerprint(model: Model) -> str:
         digest.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}".encode())
         digest.update(arr.tobytes())
     return digest.hexdigest()
-
-
-def _mesh(devices) -> Mesh:
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("devices must name at least one device")
-    return Mesh(np.asarray(devices), ("rows",))
 
 
 def _tile_unembedding(w, b, tile: int):
@@ -205,7 +199,7 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str], top_k: int = 10
     block_rows = check_positive_int("block_rows", block_rows)
     chunk_rows = check_positive_int("chunk_rows", chunk_rows)
     vocab_tile = min(check_positive_int("vocab_tile", vocab_tile), v)
-    mesh = _mesh(devices)
+    mesh = path_mesh(devices, axis_name="rows")
     n_dev = mesh.devices.size
     block_rows = -(-block_rows // n_dev) * n_dev  # every device gets the same number of rows
     kk = min(max(top_k, global_k), v)
