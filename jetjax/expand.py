@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax._compiled import per_model
-from jetjax.checks import check_nonnegative_int, check_order
+from jetjax.checks import check_order
 from jetjax.jet import jet
-from jetjax.labels import (DEC, EMB, Component, check_component_names, check_granularity, extend_label,
-                           label_length)
+from jetjax.labels import DEC, EMB, Component, check_granularity, extend_label, label_length
 from jetjax.models.model import Model
+from jetjax.spec import UNSET, PathSpec, resolve_spec
 
 __all__ = ["Expansion", "expand", "expand_block", "expand_decoder", "path_streams", "expand_all", "count_paths",
            "jets", "final_norm_jets"]
@@ -315,30 +315,17 @@ def _steps(n_layers: int, granularity: str, parallel_residual: bool):
     return steps
 
 
-def _component_filter(include, exclude, attention_free, n_layers: int, granularity: str):
-    """``allowed(component) -> bool`` for the path filters; the names are parsed and checked here."""
-    check_granularity(granularity)
-    include = check_component_names(include, what="include", n_layers=n_layers, granularity=granularity)
-    exclude = set(check_component_names(exclude or (), what="exclude", n_layers=n_layers, granularity=granularity))
-
-    def allowed(component: Component) -> bool:
-        if attention_free and component.kind == "attn":
-            return False
-        return component not in exclude and (include is None or component in include)
-
-    return allowed
-
-
-def path_streams(model: Model, ids, order: int = 0, *, granularity: str = "block", weights: str = "unit",
-                 include: Sequence[str] | None = None, exclude: Sequence[str] = (),
-                 max_length: int | None = None, attention_free: bool = False, streams=None, params=None,
-                 constrain: Callable | None = None) -> Expansion:
+def path_streams(model: Model, ids, order: int = UNSET, *, granularity: str = UNSET, weights: str = UNSET,
+                 include: Sequence[str] | None = UNSET, exclude: Sequence[str] = UNSET,
+                 max_length: int | None = UNSET, attention_free: bool = UNSET, streams=None, params=None,
+                 constrain: Callable | None = None, spec: PathSpec | None = None) -> Expansion:
     """Algorithm 2 up to the last residual stream: every path's contribution to ``h_L``.
 
     The same paths as :func:`expand_all` (labels without the final ``">dec"``), as residual
     vectors ``[P, ..., T, d]`` rather than logits, with ``remainder = h_L − Σ paths``. Holding
     ``P × T × d`` is cheap where ``P × T × V`` logits are not: :func:`jetjax.paths.reduce_paths`
-    decodes these in chunks.
+    decodes these in chunks. The path settings (``order``, ``granularity``, ``weights`` and the
+    filters, or ``spec=``) are those of :func:`expand_all`.
 
     ``constrain`` (optional) is applied to the stacked terms after each step; the sharded
     evaluation uses it to lay the path axis out over devices.
@@ -352,91 +339,89 @@ def path_streams(model: Model, ids, order: int = 0, *, granularity: str = "block
       >>> paths.labels, paths.terms.shape
       (('emb>block0>block1', 'emb>block1', 'emb>block0', 'emb'), (4, 3, 16))
     """
-    order = check_order(order)
-    steps = _steps(model.config.n_layers, granularity, model.config.parallel_residual)
-    if not isinstance(weights, str) or weights not in ("unit", "uniform"):
-        raise ValueError(f"weights must be 'unit' or 'uniform' for expand_all, got {weights!r}")
-    max_length = check_nonnegative_int("max_length", max_length, optional=True)
+    spec = resolve_spec(spec, order=order, granularity=granularity, weights=weights, include=include,
+                        exclude=exclude, max_length=max_length, attention_free=attention_free).validate(model)
     ids = model.check_ids(ids)
+    return _path_streams(model, spec, ids, streams, params, constrain)
+
+
+def _path_streams(model: Model, spec: PathSpec, ids, streams, params, constrain=None) -> Expansion:
     streams = streams if streams is not None else model.residual_stream(ids, mid=True, params=params)
-    allowed = _component_filter(include, exclude, attention_free, model.config.n_layers, granularity)
     current = Expansion(streams[0][0][None], jnp.zeros_like(streams[0][0]),
-                        jnp.ones((1,), streams[0].dtype), (EMB,), order)
-    for layer, branch, kinds in steps:
+                        jnp.ones((1,), streams[0].dtype), (EMB,), spec.order)
+    for layer, branch, kinds in _steps(model.config.n_layers, spec.granularity, model.config.parallel_residual):
         short = [i for i, lab in enumerate(current.labels)
-                 if max_length is None or label_length(lab) < max_length]
-        select = {kind: short if allowed(Component(kind, layer)) else [] for kind in kinds}
-        current = expand_block(model, ids, layer, current, order, weights, branch=branch, streams=streams,
-                               gamma_centers=select, params=params)
+                 if spec.max_length is None or label_length(lab) < spec.max_length]
+        select = {kind: short if spec.allows(Component(kind, layer)) else [] for kind in kinds}
+        current = expand_block(model, ids, layer, current, spec.order, spec.weights, branch=branch,
+                               streams=streams, gamma_centers=select, params=params)
         if constrain is not None:
             current = dataclasses.replace(current, terms=constrain(current.terms))
     return current
 
 
-def expand_all(model: Model, ids, order: int = 0, *, granularity: str = "block", weights: str = "unit",
-               include: Sequence[str] | None = None, exclude: Sequence[str] = (),
-               max_length: int | None = None, attention_free: bool = False, streams=None,
-               params=None) -> Expansion:
+def expand_all(model: Model, ids, order: int = UNSET, *, granularity: str = UNSET, weights: str = UNSET,
+               include: Sequence[str] | None = UNSET, exclude: Sequence[str] = UNSET,
+               max_length: int | None = UNSET, attention_free: bool = UNSET, streams=None,
+               params=None, spec: PathSpec | None = None) -> Expansion:
     """Algorithm 2: every input→output path of the model, plus the remainder.
 
     Algorithm 1 is applied to each layer in turn, the centres of layer ``l`` being all the terms
     produced so far (each distinct path prefix is therefore computed once, batched along the term
     axis: about ``2^L`` block evaluations at order 0), and finally to the decoder.
 
-    * ``granularity="block"``: one γ per layer: ``2^L`` paths, labelled e.g. ``"emb>block0>block2>dec"``.
+    * ``order`` (default 0): the jet order of every expansion.
+    * ``granularity="block"`` (default): one γ per layer: ``2^L`` paths, labelled e.g.
+      ``"emb>block0>block2>dec"``.
     * ``granularity="branch"``: attention and MLP as separate γs: ``4^L = 2^(2L)`` paths for
       sequential blocks (``"emb>attn0>mlp1>dec"``); ``3^L`` for parallel-residual blocks, whose two
       branches read the same stream and so cannot follow each other within a layer.
-    * ``weights="unit"`` (each expansion's weights are 1; at order 0 every path is then the plain
-      composition of its components) or ``"uniform"`` (``1/C`` at each expansion, as the paper).
+    * ``weights="unit"`` (default; each expansion's weights are 1; at order 0 every path is then the
+      plain composition of its components) or ``"uniform"`` (``1/C`` at each expansion, as the paper).
     * Filters (paths they drop are not computed; what they carried goes to the remainder):
       ``include`` / ``exclude`` component names (``"attn0"``, ``"mlp3"``, ``"block2"``; spelled and
       checked against the model's depth and ``granularity`` by :mod:`jetjax.labels`; one name alone
       counts as a list of it), ``max_length`` (at most this many components per path),
       ``attention_free`` (no ``attn*``).
       :func:`count_paths` gives the number of paths without computing them.
+    * ``spec``: all of the above as one :class:`jetjax.PathSpec`, instead of the keywords (a keyword
+      given next to it must agree with it).
 
     Returns an :class:`Expansion` of logits ``[P, ..., T, V]`` with ``remainder = logits − Σ paths``.
-    Runs as one compiled function per (model, settings); later calls with the same shapes reuse it.
-    This holds all paths' logits in memory: meant for shallow models and small vocabularies; for
-    deep models use :func:`jetjax.reduce_paths` / :func:`jetjax.path_attribution`, which decode in
-    chunks and keep only what they report.
+    Runs as one compiled function per (model, :class:`~jetjax.PathSpec`); later calls with the same
+    shapes reuse it. This holds all paths' logits in memory: meant for shallow models and small
+    vocabularies; for deep models use :func:`jetjax.reduce_paths` / :func:`jetjax.path_attribution`,
+    which decode in chunks and keep only what they report.
 
     Example:
       >>> paths = jj.expand_all(model, ids, granularity="block")    # doctest: +SKIP
       >>> len(paths), paths.labels[0], paths.labels[-1]              # doctest: +SKIP
       (8, 'emb>block0>block1>block2>dec', 'emb>dec')
+      >>> same = jj.expand_all(model, ids, spec=jj.PathSpec(granularity="block"))   # doctest: +SKIP
     """
+    # checked and normalised before any cache is touched: a bad setting never reaches a compiled
+    # function, and two spellings of one setting share one
+    spec = resolve_spec(spec, order=order, granularity=granularity, weights=weights, include=include,
+                        exclude=exclude, max_length=max_length, attention_free=attention_free).validate(model)
     ids = model.check_ids(ids)
-    order = check_order(order)
-    # parsed component names (sorted, deduplicated): one compiled function per filter, however it is spelled
-    n_layers = model.config.n_layers
-    include = check_component_names(include, what="include", n_layers=n_layers, granularity=granularity)
-    exclude = check_component_names(exclude or (), what="exclude", n_layers=n_layers, granularity=granularity)
-    settings = dict(granularity=granularity, weights=weights, include=include, exclude=exclude,
-                    max_length=max_length, attention_free=attention_free)
-    try:
-        key = (order, tuple(sorted(settings.items())))
-        hash(key)
-    except TypeError:  # an unhashable setting: run it eagerly and let the checks name it
-        return _expand_all(model, order, settings, params, ids, streams)
-    # One compiled function per (model, settings), taking params, ids and streams as arguments; it
+    # One compiled function per (model, spec), taking params, ids and streams as arguments; it
     # holds the model weakly, so the per-model cache does not keep the model alive.
     ref = weakref.ref(model)
-    fn = per_model(model, "expand_all", key,
-                   lambda: jax.jit(lambda p, i, s: _expand_all(ref(), order, settings, p, i, s)))
+    fn = per_model(model, "expand_all", spec,
+                   lambda: jax.jit(lambda p, i, s: _expand_all(ref(), spec, p, i, s)))
     return fn(model.params if params is None else params, ids, streams)
 
 
-def _expand_all(model: Model, order: int, settings: dict, params, ids, streams) -> Expansion:
+def _expand_all(model: Model, spec: PathSpec, params, ids, streams) -> Expansion:
     streams = streams if streams is not None else model.residual_stream(ids, mid=True, params=params)
-    current = path_streams(model, ids, order, streams=streams, params=params, **settings)
-    return expand_decoder(model, ids, current, order, settings["weights"], streams=streams, params=params)
+    current = _path_streams(model, spec, ids, streams, params)
+    return expand_decoder(model, ids, current, spec.order, spec.weights, streams=streams, params=params)
 
 
-def count_paths(n_layers: int, granularity: str = "block", *, parallel_residual: bool = False,
-                include: Sequence[str] | None = None, exclude: Sequence[str] = (),
-                max_length: int | None = None, attention_free: bool = False) -> int:
+def count_paths(n_layers: int, granularity: str = UNSET, *, parallel_residual: bool = False,
+                include: Sequence[str] | None = UNSET, exclude: Sequence[str] = UNSET,
+                max_length: int | None = UNSET, attention_free: bool = UNSET,
+                spec: PathSpec | None = None) -> int:
     """How many paths :func:`expand_all` produces, without computing them.
 
     A path is an ordered choice of components, at most one per expansion step:
@@ -447,7 +432,8 @@ def count_paths(n_layers: int, granularity: str = "block", *, parallel_residual:
 
     With ``max_length = m`` only paths of at most ``m`` components count (for the first two cases
     ``Σ_{j≤m} C(n, j)`` with ``n`` the number of allowed components); filters remove components.
-    The jet order does not change the count (each expansion yields one term per centre and γ).
+    The settings are those of :func:`expand_all` (as keywords or ``spec=``); the jet order does not
+    change the count (each expansion yields one term per centre and γ).
 
     Example:
       >>> from jetjax import count_paths
@@ -456,15 +442,16 @@ def count_paths(n_layers: int, granularity: str = "block", *, parallel_residual:
       >>> count_paths(12, "branch", attention_free=True, max_length=2)  # 1 + 12 + C(12, 2)
       79
     """
-    allowed = _component_filter(include, exclude, attention_free, n_layers, granularity)
+    spec = resolve_spec(spec, granularity=granularity, include=include, exclude=exclude, max_length=max_length,
+                        attention_free=attention_free).validate(n_layers)
     # by_length[j] = number of path prefixes with j components
     by_length = [1]
-    for layer, _, kinds in _steps(n_layers, granularity, parallel_residual):
-        k = sum(allowed(Component(kind, layer)) for kind in kinds)
+    for layer, _, kinds in _steps(n_layers, spec.granularity, parallel_residual):
+        k = sum(spec.allows(Component(kind, layer)) for kind in kinds)
         nxt = by_length + [0]
         for j, count in enumerate(by_length):
             nxt[j + 1] += k * count
         by_length = nxt
-    if max_length is not None:
-        by_length = by_length[: max_length + 1]
+    if spec.max_length is not None:
+        by_length = by_length[: spec.max_length + 1]
     return int(sum(by_length))

@@ -297,7 +297,6 @@ def bigram_study(model: Model, text: str, *, n_contexts: int = 500, bos_token: s
     this) and ``model [bos z]`` with ``bos_token`` (when it is in the vocabulary) before it.
     """
     from jetjax.ngrams.analysis import corpus_bigrams
-    from jetjax.ngrams.paths import unembedding_matrix
 
     if model.tokenizer is None:
         raise ValueError("bigram_study needs a model with a tokenizer (to read the corpus)")
@@ -305,7 +304,7 @@ def bigram_study(model: Model, text: str, *, n_contexts: int = 500, bos_token: s
     corpus = corpus_bigrams(text, model.tokenizer, v, min_count=1, n_contexts=n_contexts)
     ctx = corpus.contexts.astype(np.int32)
     w, b = per_model(model, "findings", ("unembedding",),
-                     lambda: jax.jit(lambda p: unembedding_matrix(model, p)))(model.params)
+                     lambda: jax.jit(lambda p: model.unembedding_matrix(params=p)))(model.params)
     normed = _normed_outputs(model, with_attention)(model.params, jnp.asarray(ctx))
     free = [format_label([])] + [_one_component("mlp", l) for l in range(model.config.n_layers)]
     sets = {name: (x, "path") for name, x in normed.items()}

@@ -268,7 +268,7 @@ def extend_label(prefix: str, part: ComponentLike) -> str:
 
 
 def check_granularity(granularity: str) -> str:
-    if granularity not in GRANULARITIES:
+    if not isinstance(granularity, str) or granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     return granularity
 

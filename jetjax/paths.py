@@ -20,11 +20,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jetjax._compiled import per_model
-from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
+from jetjax.checks import check_nonnegative_int, check_positive_int
 from jetjax.expand import count_paths, final_norm_jets, path_streams
-from jetjax.labels import DEC, check_component_names, extend_label, parse_label
+from jetjax.labels import DEC, extend_label, parse_label
 from jetjax.models.model import Model
 from jetjax.parallel import constrain_leading, mesh_axis, pad_leading, shard_leading
+from jetjax.spec import UNSET, PathSpec, resolve_spec
 
 __all__ = ["PathScores", "reduce_paths", "PathAttribution", "path_attribution"]
 
@@ -72,16 +73,13 @@ class PathScores:
         return [(self.labels[i], float(self.scores[i])) for i in idx]
 
 
-def _path_stage(model: Model, order: int, granularity: str, weights: str, filters: tuple, mesh):
+def _path_stage(model: Model, spec: PathSpec, mesh):
     """``(jitted (params, ids, streams) -> path terms, labels function)`` for these settings."""
-    include, exclude, max_length, attention_free = filters
     constrain = constrain_leading(mesh)
     seen: list[tuple[str, ...]] = []
 
     def run(params, ids, streams):
-        paths = path_streams(model, ids, order, granularity=granularity, weights=weights, include=include,
-                             exclude=exclude, max_length=max_length, attention_free=attention_free,
-                             streams=streams, params=params, constrain=constrain)
+        paths = path_streams(model, ids, spec=spec, streams=streams, params=params, constrain=constrain)
         seen.append(paths.labels)  # labels are static: record them while tracing
         return paths.terms
 
@@ -151,8 +149,8 @@ def _affine_stage(model: Model, order: int, mesh):
 
 def _affine_unembedding(model: Model, params, d: int, dtype):
     """``(W [d, V], b [V], W Wᵀ, W b, b·b)`` with ``unembed(x) = x W + b``; ``None`` if not affine."""
-    b = model.unembed(jnp.zeros((d,), dtype), params=params)
-    w = model.unembed(jnp.eye(d, dtype=dtype), params=params) - b
+    w, b = model.unembedding_matrix(params=params)
+    w, b = w.astype(dtype), b.astype(dtype)
     probe = jax.random.normal(jax.random.key(0), (2, d), dtype)
     ref = model.unembed(probe, params=params)
     err = float(jnp.max(jnp.abs(probe @ w + b - ref)))
@@ -172,19 +170,20 @@ def _normalise_position(position, t: int) -> int | None:
     return int(position) % t
 
 
-def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block", weights: str = "unit",
+def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UNSET, weights: str = UNSET,
                  score: Callable | None = None, score_aux: Any = None, position: int | None = None,
-                 top_k: int = 10, chunk_size: int = 256, mesh=None, include: Sequence[str] | None = None,
-                 exclude: Sequence[str] = (), max_length: int | None = None, attention_free: bool = False,
-                 max_paths: int = 1 << 20, progress: bool | None = None) -> PathScores:
+                 top_k: int = 10, chunk_size: int = 256, mesh=None, include: Sequence[str] | None = UNSET,
+                 exclude: Sequence[str] = UNSET, max_length: int | None = UNSET, attention_free: bool = UNSET,
+                 max_paths: int = 1 << 20, progress: bool | None = None,
+                 spec: PathSpec | None = None) -> PathScores:
     """Every path of :func:`jetjax.expand_all`, decoded in chunks and reduced on the fly.
 
     Memory holds the paths' residual vectors (``P × T × d``), one chunk of logits
     (``chunk_size × T × V``) and the ``top_k`` paths' logits, never ``P × T × V``.
 
     Args:
-      model, ids, order, granularity, weights, include, exclude, max_length, attention_free: as in
-        :func:`jetjax.expand_all`.
+      model, ids, order, granularity, weights, include, exclude, max_length, attention_free, spec:
+        as in :func:`jetjax.expand_all` (the path settings, as keywords or one :class:`jetjax.PathSpec`).
       score: what paths are ranked by. ``None``: the L2 norm of their logits. An array ``[V]``: the
         direction ``u`` in logit space, score ``Σ_positions logits·u`` (e.g. ``e_t − e_f`` for a
         logit difference). A callable ``score(logits, score_aux) -> scalar`` of one path's logits
@@ -215,14 +214,11 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
       >>> bool(jnp.allclose(res.remainder, full.remainder, atol=1e-4))
       True
     """
-    order = check_order(order)
+    # checked and normalised once: the cache keys do not depend on how the settings are spelled
+    spec = resolve_spec(spec, order=order, granularity=granularity, weights=weights, include=include,
+                        exclude=exclude, max_length=max_length, attention_free=attention_free).validate(model)
     ids = model.check_ids(ids)
-    # parsed component names (sorted, deduplicated): the cache key does not depend on how they are spelled
-    n_layers = model.config.n_layers
-    include = check_component_names(include, what="include", n_layers=n_layers, granularity=granularity)
-    exclude = check_component_names(exclude or (), what="exclude", n_layers=n_layers, granularity=granularity)
-    n_paths = count_paths(model.config.n_layers, granularity, parallel_residual=model.config.parallel_residual,
-                          include=include, exclude=exclude, max_length=max_length, attention_free=attention_free)
+    n_paths = count_paths(model.config.n_layers, parallel_residual=model.config.parallel_residual, spec=spec)
     if n_paths > max_paths:
         raise ValueError(f"these settings give {n_paths} paths, more than max_paths={max_paths}; narrow them "
                          "with max_length=, include=/exclude= or attention_free=True, or raise max_paths")
@@ -230,12 +226,10 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
     chunk_size = check_positive_int("chunk_size", chunk_size)
     position = _normalise_position(position, ids.shape[-1])
     mesh, _, n_dev = mesh_axis(mesh)
-    filters = (include, exclude, max_length, bool(attention_free))
 
     params = model.params
     streams = model.residual_stream(ids, mid=True)
-    paths_fn, labels_fn = _cached(model, ("paths", order, granularity, weights, filters, mesh),
-                                  lambda: _path_stage(model, order, granularity, weights, filters, mesh))
+    paths_fn, labels_fn = _cached(model, ("paths", spec, mesh), lambda: _path_stage(model, spec, mesh))
     terms = paths_fn(params, ids, streams)
     labels = tuple(extend_label(lab, DEC) for lab in labels_fn(params, ids, streams))
     variate = streams[0][-1]
@@ -243,7 +237,7 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
     if position is not None:
         terms, variate, logits = terms[..., position, :], variate[..., position, :], logits[..., position, :]
     p = terms.shape[0]
-    weight = jnp.asarray(1.0 if weights == "unit" else 1.0 / p, variate.dtype)
+    weight = jnp.asarray(1.0 if spec.weights == "unit" else 1.0 / p, variate.dtype)
 
     chunk = -(-min(chunk_size, p) // n_dev) * n_dev
     direction = None if score is None or callable(score) else jnp.asarray(score, variate.dtype)
@@ -258,14 +252,15 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
         w, b, gram, wb, bb = affine
         u = jnp.zeros_like(b) if direction is None else direction
         extra = (gram, wb, bb, w @ u, b @ u)
-        step = _cached(model, ("affine_step", order, mesh), lambda: _affine_stage(model, order, mesh))
+        step = _cached(model, ("affine_step", spec.order, mesh), lambda: _affine_stage(model, spec.order, mesh))
     else:
         if callable(score):
             score_fn, aux = score, score_aux
         else:
             score_fn, aux = (_norm_score, None) if direction is None else (_direction_score, direction)
         extra = (aux,)
-        step = _cached(model, ("decode", order, score_fn, mesh), lambda: _decode_stage(model, order, score_fn, mesh))
+        step = _cached(model, ("decode", spec.order, score_fn, mesh),
+                       lambda: _decode_stage(model, spec.order, score_fn, mesh))
     scores, norms = np.empty(p, np.float64), np.empty(p, np.float64)
     total = None
     starts = range(0, p, chunk)
@@ -284,10 +279,10 @@ def reduce_paths(model: Model, ids, *, order: int = 0, granularity: str = "block
 
     k = min(top_k, p)
     top = np.argsort(-scores, kind="stable")[:k]
-    top_logits = _cached(model, ("logits", order), lambda: _decode_logits(model, order))(
+    top_logits = _cached(model, ("logits", spec.order), lambda: _decode_logits(model, spec.order))(
         params, terms[jnp.asarray(top, jnp.int32)], variate, weight) if k else np.zeros((0,) + logits.shape)
     return PathScores(labels, scores, norms, top, np.asarray(top_logits), np.asarray(logits - total),
-                      np.asarray(logits), order, granularity, position)
+                      np.asarray(logits), spec.order, spec.granularity, position)
 
 
 def _direction_score(logits, direction):
@@ -379,11 +374,12 @@ def _token_id(model: Model, token, what: str) -> tuple[int, str | None]:
     return int(token), text
 
 
-def path_attribution(model: Model, ids, target, foil=None, position: int = -1, order: int = 0, *,
-                     granularity: str = "block", weights: str = "unit", chunk_size: int = 256, mesh=None,
-                     include: Sequence[str] | None = None, exclude: Sequence[str] = (),
-                     max_length: int | None = None, attention_free: bool = False,
-                     max_paths: int = 1 << 20, progress: bool | None = None) -> PathAttribution:
+def path_attribution(model: Model, ids, target, foil=None, position: int = -1, order: int = UNSET, *,
+                     granularity: str = UNSET, weights: str = UNSET, chunk_size: int = 256, mesh=None,
+                     include: Sequence[str] | None = UNSET, exclude: Sequence[str] = UNSET,
+                     max_length: int | None = UNSET, attention_free: bool = UNSET,
+                     max_paths: int = 1 << 20, progress: bool | None = None,
+                     spec: PathSpec | None = None) -> PathAttribution:
     """Rank every path (and component) by its contribution to ``logit(target) − logit(foil)``.
 
     The paths are those of :func:`jetjax.expand_all` (same ``order``, ``granularity``,
@@ -395,7 +391,7 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
       model: the model; ``ids``: one sequence of token ids ``[T]`` (or a string to tokenize).
       target, foil: token ids or one-token strings; without ``foil`` the target's logit is attributed.
       position: the predicting position (default: the last token).
-      order, granularity, weights, filters, chunk_size, mesh, max_paths, progress: as in
+      order, granularity, weights, filters, spec, chunk_size, mesh, max_paths, progress: as in
         :func:`reduce_paths`.
 
     Example:
@@ -407,6 +403,8 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
       >>> len(att.labels), sorted(att.components), att.top(1)[0][0] in att.labels
       (4, ['block0', 'block1'], True)
     """
+    spec = resolve_spec(spec, order=order, granularity=granularity, weights=weights, include=include,
+                        exclude=exclude, max_length=max_length, attention_free=attention_free).validate(model)
     if isinstance(ids, str):
         ids = model.tokenize(ids)
     ids = model.check_ids(ids)
@@ -419,10 +417,8 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
     direction[target] += 1.0
     if foil is not None:
         direction[foil] -= 1.0
-    res = reduce_paths(model, ids, order=order, granularity=granularity, weights=weights, score=direction,
-                       position=position, top_k=0, chunk_size=chunk_size, mesh=mesh,
-                       include=include, exclude=exclude, max_length=max_length, attention_free=attention_free,
-                       max_paths=max_paths, progress=progress)
+    res = reduce_paths(model, ids, spec=spec, score=direction, position=position, top_k=0, chunk_size=chunk_size,
+                       mesh=mesh, max_paths=max_paths, progress=progress)
     total = float(res.logits @ direction)
     remainder = total - float(res.scores.sum())
     mass = abs(remainder) + float(np.abs(res.scores).sum())
@@ -435,5 +431,5 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
         if len(parts) == 1:
             direct[parts[0]] = float(sc)
     return PathAttribution(res.labels, res.scores, total, remainder, abs(remainder) / mass if mass else 0.0,
-                           components, direct, target, foil, res.position, res.order, granularity,
+                           components, direct, target, foil, res.position, res.order, spec.granularity,
                            target_str, foil_str)

@@ -158,8 +158,14 @@ class Model:
             ids = self.check_ids(ids)
             if params is None:
                 return self._stream_jit(self.params, ids, mid)
+        return self.streams_from(self.module(params).embed(ids), params=params, mid=mid)
+
+    def streams_from(self, h0, *, params=None, mid: bool = False):
+        """The residual streams the model computes from the stream ``h0`` (``[..., T, d]``), as
+        :meth:`residual_stream` does from ``embed(ids)``; e.g. from ``token_embed(ids)`` (no positions)
+        for jet n-grams. Same return values as :meth:`residual_stream`."""
         m = self.module(params)
-        h = m.embed(ids)
+        h = self._h(h0)
         streams, mids = [h], []
         for layer in range(self.config.n_layers):
             delta, attn_out = self._block_delta(m, layer, h)
@@ -168,6 +174,15 @@ class Model:
             streams.append(h)
         streams = jnp.stack(streams)
         return (streams, jnp.stack(mids)) if mid else streams
+
+    def unembedding_matrix(self, *, params=None) -> tuple[Array, Array]:
+        """``(W [d, V], b [V])`` with ``unembed(x) == x @ W + b``, read off the model's own unembed
+        (every family's unembedding is affine). Unembedding the identity gives ``W + b`` row by row,
+        each entry one product, so the read is exact."""
+        d = self.config.d_model
+        dtype = self.token_embed(jnp.zeros((1,), jnp.int32), params=params).dtype
+        bias = self.unembed(jnp.zeros((1, d), dtype), params=params)[0]
+        return self.unembed(jnp.eye(d, dtype=dtype), params=params) - bias, bias
 
     def _block_delta(self, m: ResidualModule, layer: int, h: Array):
         """(whole-block delta, attention delta) of layer ``layer`` at stream ``h``."""

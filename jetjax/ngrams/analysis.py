@@ -18,7 +18,7 @@ import numpy as np
 
 from jetjax.checks import check_positive_int
 from jetjax.models.model import Model
-from jetjax.ngrams.paths import context_scorer, unembedding_matrix
+from jetjax.ngrams.paths import context_scorer
 from jetjax._compiled import per_model
 from jetjax.ngrams.sweep import model_fingerprint
 from jetjax.ngrams.table import NGramTable
@@ -45,8 +45,9 @@ def _logprob_blocks(model: Model, table: NGramTable, rows: np.ndarray, cols: np.
         return jax.jit(lambda p, w, b, ctx, lse: scorer(p, ctx) @ w + b - lse[:, None])
 
     fn = per_model(model, "ngrams", ("logprobs", paths, order), build)
-    w, b = per_model(model, "ngrams", ("unembedding",), lambda: jax.jit(lambda p: unembedding_matrix(model, p)))(
-        model.params)
+    unembedding = per_model(model, "ngrams", ("unembedding",),
+                            lambda: jax.jit(lambda p: model.unembedding_matrix(params=p)))
+    w, b = unembedding(model.params)
     if cols is not None:
         w, b = w[:, cols], b[cols]
     for start in range(0, len(rows), block):

@@ -37,14 +37,12 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import jax.numpy as jnp
-
 from jetjax.checks import check_order
 from jetjax.jet import jet
 from jetjax.labels import PATH_FORMS, format_label, parse_label
 from jetjax.models.model import Model
 
-__all__ = ["parse_path", "check_paths", "PATH_FORMS", "context_scorer", "unembedding_matrix"]
+__all__ = ["parse_path", "check_paths", "PATH_FORMS", "context_scorer"]
 
 
 def parse_path(name: str, n_layers: int, *, parallel_residual: bool = False) -> tuple[tuple[str, int], ...]:
@@ -86,37 +84,20 @@ def check_paths(model: Model, paths: Sequence[str] | str) -> tuple[str, ...]:
     return paths
 
 
-def unembedding_matrix(model: Model, params=None):
-    """``(W [d, V], b [V])`` with ``model.unembed(x) == x @ W + b``, read off the model's own unembed.
-
-    Unembedding the identity gives ``W + b`` row by row (each entry one product, so exact).
-    """
-    d = model.config.d_model
-    dtype = model.token_embed(jnp.zeros((1,), jnp.int32), params=params).dtype
-    bias = model.unembed(jnp.zeros((1, d), dtype), params=params)[0]
-    return model.unembed(jnp.eye(d, dtype=dtype), params=params) - bias, bias
-
-
 def _token_streams(model: Model, params, x0):
     """The residual streams the model computes on these contexts from token embeddings alone.
 
     Returns ``(h, mids)``: ``h[l]`` is the stream layer ``l`` reads (``h[L]`` the last), ``mids[l]`` the
     stream layer ``l``'s MLP reads (``h[l]`` for parallel-residual models).
     """
-    h, hs, mids = x0, [x0], []
-    for layer in range(model.config.n_layers):
-        a = model.attn(layer, h, params=params)
-        mid = h if model.config.parallel_residual else h + a
-        h = h + a + model.mlp(layer, mid, params=params)
-        mids.append(mid)
-        hs.append(h)
-    return hs, mids
+    hs, mids = model.streams_from(x0, params=params, mid=True)
+    return hs, (hs[:-1] if model.config.parallel_residual else mids)
 
 
 def context_scorer(model: Model, paths: Sequence[str], order: int = 0) -> Callable:
     """``fn(params, ctx) -> [N, d]``: the mean final-norm output of ``paths`` at the last position.
 
-    ``ctx`` is ``int [N, T]``. Apply ``@ W + b`` (:func:`unembedding_matrix`) for the score ``s(x)``.
+    ``ctx`` is ``int [N, T]``. Apply ``@ W + b`` (:meth:`~jetjax.models.model.Model.unembedding_matrix`) for the score ``s(x)``.
     Paths sharing a prefix compute it once.
     """
     paths = check_paths(model, paths)

@@ -34,7 +34,7 @@ from jetjax._compiled import per_model
 from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
 from jetjax.models.model import Model
 from jetjax.parallel import path_mesh
-from jetjax.ngrams.paths import check_paths, context_scorer, unembedding_matrix
+from jetjax.ngrams.paths import check_paths, context_scorer
 from jetjax.ngrams.table import TABLE_FILE, TABLE_META, NGramTable, atomic_write_bytes
 
 __all__ = ["jet_bigrams", "sweep_contexts", "model_fingerprint"]
@@ -243,7 +243,7 @@ def _run_chunks(model, contexts, paths, order, top_k, global_k, kk, block_rows, 
     replicated = NamedSharding(mesh, P())
     params = jax.device_put(model.params, replicated)
     unembedding = per_model(model, "ngrams", ("unembedding", vocab_tile), lambda: jax.jit(
-        lambda p: _tile_unembedding(*unembedding_matrix(model, p), vocab_tile)))
+        lambda p: _tile_unembedding(*model.unembedding_matrix(params=p), vocab_tile)))
     w, b = jax.device_put(unembedding(model.params), replicated)
     step = per_model(model, "ngrams", ("step", tuple(paths), order, kk, tuple(mesh.devices.tolist())),
                   lambda: _step(context_scorer(model, paths, order), kk, mesh))
