@@ -13,14 +13,15 @@ from jetjax.jet import JetRuleError, jet
 from jetjax.ngrams import (NGramTable, corpus_agreement, diff_tables, jet_bigrams, jet_skip_bigrams,
                            jet_trigrams, keyword_mass)
 from jetjax.lenses import LensResult, iterative_jet_lens, joint_jet_lens, logit_lens
-from jetjax.paths import PathAttribution, PathScores, path_attribution, reduce_paths
+from jetjax.attribution import PathAttribution, PathScores, path_attribution, reduce_paths
 from jetjax.spec import PathSpec
 from jetjax.models.config import ModelConfig
 from jetjax.models.model import Model
 from jetjax.assets import load_default, load_shipped
+from jetjax._compiled import clear_caches
 
 
-__all__ = ["load_default", "load_shipped", "jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "NGramTable", "diff_tables", "keyword_mass",
+__all__ = ["clear_caches", "load_default", "load_shipped", "jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "NGramTable", "diff_tables", "keyword_mass",
            "corpus_agreement", "logit_lens", "iterative_jet_lens", "joint_jet_lens", "LensResult", "expand", "expand_all", "path_streams", "PathSpec", "reduce_paths", "PathScores", "path_attribution",
            "PathAttribution", "count_paths", "expand_block", "expand_decoder", "Expansion", "jet", "JetRuleError", "from_pretrained", "supported_model_types", "Model", "ModelConfig"]
 __version__ = "0.1.0"

@@ -152,7 +152,7 @@ def final_norm_jets(model: Model, centers, variate, order: int, *, params=None):
 
     ``Dec = unembed ∘ final_norm`` and the unembedding is linear, so a decoder term is the
     unembedding of one of these (times its weight): :func:`expand_decoder` and the chunked
-    reductions of :mod:`jetjax.paths` share this.
+    reductions of :mod:`jetjax.attribution` share this.
     """
     return jets(lambda x: model.final_norm(x, params=params), centers, variate, order)
 
@@ -323,7 +323,7 @@ def path_streams(model: Model, ids, order: int = UNSET, *, granularity: str = UN
 
     The same paths as :func:`expand_all` (labels without the final ``">dec"``), as residual
     vectors ``[P, ..., T, d]`` rather than logits, with ``remainder = h_L − Σ paths``. Holding
-    ``P × T × d`` is cheap where ``P × T × V`` logits are not: :func:`jetjax.paths.reduce_paths`
+    ``P × T × d`` is cheap where ``P × T × V`` logits are not: :func:`jetjax.attribution.reduce_paths`
     decodes these in chunks. The path settings (``order``, ``granularity``, ``weights`` and the
     filters, or ``spec=``) are those of :func:`expand_all`.
 

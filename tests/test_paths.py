@@ -99,7 +99,7 @@ def test_path_attribution(gpt2, rng):
 
 
 def test_affine_unembedding_detection(gpt2):
-    from jetjax.paths import _affine_unembedding
+    from jetjax.attribution import _affine_unembedding
 
     model, _ = gpt2
     w, b, gram, _, _ = _affine_unembedding(model, model.params, 28, jnp.float32)

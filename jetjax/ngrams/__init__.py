@@ -8,7 +8,7 @@ with a corpus).
 
 from jetjax.ngrams.analysis import (CorpusAgreement, CorpusBigrams, KeywordMass, TableDiff, corpus_agreement,
                                     corpus_bigrams, diff_tables, keyword_mass, load_keywords)
-from jetjax.ngrams.paths import PATH_FORMS, check_paths, parse_path
+from jetjax.ngrams.scorer import PATH_FORMS, check_paths, parse_path
 from jetjax.ngrams.sweep import jet_bigrams, model_fingerprint, sweep_contexts
 from jetjax.ngrams.table import NGramTable
 from jetjax.ngrams.trigrams import bigram_candidates, candidate_contexts, jet_skip_bigrams, jet_trigrams

@@ -18,7 +18,7 @@ import numpy as np
 
 from jetjax.checks import check_positive_int
 from jetjax.models.model import Model
-from jetjax.ngrams.paths import context_scorer
+from jetjax.ngrams.scorer import context_scorer
 from jetjax._compiled import per_model
 from jetjax.ngrams.sweep import model_fingerprint
 from jetjax.ngrams.table import NGramTable

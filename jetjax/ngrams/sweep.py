@@ -34,7 +34,7 @@ from jetjax._compiled import per_model
 from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
 from jetjax.models.model import Model
 from jetjax.parallel import path_mesh
-from jetjax.ngrams.paths import check_paths, context_scorer
+from jetjax.ngrams.scorer import check_paths, context_scorer
 from jetjax.ngrams.table import TABLE_FILE, TABLE_META, NGramTable, atomic_write_bytes
 
 __all__ = ["jet_bigrams", "sweep_contexts", "model_fingerprint"]
@@ -282,7 +282,7 @@ def jet_bigrams(model: Model, paths: Sequence[str] | str = ("emb>dec",), top_k: 
 
     ``P(· | z1) = softmax(s(z1))`` over the output vocabulary, with ``s`` the mean of the selected
     paths' logits on the one-token context ``z1`` (path grammar, order-``k`` jets and the exact
-    meaning of each path: :mod:`jetjax.ngrams.paths`). ``emb>dec`` is ``softmax(U · LN_f(E[z1]))``,
+    meaning of each path: :mod:`jetjax.ngrams.scorer`). ``emb>dec`` is ``softmax(U · LN_f(E[z1]))``,
     ``emb>mlp{l}>dec`` is ``softmax(U · LN_f(MLP_l(LN2_l(E[z1]))))``.
 
     Args:

@@ -1,7 +1,7 @@
 """Jet trigrams and skip-bigrams: two-token contexts ``(z1, z2) -> z3`` over a candidate set.
 
 A context is the token-embedding sequence ``[E[z1], E[z2]]`` (no positions). Paths are the ones of
-:mod:`jetjax.ngrams.paths`, applied to the whole sequence and read at the last position:
+:mod:`jetjax.ngrams.scorer`, applied to the whole sequence and read at the last position:
 
 * MLPs (and norms) act on each position separately, so ``emb>dec`` and ``emb>mlp{l}>dec`` see only
   ``z2``: they are the bigram part of a trigram score.
