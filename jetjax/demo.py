@@ -34,9 +34,9 @@ def _lens_block(res, tokens, width: int) -> list[str]:
     top = res.top_tokens(1)
     m = res.metrics
     cols = range(max(0, len(tokens) - width), len(tokens))
-    lines = [f"{'':>7} " + "".join(f"{show_token(tokens[t])[:9]:>10}" for t in cols) + "    cos   top1"]
+    lines = [f"{'':>7} " + "".join(f"{show_token(tokens[t], 9):>10}" for t in cols) + "    cos   top1"]
     for r, row in enumerate(res.rows):
-        cells = "".join(f"{show_token(top[r][t][0])[:9]:>10}" for t in cols)
+        cells = "".join(f"{show_token(top[r][t][0], 9):>10}" for t in cols)
         lines.append(f"{row:>7} {cells}  {m['cosine'][r].mean():5.3f}  {m['top1'][r].mean():5.2f}")
     return lines
 

@@ -341,6 +341,11 @@ def load_gguf(path: str | os.PathLike, *, dtype=None):
     if unknown:
         raise ValueError(f"{where}: the file has tensors jetjax does not use for {a}: "
                          f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}; it may be a different variant")
+    tokenizer = None  # built before the weights: a bad vocabulary fails before the heavy work
+    if "tokenizer.ggml.model" in meta:
+        from jetjax.gguf_tokenizer import tokenizer_from_gguf
+
+        tokenizer = tokenizer_from_gguf(meta, source=where)
     hf_tensors = {}
     for gguf_name, t in tensors.items():
         hf_name = names[gguf_name]
@@ -348,11 +353,6 @@ def load_gguf(path: str | os.PathLike, *, dtype=None):
         hf_tensors[hf_name] = jnp.asarray(w, dtype=dtype or jnp.float32)
     skeleton, expected = abstract_params(lambda: family.module(config))
     params = assign_params(config, family, hf_tensors, expected, where, None)
-    tokenizer = None
-    if "tokenizer.ggml.model" in meta:
-        from jetjax.gguf_tokenizer import tokenizer_from_gguf
-
-        tokenizer = tokenizer_from_gguf(meta, source=where)
     return Model(skeleton, params, tokenizer=tokenizer, source=where)
 
 
