@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("jet_order", "paths", "lenses", "ngrams", "families")
+BENCHMARKS = ("jet_order", "paths", "lenses", "ngrams", "families", "real_model")
 DTYPES = ("float32", "bfloat16")
 # Small sizes for a smoke run of every script (seconds each on a laptop CPU).
 QUICK_ARGS = {
@@ -36,6 +36,7 @@ QUICK_ARGS = {
                "--torch-repeats", "1"],
     "ngrams": ["--vocab", "1000", "--paths", "emb>dec"],
     "families": ["--repeats", "1", "--batch", "1", "--seq", "16"],
+    "real_model": ["--quick"],
 }
 
 
