@@ -1,8 +1,8 @@
-"""``jetjax bench``: run the benchmark scripts of a source checkout and collect their results.
+"""``jetjax bench``: run the benchmark suite and collect its results, from a checkout or an installed package.
 
-The scripts live in ``benchmarks/`` at the repository root (they import torch for baselines, so
-they are not part of the installed package). This runner calls each of them on whatever JAX
-backend is present, once per parameter dtype (``--dtype``, default float32 and bfloat16), and
+The benchmarks live in :mod:`jetjax.suite` (a checkout's ``benchmarks/*.py`` scripts call them; several
+compare against torch, which they import when they run). This runner calls each of them, in its
+own process (``python -m jetjax.suite.<name>``), on whatever JAX backend is present, once per parameter dtype (``--dtype``, default float32 and bfloat16), and
 writes ``summary.{json,md}`` with the device they ran on and one row per (benchmark, dtype).
 
 dtype is the *parameter storage* dtype, as in ``from_pretrained(dtype=...)``: with bfloat16 the
@@ -10,7 +10,7 @@ weights take half the memory, activations are still computed in float32 (each we
 when used, which on a CPU usually costs a little speed). float32 results go to
 ``<name>.{json,md}``, bfloat16 results to ``<name>_bfloat16.{json,md}``.
 
-    jetjax bench                  # all benchmarks, both dtypes, full sizes (tens of minutes per dtype on a laptop CPU)
+    jetjax bench                  # all benchmarks, both dtypes, full sizes (about an hour per dtype on a 2-core CPU)
     jetjax bench --quick          # small sizes: a smoke run, results in ./jetjax-bench/
     jetjax bench --only paths lenses --dtype bfloat16 --out my_results
 """
@@ -61,12 +61,17 @@ def dtype_label(dtype: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 
-def benchmarks_dir() -> Path:
+def _checkout_results() -> Path | None:
+    """``benchmarks/results`` of the source checkout this package runs from, if it does."""
     here = Path(__file__).resolve().parent.parent / "benchmarks"
-    if not here.is_dir():
-        raise FileNotFoundError("the benchmark scripts come with a source checkout of jetjax "
-                                f"(expected {here}); clone the repository and run `make bench`")
-    return here
+    return here / "results" if here.is_dir() else None
+
+
+def results_dir() -> Path:
+    """Where a benchmark writes: ``JETJAX_BENCH_RESULTS`` (set by ``jetjax bench --out``), else the
+    checkout's ``benchmarks/results``, else ``./jetjax-bench`` (an installed package)."""
+    env = os.environ.get("JETJAX_BENCH_RESULTS")
+    return Path(env) if env else (_checkout_results() or Path("jetjax-bench"))
 
 
 def main(argv=None) -> dict:
@@ -76,13 +81,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES),
                     help="parameter dtypes to run each benchmark in (default: both)")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    ap.add_argument("--out", default=None, help="results directory (default: benchmarks/results, or "
-                                                "./jetjax-bench with --quick so committed figures stay)")
+    ap.add_argument("--out", default=None, help="results directory (default: benchmarks/results in a checkout, "
+                                                "./jetjax-bench when installed or with --quick, so committed "
+                                                "figures stay)")
     args = ap.parse_args(argv)
     import jax
 
-    root = benchmarks_dir()
-    out = Path(args.out) if args.out else (Path("jetjax-bench") if args.quick else root / "results")
+    checkout = _checkout_results()
+    out = Path(args.out) if args.out else (checkout if checkout and not args.quick else Path("jetjax-bench"))
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, JETJAX_BENCH_RESULTS=str(out.resolve()))
     device = jax.devices()[0]
@@ -91,17 +97,13 @@ def main(argv=None) -> dict:
                "device_count": jax.device_count(), "machine": f"{platform.machine()} {platform.processor()}".strip(),
                "jax": jax.__version__, "quick": args.quick, "dtypes": dtypes, "runs": []}
     for name in args.only or BENCHMARKS:
-        script = root / f"{name}.py"
         for dtype in dtypes:
             run = {"benchmark": name, "dtype": dtype}
             summary["runs"].append(run)
-            if not script.is_file():
-                run["status"] = "missing"
-                continue
             extra = [*(QUICK_ARGS.get(name, []) if args.quick else []), "--dtype", dtype]
             print(f"== {name} {' '.join(extra)}", flush=True)
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, str(script), *extra], env=env)
+            proc = subprocess.run([sys.executable, "-m", f"jetjax.suite.{name}", *extra], env=env)
             run["status"] = "ok" if proc.returncode == 0 else f"failed ({proc.returncode})"
             run["wall_s"] = round(time.perf_counter() - t0, 1)
             result = out / f"{result_stem(name, dtype)}.json"
