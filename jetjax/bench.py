@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -47,6 +48,18 @@ def add_dtype_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="parameter storage dtype of the jetjax model (activations stay float32); "
                              "bfloat16 results go to <name>_bfloat16.{json,md}")
+
+
+def timed(fn) -> float:
+    """Seconds one call of ``fn()`` takes."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """The median of ``repeats`` timed calls of ``fn()`` (block on JAX results inside ``fn``)."""
+    return statistics.median(timed(fn) for _ in range(repeats))
 
 
 def result_stem(name: str, dtype: str) -> str:

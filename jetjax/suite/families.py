@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jetjax as jj
-from jetjax.bench import add_dtype_option, dtype_label, result_stem, results_dir
+from jetjax.bench import add_dtype_option, dtype_label, median_seconds, result_stem, results_dir
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
 RESULTS = results_dir()
@@ -76,15 +75,6 @@ def build_hf(model_type: str, directory: str, seed: int = 0):
                 p.add_(0.2 * torch.randn_like(p))
     model.save_pretrained(directory)
     return model
-
-
-def median_seconds(fn, repeats: int) -> float:
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
 
 
 def run_family(model_type: str, ids: np.ndarray, repeats: int, dtype: str = "float32") -> dict:

@@ -31,46 +31,41 @@ import json
 import math
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 
 from jetjax import lenses
-from jetjax.bench import add_dtype_option, dtype_label, result_stem, results_dir
+from jetjax.bench import add_dtype_option, dtype_label, median_seconds, result_stem, results_dir
 from jetjax.models import ModelConfig, random_model
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
 RESULTS = results_dir()
 
 
-def median_time(fn, repeats: int) -> float:
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
-
-
 # ---- the PyTorch reference algorithm, on the same weights ----------------------------------
 
 def layer_norm(x, scale, bias, eps):
+    import torch
+
     mean = x.mean(-1, keepdim=True)
     centred = x - mean
     return centred / torch.sqrt((centred * centred).mean(-1, keepdim=True) + eps) * scale + bias
 
 
 def gelu_tanh(x):
+    import torch
+
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def torch_streams(p, cfg: ModelConfig, ids):
     """h_0..h_L of GPT-2 from the weights ``p`` (torch tensors, our parameter layout)."""
+    import torch
+
     t = ids.shape[-1]
     h = p["wte"][ids] + p["wpe"][:t]
     causal = torch.ones(t, t, dtype=torch.bool).tril()
@@ -92,6 +87,8 @@ def torch_streams(p, cfg: ModelConfig, ids):
 
 def torch_jet(f, x, y, order):
     """The reference's jet: term j is the j-fold nested jvp (create_graph=True) divided by j!."""
+    import torch
+
     v = (y - x).detach()
     functions, terms = [f], [f(x)]
     for j in range(1, order + 1):
@@ -103,6 +100,8 @@ def torch_jet(f, x, y, order):
 
 
 def torch_iterative_lens(p, cfg: ModelConfig, ids, order):
+    import torch
+
     with torch.no_grad():
         streams = torch_streams(p, cfg, ids)
     final = lambda h: layer_norm(h, p["ln_f"]["scale"], p["ln_f"]["bias"], cfg.norm_eps)
@@ -116,6 +115,8 @@ def torch_iterative_lens(p, cfg: ModelConfig, ids, order):
 # ---------------------------------------------------------------------------------------------
 
 def main():
+    import torch
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--orders", default="0,1,2")
@@ -137,13 +138,13 @@ def main():
     load_before = os.getloadavg()
 
     jax.block_until_ready(model.logits(ids))
-    forward_s = median_time(lambda: jax.block_until_ready(model.logits(ids)), args.repeats)
+    forward_s = median_seconds(lambda: jax.block_until_ready(model.logits(ids)), args.repeats)
     print(f"forward: {1e3 * forward_s:.1f} ms", flush=True)
     # The floor for any lens over all rows: unembedding L+1 streams (no norm, no jet).
     unembed = jax.jit(lambda params, x: model.unembed(x, params=params))
     streams = model.residual_stream(ids)
     jax.block_until_ready(unembed(model.params, streams))
-    floor_s = median_time(lambda: jax.block_until_ready(unembed(model.params, streams)), args.repeats)
+    floor_s = median_seconds(lambda: jax.block_until_ready(unembed(model.params, streams)), args.repeats)
     print(f"unembedding all {cfg.n_layers + 1} streams: {1e3 * floor_s:.1f} ms", flush=True)
 
     # float32 copies of our (possibly bf16-rounded) weights: the reference computes in float32 on the same values
@@ -155,9 +156,9 @@ def main():
         t0 = time.perf_counter()
         ours = np.asarray(call())
         first_s = time.perf_counter() - t0
-        ours_s = median_time(call, args.repeats)
+        ours_s = median_seconds(call, args.repeats)
         ref = torch_iterative_lens(p, cfg, t_ids, k).numpy()
-        torch_s = median_time(lambda k=k: torch_iterative_lens(p, cfg, t_ids, k), args.torch_repeats)
+        torch_s = median_seconds(lambda k=k: torch_iterative_lens(p, cfg, t_ids, k), args.torch_repeats)
         err = float(np.abs(ours - ref).max())
         row = dict(order=k, rows=cfg.n_layers + 1, first_call_s=first_s, lens_ms=1e3 * ours_s,
                    forward_ms=1e3 * forward_s, lens_over_forward=ours_s / forward_s, torch_ms=1e3 * torch_s,

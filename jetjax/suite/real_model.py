@@ -53,7 +53,7 @@ import sys
 import time
 from pathlib import Path
 
-from jetjax.bench import add_dtype_option, dtype_label, result_stem, results_dir
+from jetjax.bench import add_dtype_option, dtype_label, median_seconds, result_stem, results_dir, timed
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
 RESULTS = results_dir()
@@ -69,16 +69,6 @@ def smollm2_config():
     return ModelConfig(arch="llama", n_layers=30, d_model=576, n_heads=9, d_head=64, d_mlp=1536, vocab_size=49152,
                        n_positions=None, norm_eps=1e-5, activation="silu", tie_embeddings=True, n_kv_heads=3,
                        rope_dim=64, rope_theta=1e5, qkv_bias=False, out_bias=False, mlp_bias=False, norm="rmsnorm")
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def median_time(fn, repeats: int) -> float:
-    return statistics.median(timed(fn) for _ in range(repeats))
 
 
 def peak_rss_mb() -> float:
@@ -156,7 +146,7 @@ def gemm_rates(rows: int, d: int, v: int, repeats: int = 10) -> dict:
     w = jax.random.normal(jax.random.key(1), (d, v), jnp.float32)
     dot = jax.jit(jnp.dot)
     dot(x, w).block_until_ready()
-    out = {"xla": flops / median_time(lambda: dot(x, w).block_until_ready(), repeats) / 1e9}
+    out = {"xla": flops / median_seconds(lambda: dot(x, w).block_until_ready(), repeats) / 1e9}
     try:
         import torch
     except ImportError:
@@ -164,7 +154,7 @@ def gemm_rates(rows: int, d: int, v: int, repeats: int = 10) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     tx, tw = torch.randn(rows, d), torch.randn(d, v)
     torch.mm(tx, tw)
-    out["torch"] = flops / median_time(lambda: torch.mm(tx, tw), repeats) / 1e9
+    out["torch"] = flops / median_seconds(lambda: torch.mm(tx, tw), repeats) / 1e9
     out["torch_threads"] = torch.get_num_threads()
     return out
 
@@ -181,14 +171,14 @@ def bench_lens(model, seq: int, orders, repeats: int) -> dict:
     ids = np.random.default_rng(0).integers(0, c.vocab_size, size=seq).astype(np.int32)
     forward = lambda: jax.block_until_ready(model.logits(ids))  # noqa: E731  (jitted inside the model)
     forward_first = timed(forward)
-    forward_s = median_time(forward, repeats)
+    forward_s = median_seconds(forward, repeats)
     n_rows = c.n_layers + 1
     out = {"seq": seq, "rows": n_rows, "forward_first_s": forward_first, "forward_ms": 1e3 * forward_s, "orders": []}
     print(f"  forward T={seq}: {1e3 * forward_s:.1f} ms", flush=True)
     for k in orders:
         call = lambda k=k: jax.block_until_ready(lenses.iterative_jet_lens(model, ids, order=k).logits)  # noqa: E731
         first = timed(call)
-        lens_s = median_time(call, repeats)
+        lens_s = median_seconds(call, repeats)
         unembed_flops = 2.0 * n_rows * seq * c.vocab_size * c.d_model  # one per row: the terms are summed first
         row = {"order": k, "first_call_s": first, "lens_ms": 1e3 * lens_s, "lens_over_forward": lens_s / forward_s,
                "unembed_gflop": unembed_flops / 1e9, "unembed_gflops": unembed_flops / lens_s / 1e9}
