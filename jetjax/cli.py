@@ -96,13 +96,14 @@ def _say(args, *lines: str) -> None:
         print("\n".join(lines))
 
 
-def _layers(text: str | None):
+def _rows(text: str | None):
     if text is None:
         return None
     try:
         return [int(x) for x in text.split(",")]
     except ValueError:
-        raise CLIError(f"--layers takes comma-separated integers, got {text!r}") from None
+        raise CLIError(f"--rows takes comma-separated integers (row indices, negative ones count from the "
+                       f"end), got {text!r}") from None
 
 
 def _read_text(path: str | None) -> str:
@@ -127,14 +128,14 @@ def cmd_lens(args) -> None:
 
     model = load_model(args.model)
     ids = _ids(model, args)
-    layers = _layers(args.layers)
+    rows = _rows(args.rows)
     results = {}
     for order in args.orders:
         if args.joint:
-            res = lenses.joint_jet_lens(model, ids, layers, order=order, granularity=args.granularity,
+            res = lenses.joint_jet_lens(model, ids, rows, order=order, granularity=args.granularity,
                                         fit_steps=args.fit_steps)
         else:
-            res = lenses.iterative_jet_lens(model, ids, layers, order=order, granularity=args.granularity)
+            res = lenses.iterative_jet_lens(model, ids, rows, order=order, granularity=args.granularity)
         results[f"order {order}"] = res
     tokens = model.token_strings(ids)
     lines = []
@@ -295,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(sub.add_parser("lens", help="logit / iterative / joint jet lens"))
     p.add_argument("--orders", type=int, nargs="+", default=[0, 1])
     p.add_argument("--granularity", choices=("block", "branch"), default="block")
-    p.add_argument("--layers", default=None, help="row indices, comma-separated (default: all)")
+    p.add_argument("--rows", "--layers", dest="rows", default=None,
+                   help="lens rows, comma-separated indices (default: all; --layers is the old name)")
     p.add_argument("--joint", action="store_true", help="joint jet lens instead of iterative")
     p.add_argument("--fit-steps", type=int, default=0)
     p.add_argument("--top-k", type=int, default=5)

@@ -15,7 +15,8 @@ row index  label       centre (stream)
 
 In parallel-residual models (GPT-NeoX, GPT-J) both branches read ``h_l``; the ``attn{l}`` row is
 still ``h_l + attn_l(h_l)``, the stream with only the attention's contribution added.
-``layers=`` picks rows by these indices (negative indices count from the end).
+``rows=`` picks rows by these indices (negative indices count from the end; ``layers=`` is the old
+name of that argument and still works, with a ``DeprecationWarning``).
 
 Lenses (``Dec = unembed ∘ final_norm``; ``J^k`` the order-``k`` jet, see :func:`jetjax.jet`):
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import warnings
 import weakref
 from typing import Any, Callable, Sequence
 
@@ -99,28 +101,44 @@ def _joint_labels(model: Model, rows: Sequence[int], granularity: str) -> tuple[
     return tuple(labels)
 
 
-def _check_rows(layers, n_rows: int, granularity: str) -> tuple[int, ...]:
+def _check_rows(rows, n_rows: int, granularity: str) -> tuple[int, ...]:
     valid = (f"0..{n_rows - 1} (streams h_0..h_{n_rows - 1})" if granularity == "block"
              else f"0..{n_rows - 1} (emb, attn0, mlp0, ...: 2 rows per layer)")
-    if layers is None:
+    if rows is None:
         return tuple(range(n_rows))
-    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
-        layers = [layers]
+    if isinstance(rows, (int, np.integer)) and not isinstance(rows, bool):
+        rows = [rows]
+    if isinstance(rows, (str, bytes)):
+        raise TypeError(f"rows must be None, an int or a sequence of ints, got the string {rows!r}")
     try:
-        items = list(layers)
+        items = list(rows)
     except TypeError:
-        raise TypeError(f"layers must be None, an int or a sequence of ints, got {layers!r}") from None
+        raise TypeError(f"rows must be None, an int or a sequence of ints, got {rows!r}") from None
     if not items:
-        raise ValueError(f"layers is empty: pick at least one row, valid indices are {valid}")
-    rows = []
-    for layer in items:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise TypeError(f"layer indices must be ints, got {layer!r}")
-        if not -n_rows <= layer < n_rows:
-            raise IndexError(f"layer {int(layer)} is out of range for granularity={granularity!r}: "
+        raise ValueError(f"rows is empty: pick at least one row, valid indices are {valid}")
+    out = []
+    for row in items:
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
+            raise TypeError(f"row indices must be ints, got {row!r}")
+        if not -n_rows <= row < n_rows:
+            raise IndexError(f"row {int(row)} is out of range for granularity={granularity!r}: "
                              f"valid indices are {valid}, or negative ones from -{n_rows}")
-        rows.append(int(layer) % n_rows)
-    return tuple(rows)
+        out.append(int(row) % n_rows)
+    return tuple(out)
+
+
+_NOT_GIVEN: Any = object()   # the default of the deprecated ``layers=`` keyword
+
+
+def _rows_argument(fn: str, rows, layers):
+    """``rows=``, or the same indices under the old keyword ``layers=`` (with a deprecation warning)."""
+    if layers is _NOT_GIVEN:
+        return rows
+    if rows is not None:
+        raise TypeError(f"{fn}: pass the row indices as rows= only (layers= is its old name), not both")
+    warnings.warn(f"{fn}(layers=...) is deprecated: the indices pick lens rows, so the argument is now "
+                  "called rows=", DeprecationWarning, stacklevel=3)
+    return layers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +268,7 @@ class LensResult:
       order: the jet order ``k``.
       granularity: ``"block"`` or ``"branch"``.
       rows: one label per row (``h3``, ``attn1``, or for the joint lens the centre's components).
-      layers: the row indices used (see the module docstring).
+      row_indices: the row indices used (see the module docstring); ``layers`` is its old name.
       ids: the input token ids, ``int32 [..., T]``.
       logits: ``[n_rows, ..., T, V]``. Iterative/logit lens: ``J^k Dec(h_l)(h_L)`` per row. Joint
         lens: the *unweighted* jet ``J^k Dec(c_i)(h_L)`` of each centre.
@@ -266,7 +284,7 @@ class LensResult:
     order: int
     granularity: str
     rows: tuple[str, ...]
-    layers: tuple[int, ...]
+    row_indices: tuple[int, ...]
     ids: np.ndarray
     logits: jax.Array
     model_logits: jax.Array
@@ -274,6 +292,12 @@ class LensResult:
     weights: jax.Array | None = None
     fit_losses: np.ndarray | None = None
     model: Model | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Deprecated name of :attr:`row_indices` (the indices pick rows, not layers)."""
+        warnings.warn("LensResult.layers is deprecated: use row_indices", DeprecationWarning, stacklevel=2)
+        return self.row_indices
 
     @property
     def remainder(self) -> jax.Array:
@@ -333,7 +357,7 @@ class LensResult:
         model_ids, model_probs = self.top_k(top_k, which="model")
         out: dict[str, Any] = {
             "kind": self.kind, "order": self.order, "granularity": self.granularity,
-            "rows": list(self.rows), "layers": list(self.layers),
+            "rows": list(self.rows), "row_indices": list(self.row_indices),
             "input_ids": self.ids.tolist(), "input_tokens": self.input_tokens(),
             "metrics": {k: v.tolist() for k, v in self.metrics.items()},
             "top_k": {"ids": ids.tolist(), "tokens": _nested(token_texts(self.model, ids), ids.shape),
@@ -356,22 +380,23 @@ class LensResult:
 # ---------------------------------------------------------------------------------------------
 # Public lenses
 
-def _prepare(model: Model, ids, layers, order, granularity):
+def _prepare(model: Model, ids, rows, order, granularity):
     if not isinstance(model, Model):
         raise TypeError(f"expected a jetjax Model, got {type(model).__name__}")
     order = check_order(order)
-    rows = _check_rows(layers, _n_rows(model, granularity), granularity)
+    rows = _check_rows(rows, _n_rows(model, granularity), granularity)
     return model.check_ids(ids), rows, order
 
 
-def iterative_jet_lens(model: Model, ids, layers=None, order: int = 1, *,
-                       granularity: str = "block") -> LensResult:
+def iterative_jet_lens(model: Model, ids, rows=None, order: int = 1, *,
+                       granularity: str = "block", layers=_NOT_GIVEN) -> LensResult:
     """The iterative jet lens: ``J^k Dec(h_l)(h_L)`` for each chosen row, each one standalone.
 
     Args:
       model: a :class:`~jetjax.Model`.
       ids: token ids ``[T]`` or a batch ``[B, T]``.
-      layers: row indices (default: all rows; see the module docstring for what each row is).
+      rows: row indices (default: all rows; see the module docstring for what each row is).
+      layers: the old name of ``rows`` (deprecated).
       order: the jet order ``k`` (0 is the logit lens).
       granularity: ``"block"`` (rows ``h_0..h_L``) or ``"branch"`` (adds the mid-block streams).
 
@@ -390,7 +415,8 @@ def iterative_jet_lens(model: Model, ids, layers=None, order: int = 1, *,
       >>> bool(abs(lens.metrics["cosine"][-1] - 1).max() < 1e-5)   # the last row is the model
       True
     """
-    ids, rows, order = _prepare(model, ids, layers, order, granularity)
+    rows = _rows_argument("iterative_jet_lens", rows, layers)
+    ids, rows, order = _prepare(model, ids, rows, order, granularity)
     last = _n_rows(model, granularity) - 1
     last_pos = rows.index(last) if last in rows else None
     logits, model_logits = _core(model, "iterative", order, granularity, last_pos)(
@@ -401,7 +427,7 @@ def iterative_jet_lens(model: Model, ids, layers=None, order: int = 1, *,
                       model=model)
 
 
-def logit_lens(model: Model, ids, layers=None, *, granularity: str = "block") -> LensResult:
+def logit_lens(model: Model, ids, rows=None, *, granularity: str = "block", layers=_NOT_GIVEN) -> LensResult:
     """The logit lens, ``Dec(h_l)`` per row: the iterative jet lens of order 0.
 
     The final norm is recomputed at each stream (not borrowed from the last layer).
@@ -412,15 +438,17 @@ def logit_lens(model: Model, ids, layers=None, *, granularity: str = "block") ->
       >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
       ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
       >>> model = random_model(cfg)
-      >>> lens = lenses.logit_lens(model, [[1, 2, 3], [4, 5, 6]], layers=[0, -1])
+      >>> lens = lenses.logit_lens(model, [[1, 2, 3], [4, 5, 6]], rows=[0, -1])
       >>> lens.kind, lens.rows, lens.logits.shape
       ('logit', ('h0', 'h2'), (2, 2, 3, 11))
     """
-    return iterative_jet_lens(model, ids, layers, order=0, granularity=granularity)
+    rows = _rows_argument("logit_lens", rows, layers)
+    return iterative_jet_lens(model, ids, rows, order=0, granularity=granularity)
 
 
-def joint_jet_lens(model: Model, ids, layers=None, order: int = 1, *, granularity: str = "block",
-                   weights=None, fit_steps: int = 0, learning_rate: float = 0.05) -> LensResult:
+def joint_jet_lens(model: Model, ids, rows=None, order: int = 1, *, granularity: str = "block",
+                   weights=None, fit_steps: int = 0, learning_rate: float = 0.05,
+                   layers=_NOT_GIVEN) -> LensResult:
     """The joint jet lens: one decoder expansion at ``h_L`` centred at each component's contribution.
 
     For chosen rows ``r_0 < r_1 < ...`` (default: all) the centres are ``c_0 = stream[r_0]`` and
@@ -431,7 +459,8 @@ def joint_jet_lens(model: Model, ids, layers=None, order: int = 1, *, granularit
 
     Args:
       model, ids, order, granularity: as in :func:`iterative_jet_lens`.
-      layers: increasing row indices whose streams delimit the centres.
+      rows: increasing row indices whose streams delimit the centres.
+      layers: the old name of ``rows`` (deprecated).
       weights: ``None`` (uniform ``1/n``, or fitted when ``fit_steps > 0``), or explicit weights
         of shape ``[n]`` or ``[n, ..., T]`` (used as given).
       fit_steps: Adam steps fitting per-token weights on the simplex (softmax parametrisation,
@@ -455,9 +484,10 @@ def joint_jet_lens(model: Model, ids, layers=None, order: int = 1, *, granularit
       >>> bool(lens.fit_losses[-1] < lens.fit_losses[0])
       True
     """
-    ids, rows, order = _prepare(model, ids, layers, order, granularity)
+    rows = _rows_argument("joint_jet_lens", rows, layers)
+    ids, rows, order = _prepare(model, ids, rows, order, granularity)
     if any(b <= a for a, b in zip(rows, rows[1:])):
-        raise ValueError(f"joint_jet_lens needs strictly increasing layers (after resolving negative "
+        raise ValueError(f"joint_jet_lens needs strictly increasing rows (after resolving negative "
                          f"indices), got {list(rows)}")
     fit_steps = check_nonnegative_int("fit_steps", fit_steps)
     if fit_steps and weights is not None:

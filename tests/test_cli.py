@@ -142,6 +142,8 @@ def test_shipped_model_findings(shipped):
     (["diff", "--model", "shakespeare", "--model-b", "./nope"], "--model-b './nope': no such file"),
     (["lens", "--text", TEXT, "--layers", "99"], "out of range"),
     (["lens", "--text", TEXT, "--layers", "one"], "comma-separated integers"),
+    (["lens", "--text", TEXT, "--rows", "99"], "row 99 is out of range"),
+    (["lens", "--text", TEXT, "--rows", "1,x"], "--rows takes comma-separated integers"),
     (["index", "--keywords", "/no/such/words.txt"], "cannot read keyword file"),
     (["attribute", "--text", TEXT, "--target", "nonexistent-multitoken-word"], "expected exactly one"),
     (["agree", "--corpus", "/no/such/corpus.txt"], "no such file"),

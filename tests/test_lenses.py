@@ -89,9 +89,9 @@ def test_iterative_lens_matches_nested_jvp(hf_model, rng, order, granularity):
     # the lens reuses that row; without it, it decodes h_L separately)
     hf = _hf_logits(torch_model, ids)
     np.testing.assert_allclose(np.asarray(lens.model_logits), hf, atol=1e-4)
-    without_last = lenses.iterative_jet_lens(model, ids, layers=[1, 0], order=order, granularity=granularity)
+    without_last = lenses.iterative_jet_lens(model, ids, rows=[1, 0], order=order, granularity=granularity)
     np.testing.assert_allclose(np.asarray(without_last.model_logits), hf, atol=1e-4)
-    last_first = lenses.iterative_jet_lens(model, ids, layers=[-1, 1], order=order, granularity=granularity)
+    last_first = lenses.iterative_jet_lens(model, ids, rows=[-1, 1], order=order, granularity=granularity)
     np.testing.assert_allclose(np.asarray(last_first.model_logits), hf, atol=1e-4)
     np.testing.assert_allclose(np.asarray(last_first.logits[1]), expected[1], atol=1e-4)
 
@@ -113,13 +113,13 @@ def test_repeated_calls_do_not_retrace(hf_model, rng):
     model, _ = hf_model
     key = ("iterative", 2, "branch")
     before = lenses.TRACE_COUNTS[key]
-    first = lenses.iterative_jet_lens(model, _ids(rng, model, (1, 5)), layers=[0, 2], order=2, granularity="branch")
+    first = lenses.iterative_jet_lens(model, _ids(rng, model, (1, 5)), rows=[0, 2], order=2, granularity="branch")
     assert lenses.TRACE_COUNTS[key] == before + 1
     # same shapes, another prompt and another choice of two rows: the compiled function is reused
-    second = lenses.iterative_jet_lens(model, _ids(rng, model, (1, 5)), layers=[1, -3], order=2,
+    second = lenses.iterative_jet_lens(model, _ids(rng, model, (1, 5)), rows=[1, -3], order=2,
                                        granularity="branch")
     assert lenses.TRACE_COUNTS[key] == before + 1
-    assert second.rows == ("attn0", "mlp1") and second.layers == (1, 4)
+    assert second.rows == ("attn0", "mlp1") and second.row_indices == (1, 4)
     assert not np.allclose(first.logits, second.logits)
     joint_key = ("joint", 1, "block")
     ids = _ids(rng, model, (1, 5))
@@ -152,7 +152,7 @@ def test_joint_lens_uniform_default_and_selected_layers(hf_model, rng):
     model, _ = hf_model
     ids = _ids(rng, model, (T,))
     h = _row_streams(model, ids, "block")
-    lens = lenses.joint_jet_lens(model, ids, layers=[1, 3], order=0)
+    lens = lenses.joint_jet_lens(model, ids, rows=[1, 3], order=0)
     assert lens.rows == ("emb..block0", "block1..block2")
     np.testing.assert_allclose(np.asarray(lens.weights), 0.5)
     # order 0: the centres h_1 and h_3 − h_1 decoded as they are
@@ -249,16 +249,16 @@ def test_top_tokens_and_json(hf_model, rng, tmp_path):
 def test_bad_input_errors(hf_model):
     model, _ = hf_model
     ids = [1, 2, 3]
-    with pytest.raises(IndexError, match=r"layer 4 is out of range.*0\.\.3"):
-        lenses.logit_lens(model, ids, layers=[0, 4])
-    with pytest.raises(IndexError, match=r"layer -8 is out of range.*0\.\.6"):
-        lenses.iterative_jet_lens(model, ids, layers=-8, granularity="branch")
-    with pytest.raises(IndexError, match=r"layer 4 is out of range"):
-        lenses.joint_jet_lens(model, ids, layers=[1, 4])
-    with pytest.raises(ValueError, match="layers is empty"):
-        lenses.iterative_jet_lens(model, ids, layers=[])
-    with pytest.raises(TypeError, match="layer indices must be ints"):
-        lenses.iterative_jet_lens(model, ids, layers=[1.0])
+    with pytest.raises(IndexError, match=r"row 4 is out of range.*0\.\.3"):
+        lenses.logit_lens(model, ids, rows=[0, 4])
+    with pytest.raises(IndexError, match=r"row -8 is out of range.*0\.\.6"):
+        lenses.iterative_jet_lens(model, ids, rows=-8, granularity="branch")
+    with pytest.raises(IndexError, match=r"row 4 is out of range"):
+        lenses.joint_jet_lens(model, ids, rows=[1, 4])
+    with pytest.raises(ValueError, match="rows is empty"):
+        lenses.iterative_jet_lens(model, ids, rows=[])
+    with pytest.raises(TypeError, match="row indices must be ints"):
+        lenses.iterative_jet_lens(model, ids, rows=[1.0])
     with pytest.raises(ValueError, match=r"T >= 1"):
         lenses.logit_lens(model, np.zeros((0,), np.int32))
     with pytest.raises(ValueError, match=r"T >= 1"):
@@ -272,7 +272,7 @@ def test_bad_input_errors(hf_model):
     with pytest.raises(ValueError, match="out of range for a vocabulary of 37"):
         lenses.logit_lens(model, [1, 37])
     with pytest.raises(ValueError, match="strictly increasing"):
-        lenses.joint_jet_lens(model, ids, layers=[2, 1])
+        lenses.joint_jet_lens(model, ids, rows=[2, 1])
     with pytest.raises(ValueError, match="fit_steps must be a non-negative int"):
         lenses.joint_jet_lens(model, ids, fit_steps=-1)
     with pytest.raises(ValueError, match="learning_rate must be a positive"):
@@ -321,3 +321,24 @@ def test_pictures_are_written(hf_model, rng, tmp_path):
     with pytest.raises(ValueError, match="same rows"):
         viz.metric_curves([runs[0], joint], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_rows_argument_and_its_deprecated_name_layers(hf_model):
+    model, _ = hf_model
+    ids = [1, 2, 3]
+    new = lenses.iterative_jet_lens(model, ids, rows=[0, -1], order=1)
+    with pytest.warns(DeprecationWarning, match=r"layers=.*rows="):
+        old = lenses.iterative_jet_lens(model, ids, layers=[0, -1], order=1)
+    assert new.row_indices == old.row_indices == (0, 3)
+    np.testing.assert_array_equal(np.asarray(new.logits), np.asarray(old.logits))
+    with pytest.warns(DeprecationWarning, match="row_indices"):
+        assert old.layers == (0, 3)
+    with pytest.warns(DeprecationWarning):
+        assert lenses.logit_lens(model, ids, layers=[2]).rows == ("h2",)
+    with pytest.warns(DeprecationWarning):
+        assert lenses.joint_jet_lens(model, ids, layers=[0, 2]).row_indices == (0, 2)
+    with pytest.raises(TypeError, match="not both"):
+        lenses.logit_lens(model, ids, rows=[1], layers=[1])
+    with pytest.raises(TypeError, match="got the string '0,1'"):
+        lenses.logit_lens(model, ids, rows="0,1")
+    assert json.loads(new.to_json())["row_indices"] == [0, 3]
