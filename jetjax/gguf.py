@@ -306,17 +306,18 @@ def dequantize(tensor, where: str) -> np.ndarray:
     return np.asarray(out, dtype=np.float32).reshape(shape)
 
 
-def load_gguf(path: str | os.PathLike, *, dtype=None):
+def load_gguf(path: str | os.PathLike, *, dtype=None, check_finite: bool = True):
     """Load a GGUF file as a :class:`~jetjax.models.model.Model` (use :func:`jetjax.from_pretrained`).
 
     Args:
       path: a ``.gguf`` file.
       dtype: storage dtype of the parameters (default float32; the file's quantized values are
         dequantized exactly to float32 first).
+      check_finite: refuse tensors holding NaN or ±inf (see :func:`jetjax.from_pretrained`).
     """
     import jax.numpy as jnp
 
-    from jetjax.models.family import assign_params, family_for
+    from jetjax.models.family import assign_params, config_for, family_for
     from jetjax.models.model import Model, abstract_params
 
     reader = open_gguf(path)
@@ -335,7 +336,7 @@ def load_gguf(path: str | os.PathLike, *, dtype=None):
                          "without it")
     hf_cfg = arch.config(meta, set(tensors))
     family = family_for(arch.model_type, where)
-    config = family.config_from_hf(hf_cfg)
+    config = config_for(family, hf_cfg, where)
     names = hf_tensor_names(arch, config.n_layers)
     unknown = sorted(n for n in tensors if n not in names)
     if unknown:
@@ -352,7 +353,7 @@ def load_gguf(path: str | os.PathLike, *, dtype=None):
         w = arch.fix(hf_name, dequantize(t, where), hf_cfg)
         hf_tensors[hf_name] = jnp.asarray(w, dtype=dtype or jnp.float32)
     skeleton, expected = abstract_params(lambda: family.module(config))
-    params = assign_params(config, family, hf_tensors, expected, where, None)
+    params = assign_params(config, family, hf_tensors, expected, where, None, check_finite=check_finite)
     return Model(skeleton, params, tokenizer=tokenizer, source=where)
 
 

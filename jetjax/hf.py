@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jetjax.gguf import is_gguf
 from jetjax.models import FAMILIES
-from jetjax.models.family import Family, assign_params, family_for
+from jetjax.models.family import Family, assign_params, config_for, family_for
 from jetjax.models.model import Model, abstract_params
 
 # config.json keys that describe the file, the tokenizer or generation, never the computation.
@@ -44,7 +44,8 @@ def supported_model_types() -> list[str]:
     return sorted(FAMILIES)
 
 
-def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None = None) -> Model:
+def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None = None,
+                    check_finite: bool = True) -> Model:
     """Load a causal LM from a GGUF file, a local Hugging Face directory or a hub id.
 
     Args:
@@ -62,14 +63,16 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
         parameters).
       gguf_file: the name of a GGUF file inside the directory or hub repository ``src``
         (as in transformers' ``from_pretrained(..., gguf_file=...)``).
+      check_finite: refuse weights holding NaN or ±inf, naming the tensors (one pass over the
+        weights; ``False`` loads them anyway, and every result computed from them may be NaN).
 
     Returns:
       a :class:`~jetjax.models.model.Model`.
 
     Raises:
       FileNotFoundError: no such file or directory, no ``config.json``, no weights.
-      ValueError: unsupported ``model_type``/GGUF architecture or config feature, missing or
-        misshapen tensors, a ``pytorch_model.bin``-only checkpoint (pickle; refused), a corrupt
+      ValueError: unsupported ``model_type``/GGUF architecture or config feature, a config value
+        of the wrong type or out of range (naming the key), missing, misshapen or non-finite tensors, a ``pytorch_model.bin``-only checkpoint (pickle; refused), a corrupt
         file, a non-floating ``dtype``.
 
     Example:
@@ -83,14 +86,14 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
     if gguf_path is not None:
         from jetjax.gguf import load_gguf
 
-        return load_gguf(gguf_path, dtype=dtype)
+        return load_gguf(gguf_path, dtype=dtype, check_finite=check_finite)
     path = _resolve(src)
     cfg = _read_config(path)
     family = family_for(cfg.get("model_type"), path / "config.json")
     _check_config_keys(cfg, family, path)
-    config = family.config_from_hf(cfg)
+    config = config_for(family, cfg, path / "config.json")
     skeleton, expected = abstract_params(lambda: family.module(config))
-    params = assign_params(config, family, _read_tensors(path), expected, path, dtype)
+    params = assign_params(config, family, _read_tensors(path), expected, path, dtype, check_finite=check_finite)
     return Model(skeleton, params, tokenizer=_load_tokenizer(path), source=str(src))
 
 

@@ -271,7 +271,7 @@ _DROP = object()
     ("qwen2_sliding_tied", dict(layer_types=["full_attention", "chunked_attention", "sliding_attention"]),
      "unsupported layer_types"),
     ("gpt_neo_local", dict(attention_layers=["global", "sparse", "local"]), "unsupported attention layers"),
-    ("olmo_clip", dict(clip_qkv=-1.0), "clip_qkv must be a positive number"),
+    ("olmo_clip", dict(clip_qkv=-1.0), "config key .clip_qkv. must be a finite number > 0, got -1.0"),
 ])
 def test_unsupported_variants_raise(checkpoints, tmp_path, name, changes, match):
     path = _copy_with_config(checkpoints, name, tmp_path, **changes)

@@ -209,3 +209,17 @@ def test_hf_metadata_keys_starting_with_underscore_are_ignored(gpt2_checkpoints,
     ids = np.arange(4)
     np.testing.assert_array_equal(np.asarray(jj.from_pretrained(d).logits(ids)),
                                   np.asarray(jj.from_pretrained(src).logits(ids)))
+
+
+def test_gguf_non_finite_weight_is_refused_by_name(tmp_path):
+    import torch
+
+    model = make_hf_model("llama_gqa", seed=3)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[2, 4] = float("nan")
+    path = tmp_path / "nan.gguf"
+    write_gguf(path, model, GGUF_CONFIGS["llama_gqa"][2], "F32")
+    with pytest.raises(ValueError, match=r"non-finite weights in 1 tensor\(s\): 'layers.1.mlp.down_proj.weight' "
+                                         r"\(1 NaN, 0 inf of 6144; first at index \(2, 4\)"):
+        jj.from_pretrained(path)
+    assert np.isnan(np.asarray(jj.from_pretrained(path, check_finite=False).logits(np.array([1, 2])))).any()

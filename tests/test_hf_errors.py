@@ -1,11 +1,13 @@
 """Bad checkpoints and bad inputs fail with specific, readable errors."""
 
 import json
+import re
 import os
 import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -181,3 +183,62 @@ def test_import_does_not_pull_torch_or_transformers():
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("layer_norm_epsilon", -1e-5, "'layer_norm_epsilon' must be a finite number >= 0.0, got -1e-05"),
+    ("layer_norm_epsilon", None, "'layer_norm_epsilon' must be a finite number >= 0.0, got null"),
+    ("layer_norm_epsilon", "1e-5", "'layer_norm_epsilon' must be a finite number >= 0.0, got '1e-5'"),
+    ("n_layer", 2.5, "'n_layer' must be an int >= 1, got 2.5"),
+    ("n_layer", "3", "'n_layer' must be an int >= 1, got '3'"),
+    ("n_layer", True, "'n_layer' must be an int >= 1, got True"),
+    ("n_layer", 0, "'n_layer' must be an int >= 1, got 0"),
+    ("n_head", 0, "'n_head' must be an int >= 1, got 0"),
+    ("n_embd", None, "'n_embd' must be an int >= 1, got null"),
+    ("vocab_size", -3, "'vocab_size' must be an int >= 1, got -3"),
+    ("n_inner", -4, "'n_inner' must be an int >= 1, got -4"),
+    ("scale_attn_weights", "yes", "'scale_attn_weights' must be true or false, got 'yes'"),
+])
+def test_bad_config_values_name_the_file_key_and_value(ckpt, key, value, message):
+    from jetjax.models.hf_config import ConfigValueError
+
+    _edit_config(ckpt, **{key: value})
+    with pytest.raises(ConfigValueError) as info:
+        jj.from_pretrained(ckpt)
+    text = str(info.value)
+    assert text.startswith(str(ckpt / "config.json") + ": ") and message in text
+
+
+def test_integral_float_and_null_n_inner_are_accepted(ckpt):
+    good = jj.from_pretrained(ckpt)
+    _edit_config(ckpt, n_layer=float(good.config.n_layers), n_inner=None)
+    again = jj.from_pretrained(ckpt)
+    assert again.config == good.config
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weight_is_refused_by_name(ckpt, bad):
+    def poison(t):
+        t["transformer.h.1.mlp.c_fc.weight"][3, 5] = bad
+    _rewrite_tensors(ckpt, poison)
+    kind = "1 NaN, 0 inf" if np.isnan(bad) else "0 NaN, 1 inf"
+    with pytest.raises(ValueError, match=rf"non-finite weights in 1 tensor\(s\): 'h.1.mlp.c_fc.weight' \({kind} "
+                                         rf"of \d+; first at index \(3, 5\)\).*check_finite=False"):
+        jj.from_pretrained(ckpt)
+    model = jj.from_pretrained(ckpt, check_finite=False)   # the escape hatch loads it as it is
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(model.params)]
+    assert sum(int((~np.isfinite(x)).sum()) for x in leaves) == 1
+
+
+def test_model_config_refuses_bad_fields_by_name():
+    from jetjax.models import ModelConfig
+
+    base = dict(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16, vocab_size=11,
+                n_positions=8, norm_eps=1e-5, activation="gelu_new")
+    for field, value, message in [("norm_eps", -1.0, "norm_eps must be a finite number >= 0.0, got -1.0"),
+                                  ("norm_eps", float("nan"), "norm_eps must be a finite number >= 0.0, got nan"),
+                                  ("n_layers", 0, "n_layers must be an int >= 1, got 0"),
+                                  ("vocab_size", 11.0, "vocab_size must be an int >= 1, got 11.0"),
+                                  ("rope_theta", 0.0, "rope_theta must be a finite number > 0, got 0.0")]:
+        with pytest.raises(ValueError, match=re.escape(f"ModelConfig.{message}")):
+            ModelConfig(**{**base, field: value})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 
@@ -65,6 +66,17 @@ class ModelConfig:
     clip_qkv: float | None = None
 
     def __post_init__(self):
+        for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "vocab_size"):
+            _check_int(name, getattr(self, name))
+        for name in ("n_positions", "n_kv_heads"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name))
+        _check_int("rope_dim", self.rope_dim, minimum=0)
+        _check_number("norm_eps", self.norm_eps, minimum=0.0)
+        _check_number("rope_theta", self.rope_theta, positive=True)
+        _check_number("embed_scale", self.embed_scale, positive=True)
+        if self.clip_qkv is not None:
+            _check_number("clip_qkv", self.clip_qkv, positive=True)
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.n_heads % self.kv_heads:
@@ -85,6 +97,19 @@ class ModelConfig:
     def window(self, layer: int) -> int | None:
         """The sliding-window length of layer ``layer`` (``None``: global causal attention)."""
         return None if self.attn_windows is None else self.attn_windows[layer]
+
+
+def _check_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or type(value) is not int or value < minimum:
+        raise ValueError(f"ModelConfig.{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value, *, minimum: float | None = None, positive: bool = False) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (not positive or value > 0) and (minimum is None or value >= minimum)
+    if not ok:
+        bound = " > 0" if positive else f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"ModelConfig.{name} must be a finite number{bound}, got {value!r}")
 
 
 NORMS = ("layernorm", "layernorm_no_affine", "rmsnorm", "rmsnorm_plus_one")

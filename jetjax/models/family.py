@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 from types import MappingProxyType
 from typing import Callable, Mapping
 
 from jetjax.models.config import ModelConfig
-from jetjax.models.hf_config import ConfigKeys
+from jetjax.models.hf_config import ConfigKeys, ConfigValueError
 from jetjax.models.model import ResidualModule, nest
 
 WeightMap = dict[str, tuple[tuple, bool]]
@@ -133,9 +134,41 @@ def family_for(model_type, where) -> Family:
     return family
 
 
-def assign_params(config, family: Family, tensors: dict, expected: dict, path, dtype) -> dict:
-    """Map HF-named tensors onto our param paths, checking names and shapes against ``expected``
-    (shared by the safetensors and GGUF loaders)."""
+def config_for(family: Family, cfg: dict, where) -> ModelConfig:
+    """``family.config_from_hf(cfg)``, with any bad value reported as a :class:`ConfigValueError`
+    that names the file (``where``), the key and the value (shared by both loaders)."""
+    try:
+        return family.config_from_hf(cfg)
+    except (ValueError, TypeError, ZeroDivisionError) as err:
+        raise ConfigValueError(f"{where}: {err}") from None
+
+
+def check_finite_tensors(tensors: dict, where) -> None:
+    """Refuse tensors holding NaN or ±inf, naming each one (a pass over the weights, before any use).
+
+    One NaN weight turns whole rows of every lens and table into NaN without an error, so the
+    loaders stop here instead. ``tensors``: ``{name: array}``.
+    """
+    bad = []
+    for name, value in tensors.items():
+        arr = np.asarray(value)
+        finite = np.isfinite(arr)
+        if finite.all():
+            continue
+        nan = int(np.isnan(arr).sum())
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        bad.append(f"{name!r} ({nan} NaN, {arr.size - int(finite.sum()) - nan} inf of {arr.size}; "
+                   f"first at index {first})")
+    if bad:
+        raise ValueError(f"{where}: non-finite weights in {len(bad)} tensor(s): {'; '.join(bad[:5])}"
+                         f"{' ...' if len(bad) > 5 else ''}. Every result computed from them would be NaN "
+                         "or inf; jetjax refuses them (pass check_finite=False to load anyway).")
+
+
+def assign_params(config, family: Family, tensors: dict, expected: dict, path, dtype, *,
+                  check_finite: bool = True) -> dict:
+    """Map HF-named tensors onto our param paths, checking names, shapes and (``check_finite``)
+    finiteness against ``expected`` (shared by the safetensors and GGUF loaders)."""
     mapping = family.weight_map(config)
     stripped = {}
     for name, value in tensors.items():
@@ -145,7 +178,7 @@ def assign_params(config, family: Family, tensors: dict, expected: dict, path, d
                 break
         stripped[name] = value
 
-    flat = {}
+    flat, named = {}, {}
     for hf_name, (ours, transpose) in mapping.items():
         if hf_name not in stripped:
             raise ValueError(f"{path}: tensor {hf_name!r} is missing from the checkpoint "
@@ -161,12 +194,16 @@ def assign_params(config, family: Family, tensors: dict, expected: dict, path, d
         if not jnp.issubdtype(value.dtype, jnp.floating):
             raise ValueError(f"{path}: tensor {hf_name!r} has dtype {value.dtype}; expected floating point")
         flat[ours] = value.astype(dtype) if dtype is not None else value
+        named[hf_name] = flat[ours].T if transpose else flat[ours]   # indices as in the checkpoint
     extra = sorted(n for n in stripped if n not in mapping and not n.endswith(family.ignored_tensors)
                    and not (config.tie_embeddings and n == "lm_head.weight"))
     if extra:
         raise ValueError(f"{path}: the checkpoint has tensors jetjax does not use for {config.arch}: "
                          f"{extra[:5]}{' ...' if len(extra) > 5 else ''}; it may be a different variant")
+    if check_finite:
+        check_finite_tensors(named, path)
     return nest(flat)
 
 
-__all__ = ["Family", "FAMILIES", "register", "WeightMap", "family_for", "assign_params"]
+__all__ = ["Family", "FAMILIES", "register", "WeightMap", "family_for", "assign_params", "config_for",
+           "check_finite_tensors"]

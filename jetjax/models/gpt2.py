@@ -12,7 +12,7 @@ from flax import nnx
 
 from jetjax.models.config import ModelConfig
 from jetjax.models.family import Family
-from jetjax.models.hf_config import ConfigKeys, activation_from_hf
+from jetjax.models.hf_config import ConfigKeys, activation_from_hf, get_bool, get_float, get_int
 from jetjax.models.layers import ACTIVATIONS, LayerNorm, Linear, causal_attention, compute_dtype_for
 from jetjax.models.model import ResidualModule
 
@@ -34,27 +34,27 @@ _REQUIRED_VALUES = {"add_cross_attention": (False,)}
 
 
 def config_from_hf(cfg: dict) -> ModelConfig:
-    d = int(cfg.get("n_embd", 768))
-    n_heads = int(cfg.get("n_head", 12))
+    d = get_int(cfg, "n_embd", 768)
+    n_heads = get_int(cfg, "n_head", 12)
     if d % n_heads:
         raise ValueError(f"n_embd={d} is not divisible by n_head={n_heads}")
-    n_positions = int(cfg.get("n_positions", cfg.get("n_ctx", 1024)))
+    n_positions = get_int(cfg, "n_positions", get_int(cfg, "n_ctx", 1024))
     act = activation_from_hf(cfg, "activation_function", "gelu_new")
-    n_inner = cfg.get("n_inner")
+    n_inner = get_int(cfg, "n_inner", None, nullable=True)
     return ModelConfig(
         arch="gpt2",
-        n_layers=int(cfg.get("n_layer", 12)),
+        n_layers=get_int(cfg, "n_layer", 12),
         d_model=d,
         n_heads=n_heads,
         d_head=d // n_heads,
-        d_mlp=int(n_inner) if n_inner is not None else 4 * d,
-        vocab_size=int(cfg.get("vocab_size", 50257)),
+        d_mlp=n_inner if n_inner is not None else 4 * d,
+        vocab_size=get_int(cfg, "vocab_size", 50257),
         n_positions=n_positions,
-        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        norm_eps=get_float(cfg, "layer_norm_epsilon", 1e-5, minimum=0.0),
         activation=act,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-        attn_scale=bool(cfg.get("scale_attn_weights", True)),
-        attn_scale_by_layer=bool(cfg.get("scale_attn_by_inverse_layer_idx", False)),
+        tie_embeddings=get_bool(cfg, "tie_word_embeddings", True),
+        attn_scale=get_bool(cfg, "scale_attn_weights", True),
+        attn_scale_by_layer=get_bool(cfg, "scale_attn_by_inverse_layer_idx", False),
     )
 
 

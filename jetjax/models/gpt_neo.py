@@ -20,7 +20,7 @@ from flax import nnx
 from jetjax.models.config import ModelConfig
 from jetjax.models.family import Family
 from jetjax.models.gpt2 import GPT2
-from jetjax.models.hf_config import ConfigKeys, activation_from_hf, windows_for
+from jetjax.models.hf_config import ConfigKeys, activation_from_hf, get_bool, get_float, get_int, windows_for
 from jetjax.models.layers import Linear, causal_attention
 
 _CONFIG_KEYS = {"gpt_neo": ConfigKeys(
@@ -47,26 +47,26 @@ def _layer_kinds(cfg: dict, n_layers: int) -> list[str]:
 
 
 def config_from_hf(cfg: dict) -> ModelConfig:
-    d, n_heads = int(cfg.get("hidden_size", 2048)), int(cfg.get("num_heads", 8))
+    d, n_heads = get_int(cfg, "hidden_size", 2048), get_int(cfg, "num_heads", 8)
     if d % n_heads:
         raise ValueError(f"hidden_size={d} is not divisible by num_heads={n_heads}")
-    n_layers = int(cfg.get("num_layers", 24))
+    n_layers = get_int(cfg, "num_layers", 24)
     kinds = _layer_kinds(cfg, n_layers)
-    inner = cfg.get("intermediate_size")
+    inner = get_int(cfg, "intermediate_size", None, nullable=True)
     return ModelConfig(
         arch="gpt_neo",
         n_layers=n_layers,
         d_model=d,
         n_heads=n_heads,
         d_head=d // n_heads,
-        d_mlp=int(inner) if inner is not None else 4 * d,
-        vocab_size=int(cfg.get("vocab_size", 50257)),
-        n_positions=int(cfg.get("max_position_embeddings", 2048)),
-        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        d_mlp=inner if inner is not None else 4 * d,
+        vocab_size=get_int(cfg, "vocab_size", 50257),
+        n_positions=get_int(cfg, "max_position_embeddings", 2048),
+        norm_eps=get_float(cfg, "layer_norm_epsilon", 1e-5, minimum=0.0),
         activation=activation_from_hf(cfg, "activation_function", "gelu_new"),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        tie_embeddings=get_bool(cfg, "tie_word_embeddings", True),
         attn_scale=False,
-        attn_windows=windows_for(n_layers, int(cfg.get("window_size", 256)),
+        attn_windows=windows_for(n_layers, get_int(cfg, "window_size", 256),
                                  [i for i, k in enumerate(kinds) if k == "local"]),
     )
 

@@ -21,7 +21,7 @@ from flax import nnx
 
 from jetjax.models.config import ModelConfig
 from jetjax.models.family import Family
-from jetjax.models.hf_config import ConfigKeys, activation_from_hf, rope_from_hf
+from jetjax.models.hf_config import ConfigKeys, activation_from_hf, get_bool, get_float, get_int, rope_from_hf
 from jetjax.models.layers import ACTIVATIONS, LayerNorm, Linear, causal_attention, compute_dtype_for
 from jetjax.models.model import ResidualModule
 from jetjax.models.rope import apply_rotary, rotary_tables
@@ -42,23 +42,23 @@ _CONFIG_KEYS = {"gpt_neox": ConfigKeys(
 
 
 def config_from_hf(cfg: dict) -> ModelConfig:
-    d, n_heads = int(cfg.get("hidden_size", 6144)), int(cfg.get("num_attention_heads", 64))
+    d, n_heads = get_int(cfg, "hidden_size", 6144), get_int(cfg, "num_attention_heads", 64)
     if d % n_heads:
         raise ValueError(f"hidden_size={d} is not divisible by num_attention_heads={n_heads}")
-    bias = bool(cfg.get("attention_bias", True))
+    bias = get_bool(cfg, "attention_bias", True)
     return ModelConfig(
         arch="gpt_neox",
-        n_layers=int(cfg.get("num_hidden_layers", 44)),
+        n_layers=get_int(cfg, "num_hidden_layers", 44),
         d_model=d,
         n_heads=n_heads,
         d_head=d // n_heads,
-        d_mlp=int(cfg.get("intermediate_size", 24576)),
-        vocab_size=int(cfg.get("vocab_size", 50432)),
+        d_mlp=get_int(cfg, "intermediate_size", 24576),
+        vocab_size=get_int(cfg, "vocab_size", 50432),
         n_positions=None,
-        norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
+        norm_eps=get_float(cfg, "layer_norm_eps", 1e-5, minimum=0.0),
         activation=activation_from_hf(cfg, "hidden_act", "gelu"),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        parallel_residual=bool(cfg.get("use_parallel_residual", True)),
+        tie_embeddings=get_bool(cfg, "tie_word_embeddings", False),
+        parallel_residual=get_bool(cfg, "use_parallel_residual", True),
         qkv_bias=bias,
         out_bias=bias,
         **rope_from_hf(cfg, d // n_heads, default_partial=0.25),

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
+
+import numpy as np
 
 from jetjax.models.layers import ACTIVATIONS
 from jetjax.models.rope import ROPE_PARAMETERS, ROPE_TYPES
@@ -23,6 +27,86 @@ class ConfigKeys:
 
     def known(self) -> frozenset[str]:
         return self.handled | self.ignored | frozenset(self.required)
+
+
+class ConfigValueError(ValueError):
+    """A config value of the wrong type or out of range; the message names the key and the value."""
+
+
+_MISSING: Any = object()
+
+
+def _present(cfg: dict, key: str, default, nullable: bool):
+    """The value of ``key`` (``default`` when absent, or when null and ``nullable``); ``_MISSING`` if
+    the key is null and null is not accepted."""
+    if key not in cfg:
+        return default
+    value = cfg[key]
+    if value is None:
+        if nullable:
+            return default
+        return _MISSING
+    return value
+
+
+def get_int(cfg: dict, key: str, default=None, *, minimum: int = 1, nullable: bool = False):
+    """``cfg[key]`` as an int ``>= minimum`` (``default`` when absent); a clear error otherwise.
+
+    JSON numbers written as floats with an integral value (``12.0``) are accepted; ``2.5``, ``"2"``,
+    ``true`` and null (unless ``nullable``: then null means ``default``) are refused by name.
+
+    Example:
+      >>> get_int({"n_layer": 12}, "n_layer", 6)
+      12
+      >>> get_int({"n_layer": 2.5}, "n_layer", 6)
+      Traceback (most recent call last):
+        ...
+      jetjax.models.hf_config.ConfigValueError: config key 'n_layer' must be an int >= 1, got 2.5
+    """
+    value = _present(cfg, key, default, nullable)
+    if value is None and default is None and (nullable or key not in cfg):
+        return None
+    ok = (not isinstance(value, (bool, np.bool_)) and value is not _MISSING
+          and (isinstance(value, (int, np.integer))
+               or (isinstance(value, (float, np.floating)) and float(value).is_integer())))
+    if not ok or int(value) < minimum:
+        shown = "null" if value is _MISSING else repr(value)
+        raise ConfigValueError(f"config key {key!r} must be an int >= {minimum}, got {shown}")
+    return int(value)
+
+
+def get_float(cfg: dict, key: str, default=None, *, minimum: float | None = None, positive: bool = False,
+              nullable: bool = False):
+    """``cfg[key]`` as a finite float (``>= minimum``; ``> 0`` with ``positive``); a clear error otherwise.
+
+    Example:
+      >>> get_float({"layer_norm_epsilon": -1e-05}, "layer_norm_epsilon", 1e-5, minimum=0.0)
+      Traceback (most recent call last):
+        ...
+      jetjax.models.hf_config.ConfigValueError: config key 'layer_norm_epsilon' must be a finite number >= 0.0, got -1e-05
+    """
+    value = _present(cfg, key, default, nullable)
+    if value is None and default is None and (nullable or key not in cfg):
+        return None
+    ok = (not isinstance(value, (bool, np.bool_)) and value is not _MISSING
+          and isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value))
+    if ok and positive:
+        ok = value > 0
+    if ok and minimum is not None:
+        ok = value >= minimum
+    if not ok:
+        shown = "null" if value is _MISSING else repr(value)
+        bound = " > 0" if positive else (f" >= {minimum}" if minimum is not None else "")
+        raise ConfigValueError(f"config key {key!r} must be a finite number{bound}, got {shown}")
+    return float(value)
+
+
+def get_bool(cfg: dict, key: str, default: bool) -> bool:
+    """``cfg[key]`` as a bool (``default`` when absent or null); ``"yes"``, ``1`` and the like are refused."""
+    value = _present(cfg, key, default, True)
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigValueError(f"config key {key!r} must be true or false, got {value!r}")
+    return bool(value)
 
 
 def activation_from_hf(cfg: dict, key: str, default: str) -> str:
@@ -54,6 +138,10 @@ def rope_from_hf(cfg: dict, d_head: int, *, default_partial: float = 1.0, allow_
                          cfg.get("partial_rotary_factor", cfg.get("rotary_pct", default_partial)))
     if kind not in ROPE_TYPES:
         raise ValueError(f"unsupported rope_type {kind!r} in rope_parameters; supported: {ROPE_TYPES}")
+    theta = get_float({"rope_theta": theta}, "rope_theta", positive=True)
+    partial = get_float({"partial_rotary_factor": partial}, "partial_rotary_factor", positive=True)
+    if partial > 1:
+        raise ConfigValueError(f"config key 'partial_rotary_factor' must be in (0, 1], got {partial!r}")
     needed = ROPE_PARAMETERS[kind]
     missing = [k for k in needed if params.get(k) is None]
     if missing:
@@ -82,4 +170,5 @@ def windows_for(n_layers: int, window: int | None, sliding_layers) -> tuple[int 
     return tuple(window if layer in sliding_layers else None for layer in range(n_layers))
 
 
-__all__ = ["ConfigKeys", "activation_from_hf", "rope_from_hf", "windows_for"]
+__all__ = ["ConfigKeys", "ConfigValueError", "activation_from_hf", "get_bool", "get_float", "get_int",
+           "rope_from_hf", "windows_for"]

@@ -31,7 +31,8 @@ from flax import nnx
 
 from jetjax.models.config import ModelConfig
 from jetjax.models.family import Family
-from jetjax.models.hf_config import ConfigKeys, activation_from_hf, rope_from_hf, windows_for
+from jetjax.models.hf_config import (ConfigKeys, activation_from_hf, get_bool, get_float, get_int, rope_from_hf,
+                                     windows_for)
 from jetjax.models.layers import GatedMLP, Linear, causal_attention, compute_dtype_for, make_norm
 from jetjax.models.model import ResidualModule
 from jetjax.models.rope import apply_rotary, rotary_tables
@@ -65,7 +66,7 @@ def _windows(cfg: dict, model_type: str, n_layers: int):
         return None
     types = cfg.get("layer_types")
     if types is None:
-        first = int(cfg.get("max_window_layers", 28))
+        first = get_int(cfg, "max_window_layers", 28, minimum=0)
         sliding = range(first, n_layers)
     else:
         allowed = {"full_attention", "sliding_attention"}
@@ -84,31 +85,31 @@ def _activation(cfg: dict, model_type: str) -> str:
 
 def config_from_hf(cfg: dict) -> ModelConfig:
     t = cfg["model_type"]
-    d, n_heads = int(cfg.get("hidden_size", 4096)), int(cfg.get("num_attention_heads", 32))
-    d_head = cfg.get("head_dim") or d // n_heads
-    n_layers = int(cfg.get("num_hidden_layers", 32))
-    n_kv = cfg.get("num_key_value_heads") or n_heads
-    qkv_bias = {"qwen2": True, "mistral": False}.get(t, bool(cfg.get("attention_bias", False)))
+    d, n_heads = get_int(cfg, "hidden_size", 4096), get_int(cfg, "num_attention_heads", 32)
+    d_head = get_int(cfg, "head_dim", None, nullable=True) or d // n_heads
+    n_layers = get_int(cfg, "num_hidden_layers", 32)
+    n_kv = get_int(cfg, "num_key_value_heads", None, nullable=True) or n_heads
+    qkv_bias = {"qwen2": True, "mistral": False}.get(t, get_bool(cfg, "attention_bias", False))
     return ModelConfig(
         arch=t,
         n_layers=n_layers,
         d_model=d,
         n_heads=n_heads,
-        d_head=int(d_head),
-        d_mlp=int(cfg.get("intermediate_size", 11008)),
-        vocab_size=int(cfg.get("vocab_size", 32000)),
+        d_head=d_head,
+        d_mlp=get_int(cfg, "intermediate_size", 11008),
+        vocab_size=get_int(cfg, "vocab_size", 32000),
         n_positions=None,
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        norm_eps=get_float(cfg, "rms_norm_eps", 1e-6, minimum=0.0),
         activation=_activation(cfg, t),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", t == "gemma")),
-        n_kv_heads=int(n_kv),
+        tie_embeddings=get_bool(cfg, "tie_word_embeddings", t == "gemma"),
+        n_kv_heads=n_kv,
         attn_windows=_windows(cfg, t, n_layers),
         qkv_bias=qkv_bias,
         out_bias=qkv_bias and t != "qwen2",
-        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_bias=get_bool(cfg, "mlp_bias", False),
         norm="rmsnorm_plus_one" if t == "gemma" else "rmsnorm",
         embed_scale=float(np.sqrt(d)) if t == "gemma" else 1.0,
-        **rope_from_hf(cfg, int(d_head), allow_partial=False),
+        **rope_from_hf(cfg, d_head, allow_partial=False),
     )
 
 

@@ -17,7 +17,7 @@ import dataclasses
 
 from jetjax.models import llama
 from jetjax.models.config import ModelConfig
-from jetjax.models.hf_config import ConfigKeys, activation_from_hf, rope_from_hf
+from jetjax.models.hf_config import ConfigKeys, activation_from_hf, get_bool, get_float, get_int, rope_from_hf
 
 _CONFIG_KEYS = {"olmo": ConfigKeys(
     handled=frozenset({
@@ -30,31 +30,29 @@ _CONFIG_KEYS = {"olmo": ConfigKeys(
 
 
 def config_from_hf(cfg: dict) -> ModelConfig:
-    d, n_heads = int(cfg.get("hidden_size", 4096)), int(cfg.get("num_attention_heads", 32))
+    d, n_heads = get_int(cfg, "hidden_size", 4096), get_int(cfg, "num_attention_heads", 32)
     if d % n_heads:
         raise ValueError(f"hidden_size={d} is not divisible by num_attention_heads={n_heads}")
-    bias = bool(cfg.get("attention_bias", False))
-    clip = cfg.get("clip_qkv")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
-        raise ValueError(f"clip_qkv must be a positive number or null, got {clip!r}")
+    bias = get_bool(cfg, "attention_bias", False)
+    clip = get_float(cfg, "clip_qkv", None, positive=True, nullable=True)
     return ModelConfig(
         arch="olmo",
-        n_layers=int(cfg.get("num_hidden_layers", 32)),
+        n_layers=get_int(cfg, "num_hidden_layers", 32),
         d_model=d,
         n_heads=n_heads,
         d_head=d // n_heads,
-        d_mlp=int(cfg.get("intermediate_size", 11008)),
-        vocab_size=int(cfg.get("vocab_size", 50304)),
+        d_mlp=get_int(cfg, "intermediate_size", 11008),
+        vocab_size=get_int(cfg, "vocab_size", 50304),
         n_positions=None,
         norm_eps=1e-5,  # fixed in OLMo, not a config key
         activation=activation_from_hf(cfg, "hidden_act", "silu"),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+        tie_embeddings=get_bool(cfg, "tie_word_embeddings", False),
+        n_kv_heads=get_int(cfg, "num_key_value_heads", None, nullable=True) or n_heads,
         qkv_bias=bias,
         out_bias=bias,
         mlp_bias=False,
         norm="layernorm_no_affine",
-        clip_qkv=None if clip is None else float(clip),
+        clip_qkv=clip,
         **rope_from_hf(cfg, d // n_heads, allow_partial=False),
     )
 
