@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -20,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jetjax._compiled import per_model
-from jetjax.checks import check_nonnegative_int, check_positive_int
+from jetjax.checks import check_nonnegative_int, check_positive_int, count_nonfinite, json_safe
 from jetjax.expand import count_paths, final_norm_jets, path_streams
 from jetjax.labels import DEC, extend_label, parse_label
 from jetjax.models.model import Model
@@ -69,6 +70,7 @@ class PathScores:
 
     def ranked(self, n: int | None = None) -> list[tuple[str, float]]:
         """``(label, score)`` of the ``n`` best paths (all with ``None``), best first."""
+        n = check_nonnegative_int("n", n, optional=True)
         idx = np.argsort(-self.scores, kind="stable")[:n]
         return [(self.labels[i], float(self.scores[i])) for i in idx]
 
@@ -323,20 +325,28 @@ class PathAttribution:
 
     def top(self, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` paths that push the prediction most (largest scores first)."""
+        n = check_nonnegative_int("n", n)
         idx = np.argsort(-self.scores, kind="stable")[:n]
         return [(self.labels[i], float(self.scores[i])) for i in idx]
 
     def bottom(self, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` paths that push against it most (most negative first)."""
+        n = check_nonnegative_int("n", n)
         idx = np.argsort(self.scores, kind="stable")[:n]
         return [(self.labels[i], float(self.scores[i])) for i in idx]
 
     def table(self, n: int = 10) -> str:
         """A plain-text report: totals, the top and bottom paths, and the components."""
+        n = check_nonnegative_int("n", n)
         what = repr(self.target_str) if self.target_str is not None else str(self.target)
         if self.foil is not None:
             what += f" − {self.foil_str!r}" if self.foil_str is not None else f" − {self.foil}"
-        lines = [f"logit({what}) at position {self.position}: model {self.total:+.4f} = "
+        lines = []
+        bad = count_nonfinite(self.scores) + count_nonfinite([self.total])
+        if bad:
+            lines.append(f"WARNING: {bad} of the numbers below are NaN or inf (non-finite weights or a jet "
+                         "that overflowed); they mean nothing")
+        lines += [f"logit({what}) at position {self.position}: model {self.total:+.4f} = "
                  f"Σ {len(self.labels)} paths {float(self.scores.sum()):+.4f} + remainder {self.remainder:+.4f} "
                  f"(remainder share {self.remainder_share:.1%})", "top paths:"]
         lines += [f"  {score:+10.4f}  {label}" for label, score in self.top(n)]
@@ -348,14 +358,16 @@ class PathAttribution:
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps({
+        """The attribution as JSON; NaN and ±inf (never expected) are written as ``null``."""
+        return json.dumps(json_safe({
             "target": self.target, "foil": self.foil, "target_str": self.target_str, "foil_str": self.foil_str,
             "position": self.position, "order": self.order, "granularity": self.granularity,
             "total": self.total, "remainder": self.remainder, "remainder_share": self.remainder_share,
             "n_paths": len(self.labels),
             "paths": [{"label": lab, "score": float(sc)} for lab, sc in zip(self.labels, self.scores)],
             "components": self.components, "direct": self.direct,
-        })
+            "nonfinite": count_nonfinite(self.scores) + count_nonfinite([self.total]),
+        }), allow_nan=False)
 
 
 def _token_id(model: Model, token, what: str) -> tuple[int, str | None]:
@@ -419,8 +431,17 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
         direction[foil] -= 1.0
     res = reduce_paths(model, ids, spec=spec, score=direction, position=position, top_k=0, chunk_size=chunk_size,
                        mesh=mesh, max_paths=max_paths, progress=progress)
-    total = float(res.logits @ direction)
+    # The model's own total by indexing: a dot with a one-hot vector turns one inf logit anywhere
+    # in the vocabulary into NaN (inf × 0).
+    logits = np.asarray(res.logits, np.float64)
+    total = float(logits[target] - (logits[foil] if foil is not None else 0.0))
     remainder = total - float(res.scores.sum())
+    bad = count_nonfinite(res.scores) + (0 if np.isfinite(total) else 1)
+    if bad:
+        warnings.warn(f"path_attribution: {count_nonfinite(res.scores)} of {len(res.scores)} path scores and "
+                      f"{'the' if not np.isfinite(total) else 'not the'} model total are NaN or inf: the "
+                      "weights or the jet overflowed (check the model's parameters, or lower the order)",
+                      RuntimeWarning, stacklevel=2)
     mass = abs(remainder) + float(np.abs(res.scores).sum())
     components: dict[str, float] = {}
     direct: dict[str, float] = {}

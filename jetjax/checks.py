@@ -15,7 +15,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_order", "check_positive_int", "check_nonnegative_int"]
+__all__ = ["check_order", "check_positive_int", "check_nonnegative_int", "json_safe", "count_nonfinite"]
 
 
 def check_order(order) -> int:
@@ -58,3 +58,37 @@ def check_nonnegative_int(name: str, value, *, optional: bool = False) -> int | 
     if not _is_int(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative int{' or None' if optional else ''}, got {value!r}")
     return int(value)
+
+
+def json_safe(obj):
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by ``None``, so ``json.dumps`` writes
+    valid JSON (``null``) instead of the bare ``NaN`` / ``Infinity`` most JSON readers reject.
+
+    Lists, tuples and dicts are walked; NumPy scalars and arrays become Python values.
+
+    Example:
+      >>> import json, numpy as np
+      >>> json.dumps(json_safe({"a": [1.0, float("nan")], "b": np.float32(np.inf), "c": np.arange(2)}))
+      '{"a": [1.0, null], "b": null, "c": [0, 1]}'
+    """
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def count_nonfinite(values) -> int:
+    """How many entries of ``values`` (an array or array-like) are NaN or ±inf."""
+    arr = np.asarray(values)
+    if "float" in arr.dtype.name and arr.dtype.kind not in "fc":   # bfloat16 and other ml_dtypes floats
+        arr = arr.astype(np.float32)
+    if not np.issubdtype(arr.dtype, np.inexact):
+        return 0
+    return int(arr.size - np.count_nonzero(np.isfinite(arr)))

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,7 +71,10 @@ def _ids(model, args):
 def _emit(args, payload: dict) -> None:
     if not args.json:
         return
-    text = json.dumps(payload, indent=2, default=_jsonable)
+    from jetjax.checks import json_safe
+
+    # NaN / inf become null (with the rows named by the result itself): the file is always valid JSON
+    text = json.dumps(json_safe(json.loads(json.dumps(payload, default=_jsonable))), indent=2, allow_nan=False)
     if args.json == "-":
         print(text)
     else:
@@ -140,9 +144,14 @@ def cmd_lens(args) -> None:
     tokens = model.token_strings(ids)
     lines = []
     for name, res in results.items():
-        m = res.metrics
+        with warnings.catch_warnings():   # said below, in the output itself
+            warnings.simplefilter("ignore", RuntimeWarning)
+            m = res.metrics
         top = res.top_tokens(1)
         lines.append(f"{res.kind} lens, {name}: rows = {', '.join(res.rows)}; columns = input tokens")
+        if res.nonfinite_rows:
+            lines.append(f"  WARNING: non-finite logits (NaN/inf) in row(s) {', '.join(res.nonfinite_rows)}: "
+                         "their tokens and metrics mean nothing (non-finite weights, or a jet order too high)")
         lines.append("  " + " | ".join(f"{t!r:>10}" for t in tokens))
         for r, row in enumerate(res.rows):
             cells = " | ".join(f"{top[r][t][0]!r:>10}" for t in range(len(tokens)))

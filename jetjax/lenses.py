@@ -48,7 +48,7 @@ import numpy as np
 import optax
 
 from jetjax._compiled import TRACE_COUNTS, module_jit, per_model
-from jetjax.checks import check_nonnegative_int, check_order
+from jetjax.checks import check_nonnegative_int, check_order, count_nonfinite, json_safe
 from jetjax.expand import expand_decoder
 from jetjax.labels import EMB, check_granularity, model_components
 from jetjax.models.model import Model
@@ -316,8 +316,30 @@ class LensResult:
         * ``rank``: how many tokens the row scores strictly above the model's top token (0 = top);
         * ``remainder_norm``: ``‖model_logits − row logits‖₂``;
         * ``entropy``: entropy of the row's softmax distribution, in nats.
+
+        A row whose logits hold NaN or ±inf (non-finite weights, or a high-order jet that
+        overflowed) gets NaN metrics and a ``RuntimeWarning`` naming it; see :attr:`nonfinite_rows`.
         """
-        return {k: np.asarray(v) for k, v in _faithfulness(self.logits, self.model_logits).items()}
+        metrics = {k: np.asarray(v) for k, v in _faithfulness(self.logits, self.model_logits).items()}
+        bad = self._nonfinite_rows(metrics)
+        model_bad = count_nonfinite(self.model_logits) > 0
+        if bad or model_bad:
+            where = [f"row(s) {', '.join(bad)}"] if bad else []
+            where += ["the model's own logits"] if model_bad else []
+            warnings.warn(f"{self.kind} lens (order {self.order}): non-finite logits in {' and '.join(where)}; "
+                          "metrics and top tokens computed from them mean nothing (check the weights, or "
+                          "lower the order)", RuntimeWarning, stacklevel=2)
+        return metrics
+
+    def _nonfinite_rows(self, metrics) -> tuple[str, ...]:
+        # The entropy of a row's own softmax is NaN as soon as one of its logits is NaN or ±inf.
+        per_row = [np.isfinite(metrics["entropy"][r]).all() for r in range(len(self.rows))]
+        return tuple(label for label, ok in zip(self.rows, per_row) if not ok)
+
+    @property
+    def nonfinite_rows(self) -> tuple[str, ...]:
+        """Labels of the rows whose logits hold NaN or ±inf at some position (empty when all are finite)."""
+        return self._nonfinite_rows(self.metrics)
 
     @functools.cached_property
     def combined_metrics(self) -> dict[str, np.ndarray] | None:
@@ -351,6 +373,9 @@ class LensResult:
     def to_json(self, path=None, *, top_k: int = 5) -> str:
         """Metrics, top-``k`` tokens and probabilities per cell, weights, as JSON (no full logits).
 
+        Non-finite numbers are written as ``null`` and the rows holding them are listed under
+        ``nonfinite_rows``, so the text is always valid JSON.
+
         Writes to ``path`` when given; returns the JSON text either way.
         """
         ids, probs = self.top_k(top_k)
@@ -358,6 +383,8 @@ class LensResult:
         out: dict[str, Any] = {
             "kind": self.kind, "order": self.order, "granularity": self.granularity,
             "rows": list(self.rows), "row_indices": list(self.row_indices),
+            "nonfinite_rows": list(self.nonfinite_rows),
+            "model_logits_finite": count_nonfinite(self.model_logits) == 0,
             "input_ids": self.ids.tolist(), "input_tokens": self.input_tokens(),
             "metrics": {k: v.tolist() for k, v in self.metrics.items()},
             "top_k": {"ids": ids.tolist(), "tokens": _nested(token_texts(self.model, ids), ids.shape),
@@ -370,7 +397,7 @@ class LensResult:
             out["weights"] = np.asarray(self.weights).tolist()
             out["combined_metrics"] = {k: v.tolist() for k, v in self.combined_metrics.items()}
             out["fit_losses"] = None if self.fit_losses is None else self.fit_losses.tolist()
-        text = json.dumps(out)
+        text = json.dumps(json_safe(out), allow_nan=False)   # NaN / inf become null: valid JSON
         if path is not None:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
