@@ -172,6 +172,24 @@ def _normalise_position(position, t: int) -> int | None:
     return int(position) % t
 
 
+def _check_score(score, vocab_size: int) -> None:
+    """``score`` is None, a callable or a finite direction of shape ``[V]``: refused by name otherwise."""
+    if score is None or callable(score):
+        return
+    accepted = ("score must be None (the L2 norm of each path's logits), a direction in logit space "
+                f"(an array of shape ({vocab_size},)) or a callable score(logits, score_aux)")
+    if isinstance(score, (str, bytes)):
+        raise TypeError(f"{accepted}; got the string {score!r}")
+    try:
+        arr = np.asarray(score, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{accepted}; got {type(score).__name__} {score!r:.80}") from None
+    if arr.shape != (vocab_size,):
+        raise ValueError(f"{accepted}; got an array of shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"the score direction holds {count_nonfinite(arr)} NaN/inf value(s); it must be finite")
+
+
 def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UNSET, weights: str = UNSET,
                  score: Callable | None = None, score_aux: Any = None, position: int | None = None,
                  top_k: int = 10, chunk_size: int = 256, mesh=None, include: Sequence[str] | None = UNSET,
@@ -228,6 +246,7 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
     chunk_size = check_positive_int("chunk_size", chunk_size)
     position = _normalise_position(position, ids.shape[-1])
     mesh, _, n_dev = mesh_axis(mesh)
+    _check_score(score, model.config.vocab_size)
 
     params = model.params
     streams = model.residual_stream(ids, mid=True)

@@ -33,9 +33,21 @@ def path_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = DEFA
       >>> mesh.axis_names, mesh.size
       (('paths',), 1)
     """
-    devices = list(jax.devices() if devices is None else devices)
+    if isinstance(devices, (str, bytes)) or isinstance(devices, jax.Device):
+        raise TypeError(f"devices must be a list of jax devices (e.g. jax.devices() or jax.devices('cpu')[:2]), "
+                        f"got {devices!r}")
+    try:
+        devices = list(jax.devices() if devices is None else devices)
+    except TypeError:
+        raise TypeError(f"devices must be a list of jax devices (e.g. jax.devices()), got {devices!r}") from None
     if not devices:
-        raise ValueError("path_mesh needs at least one device")
+        raise ValueError("devices is empty: pass at least one jax device (e.g. jax.devices()[:1])")
+    wrong = [d for d in devices if not isinstance(d, jax.Device)]
+    if wrong:
+        raise TypeError(f"devices must be jax devices such as jax.devices('cpu')[0], got {wrong[0]!r} "
+                        f"({type(wrong[0]).__name__}); a platform name is not a device")
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"devices lists a device more than once: {devices}")
     return Mesh(np.asarray(devices), (axis_name,))
 
 

@@ -13,7 +13,7 @@ from flax import nnx
 from jetjax.models.config import ModelConfig
 from jetjax.models.family import Family
 from jetjax.models.hf_config import ConfigKeys, activation_from_hf, get_bool, get_float, get_int
-from jetjax.models.layers import ACTIVATIONS, LayerNorm, Linear, causal_attention, compute_dtype_for
+from jetjax.models.layers import ACTIVATIONS, LayerNorm, Linear, causal_attention, compute_dtype_for, embedding_lookup
 from jetjax.models.model import ResidualModule
 
 # config.json keys, the penzai way: what we read, what carries no meaning for the computation,
@@ -93,7 +93,7 @@ class GPT2(ResidualModule):
 
     def token_embed(self, ids):
         wte = self.wte[...]
-        return wte[ids].astype(compute_dtype_for(wte.dtype))
+        return embedding_lookup(wte, ids).astype(compute_dtype_for(wte.dtype))
 
     def embed(self, ids):
         wpe = self.wpe[...]

@@ -22,7 +22,7 @@ from flax import nnx
 from jetjax.models.config import ModelConfig
 from jetjax.models.family import Family
 from jetjax.models.hf_config import ConfigKeys, activation_from_hf, get_bool, get_float, get_int, rope_from_hf
-from jetjax.models.layers import ACTIVATIONS, LayerNorm, Linear, causal_attention, compute_dtype_for
+from jetjax.models.layers import ACTIVATIONS, LayerNorm, Linear, causal_attention, compute_dtype_for, embedding_lookup
 from jetjax.models.model import ResidualModule
 from jetjax.models.rope import apply_rotary, rotary_tables
 
@@ -96,7 +96,7 @@ class GPTNeoX(ResidualModule):
 
     def token_embed(self, ids):
         w = self.embed_in[...]
-        return w[ids].astype(compute_dtype_for(w.dtype))
+        return embedding_lookup(w, ids).astype(compute_dtype_for(w.dtype))
 
     def embed(self, ids):  # positions enter through the rotary embedding, not the stream
         return self.token_embed(ids)

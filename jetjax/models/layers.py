@@ -39,6 +39,25 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+def embedding_lookup(table: Array, ids: Array) -> Array:
+    """Rows ``table[ids]``; an id outside ``0..len(table)-1`` (negative ones included) gives a row of NaN.
+
+    Eager calls check ids first (:meth:`jetjax.Model.check_ids`), but under ``jax.jit`` ids are
+    traced and cannot be checked; plain indexing would clamp a bad id to the last row and give a
+    plausible wrong answer, while a NaN row makes every result from it visibly invalid (and the
+    lenses and attribution report non-finite rows).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> embedding_lookup(jnp.eye(3), jnp.array([2, 5, -1]))
+      Array([[ 0.,  0.,  1.],
+             [nan, nan, nan],
+             [nan, nan, nan]], dtype=float32)
+    """
+    ids = jnp.where(ids < 0, table.shape[0], ids)   # take() would wrap negative ids from the end
+    return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+
+
 def compute_dtype_for(param_dtype) -> jnp.dtype:
     """Activations are float32 for float32/bf16/fp16 weights, float64 for float64 weights."""
     return jnp.dtype(jnp.float64 if jnp.dtype(param_dtype) == jnp.float64 else jnp.float32)
@@ -150,5 +169,5 @@ class GatedMLP(nnx.Module):
         return self.down_proj(ACTIVATIONS[self.activation](self.gate_proj(x)) * self.up_proj(x))
 
 
-__all__ = ["ACTIVATIONS", "compute_dtype_for", "layer_norm", "rms_norm", "causal_attention", "Linear", "LayerNorm",
+__all__ = ["ACTIVATIONS", "compute_dtype_for", "embedding_lookup", "layer_norm", "rms_norm", "causal_attention", "Linear", "LayerNorm",
            "RMSNorm", "make_norm", "GatedMLP"]

@@ -33,7 +33,7 @@ from jetjax.models.config import ModelConfig
 from jetjax.models.family import Family
 from jetjax.models.hf_config import (ConfigKeys, activation_from_hf, get_bool, get_float, get_int, rope_from_hf,
                                      windows_for)
-from jetjax.models.layers import GatedMLP, Linear, causal_attention, compute_dtype_for, make_norm
+from jetjax.models.layers import GatedMLP, Linear, causal_attention, compute_dtype_for, embedding_lookup, make_norm
 from jetjax.models.model import ResidualModule
 from jetjax.models.rope import apply_rotary, rotary_tables
 
@@ -140,7 +140,7 @@ class Llama(ResidualModule):
 
     def token_embed(self, ids):
         w = self.embed_tokens[...]
-        x = w[ids].astype(compute_dtype_for(w.dtype))
+        x = embedding_lookup(w, ids).astype(compute_dtype_for(w.dtype))
         if self.config.embed_scale == 1.0:
             return x
         # HF rounds the scale to the weights' dtype first (visible with bf16 weights)

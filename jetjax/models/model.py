@@ -217,15 +217,31 @@ class Model:
 
     # -- validation ---------------------------------------------------------------------------
     def check_ids(self, ids, *, check_length: bool = True):
-        """Validate token ids: integer dtype, at least one token, within vocab and position table."""
+        """Validate token ids: integer dtype, rectangular, at least one token, within vocab and position table.
+
+        Under ``jax.jit`` ids are tracers and only their dtype can be checked; there an out-of-range
+        id gives a NaN embedding row (never a clamped, plausible one; see
+        :func:`jetjax.models.layers.embedding_lookup`), so the results show it.
+        """
         if isinstance(ids, str):
             raise TypeError("expected token ids, got a str: use model.tokenize(text) first")
         if isinstance(ids, jax.core.Tracer):
             if not jnp.issubdtype(ids.dtype, jnp.integer):
                 raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
             return ids
-        arr = np.asarray(ids)
-        if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+        try:
+            arr = np.asarray(ids)
+        except ValueError:   # numpy refuses ragged nested lists
+            lengths = [len(row) if hasattr(row, "__len__") else 1 for row in ids]
+            raise ValueError(f"token ids must form a rectangular array [..., T] (every sequence the same "
+                             f"length; pad or batch them separately), got sequences of lengths {lengths}") from None
+        if arr.size == 0:
+            raise ValueError(f"token ids must have shape [..., T] with T >= 1 and at least one sequence, "
+                             f"got an empty array of shape {arr.shape}")
+        if arr.dtype == object:
+            raise ValueError("token ids must form a rectangular array of ints [..., T] (every sequence the same "
+                             "length), got a ragged or mixed nesting")
+        if not np.issubdtype(arr.dtype, np.integer):
             raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
         if arr.ndim == 0 or arr.shape[-1] == 0:
             raise ValueError(f"token ids must have shape [..., T] with T >= 1, got shape {arr.shape}")

@@ -7,14 +7,15 @@ with a corpus).
 """
 
 from jetjax.ngrams.analysis import (CorpusAgreement, CorpusBigrams, KeywordMass, TableDiff, corpus_agreement,
-                                    corpus_bigrams, diff_tables, keyword_mass, load_keywords)
+                                    corpus_bigrams, diff_tables, keyword_mass, load_keywords, read_keywords)
 from jetjax.ngrams.scorer import PATH_FORMS, check_paths, parse_path
+from jetjax.ngrams.settings import SweepSettings
+from jetjax.ngrams.store import SweepLockedError
 from jetjax.ngrams.sweep import jet_bigrams, model_fingerprint, sweep_contexts
 from jetjax.ngrams.table import NGramTable
 from jetjax.ngrams.trigrams import bigram_candidates, candidate_contexts, jet_skip_bigrams, jet_trigrams
 
 __all__ = ["jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "candidate_contexts", "bigram_candidates",
-           "sweep_contexts", "NGramTable", "diff_tables", "TableDiff", "keyword_mass", "KeywordMass",
-           "load_keywords", "corpus_agreement", "CorpusAgreement", "corpus_bigrams", "CorpusBigrams", "parse_path", "check_paths",
-           "PATH_FORMS",
-           "model_fingerprint"]
+           "sweep_contexts", "SweepSettings", "SweepLockedError", "NGramTable", "diff_tables", "TableDiff",
+           "keyword_mass", "KeywordMass", "read_keywords", "load_keywords", "corpus_agreement", "CorpusAgreement",
+           "corpus_bigrams", "CorpusBigrams", "parse_path", "check_paths", "PATH_FORMS", "model_fingerprint"]

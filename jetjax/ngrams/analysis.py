@@ -16,14 +16,15 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from jetjax.checks import check_positive_int
+from jetjax.checks import check_nonnegative_int, check_positive_int
 from jetjax.models.model import Model
 from jetjax.ngrams.scorer import context_scorer
 from jetjax._compiled import per_model
 from jetjax.ngrams.sweep import model_fingerprint
 from jetjax.ngrams.table import NGramTable
 
-__all__ = ["diff_tables", "TableDiff", "load_keywords", "keyword_mass", "KeywordMass", "corpus_agreement",
+__all__ = ["diff_tables", "TableDiff", "read_keywords", "load_keywords", "keyword_mass", "KeywordMass",
+           "corpus_agreement",
            "CorpusAgreement", "corpus_bigrams", "CorpusBigrams"]
 
 
@@ -119,6 +120,26 @@ def _entry_probs(table: NGramTable, keys: np.ndarray, v: int, model: Model | Non
     return probs, ranks
 
 
+def _check_same_tokens(a: NGramTable, b: NGramTable) -> None:
+    """Refuse tables whose ids mean different strings: a diff is labelled with ``a``'s strings."""
+    if a.tokens is None or b.tokens is None:
+        if (a.tokens is None) != (b.tokens is None):
+            warnings.warn(f"table {'a' if a.tokens is None else 'b'} has no token strings, so the two vocabularies "
+                          "cannot be compared; the diff assumes equal ids mean equal tokens", stacklevel=3)
+        return
+    ta, tb = list(a.tokens), list(b.tokens)
+    if len(ta) != len(tb):
+        raise ValueError(f"the tables' tokenizers differ: {len(ta)} vs {len(tb)} token strings; diff tables of "
+                         "models with the same tokenizer")
+    differ = [i for i, (x, y) in enumerate(zip(ta, tb)) if x != y]
+    if differ:
+        shown = ", ".join(f"{i}: {ta[i]!r} vs {tb[i]!r}" for i in differ[:5])
+        raise ValueError(f"the tables' tokenizers differ: {len(differ)} of {len(ta)} token ids map to different "
+                         f"strings (id: a vs b: {shown}{', ...' if len(differ) > 5 else ''}); a diff would label "
+                         "one model's entries with the other's strings, so diff tables of models with the same "
+                         "tokenizer")
+
+
 def diff_tables(a: NGramTable, b: NGramTable, n: int = 20, *, models: tuple[Model, Model] | None = None) -> TableDiff:
     """Compare two tables of the same contexts and vocabulary (e.g. base vs fine-tuned model).
 
@@ -129,12 +150,17 @@ def diff_tables(a: NGramTable, b: NGramTable, n: int = 20, *, models: tuple[Mode
     as rank ``k + 1``.
 
     Returns the ``n`` entries with the largest probability gain / loss and rank gain / loss.
+
+    Raises ``ValueError`` when the tables' rows or vocabularies differ, token strings included
+    (same vocabulary size, other tokenizer), or when ``n`` is not a non-negative int.
     """
+    n = check_nonnegative_int("n", n)
     if a.contexts.shape != b.contexts.shape or not np.array_equal(a.contexts, b.contexts):
         raise ValueError("the tables have different contexts (rows); diff tables of the same contexts")
     va, vb = (t.meta.get("model", {}).get("config", {}).get("vocab_size") for t in (a, b))
     if va != vb:
         raise ValueError(f"the tables come from different vocabularies ({va} vs {vb} tokens)")
+    _check_same_tokens(a, b)
     v = int(max(a.ids.max(), b.ids.max()) + 1) if va is None else int(va)
     keys = np.union1d(_keys(a, v), _keys(b, v))
     keys = keys[keys >= 0]
@@ -163,18 +189,50 @@ def diff_tables(a: NGramTable, b: NGramTable, n: int = 20, *, models: tuple[Mode
 # ---------------------------------------------------------------------------------------------
 # Keyword mass
 
-def _keyword_entries(keywords) -> list[str]:
-    """The entries of a keyword file or list: stripped, without blank lines and ``#`` comments."""
+def read_keywords(keywords) -> list[str]:
+    """The entries of a keyword file or list, checked: stripped, without blank lines and ``#`` comments.
+
+    A file must be UTF-8 text (a leading byte-order mark is dropped); a binary file, one that is not
+    UTF-8, or one with no entry is a ``ValueError`` naming it. Call this before a sweep whose table
+    the keywords will read (:func:`keyword_mass` calls it too), so a bad file never costs a sweep.
+
+    Example:
+      >>> read_keywords(["# a comment", "  war ", "", "peace"])
+      ['war', 'peace']
+      >>> read_keywords([])
+      Traceback (most recent call last):
+      ...
+      ValueError: the keyword list is empty (one word or phrase per line)
+    """
     if isinstance(keywords, (str, Path)):
         path = Path(keywords)
         if not path.is_file():
-            raise FileNotFoundError(f"keyword file {path} does not exist")
-        lines = path.read_text(encoding="utf-8").splitlines()
+            raise FileNotFoundError(f"keyword file {path} does not exist" if not path.exists() else
+                                    f"keyword file {path} is not a file")
+        data = path.read_bytes()
+        nul = data.find(b"\x00")
+        if nul >= 0:
+            raise ValueError(f"keyword file {path} is not text (a NUL byte at offset {nul}); "
+                             "give a UTF-8 text file, one word or phrase per line")
+        bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 byte-order mark: not part of a word
+        try:
+            lines = data[bom:].decode("utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            at = bom + err.start
+            raise ValueError(f"keyword file {path} is not UTF-8 text (byte {data[at]:#04x} at offset {at}); "
+                             "save it as UTF-8, one word or phrase per line") from None
+        where = f"keyword file {path}"
     else:
+        if keywords is None or isinstance(keywords, bytes):
+            raise ValueError(f"keywords must be a file path or a list of strings, got {keywords!r}")
         lines = list(keywords)
+        bad = [w for w in lines if not isinstance(w, str)]
+        if bad:
+            raise ValueError(f"keywords must be strings, got {bad[0]!r} of type {type(bad[0]).__name__}")
+        where = "the keyword list"
     words = [w.strip() for w in lines if w.strip() and not w.strip().startswith("#")]
     if not words:
-        raise ValueError("the keyword list is empty (one word or phrase per line)")
+        raise ValueError(f"{where} is empty (one word or phrase per line)")
     return words
 
 
@@ -186,7 +244,7 @@ def load_keywords(keywords, tokenizer) -> tuple[np.ndarray, list[str]]:
     hold ``"word"`` and ``" word"`` as different tokens); every form that is exactly one token is
     kept. Entries with no one-token form are returned in the second list (and warned about).
     """
-    words = _keyword_entries(keywords)
+    words = read_keywords(keywords)
     unk = getattr(tokenizer.model, "unk_token", None)
     unk_id = tokenizer.token_to_id(unk) if unk else None  # an unknown word maps to it: not a hit
     ids, missing = set(), []
@@ -247,8 +305,9 @@ def keyword_mass(table: NGramTable, keywords, *, model: Model | None = None, tok
     """
     if table.n != 2:
         raise ValueError(f"keyword mass is defined on bigram tables, got an n={table.n} table")
+    read_keywords(keywords)  # a bad file is named before the tokenizer or the model is touched
     ids, missing = load_keywords(keywords, _tokenizer(model, tokenizer))
-    n_words = len(_keyword_entries(keywords))
+    n_words = len(read_keywords(keywords))
     if ids.size == 0:
         raise ValueError(f"none of the keywords has a token in the vocabulary: {missing}")
     v = int(table.meta.get("model", {}).get("config", {}).get("vocab_size") or table.ids.max() + 1)
@@ -396,6 +455,11 @@ def corpus_agreement(table: NGramTable, text: str, model: Model, *, tokenizer=No
     """
     if table.n != 2:
         raise ValueError(f"corpus agreement is defined on bigram tables, got an n={table.n} table")
+    if not isinstance(text, str):
+        hint = " (decode bytes first: data.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+        raise TypeError(f"text must be a str, got {type(text).__name__}{hint}")
+    if not text.strip():
+        raise ValueError("text is empty: corpus agreement needs a corpus to count bigrams in")
     corpus = corpus_bigrams(text, _tokenizer(model, tokenizer), model.config.vocab_size, min_count=min_count,
                             n_contexts=n_contexts)
     row_of = {int(z): r for r, z in enumerate(table.contexts[:, 0])}

@@ -35,7 +35,7 @@ paths.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from jetjax.checks import check_order
 from jetjax.jet import jet
@@ -62,26 +62,40 @@ def parse_path(name: str, n_layers: int, *, parallel_residual: bool = False) -> 
     return tuple((c.kind, c.layer) for c in comps)
 
 
-def check_paths(model: Model, paths: Sequence[str] | str) -> tuple[str, ...]:
-    """Validate path names for ``model``; returns them as a tuple (duplicates are an error).
+def check_paths(model: Model | None, paths: Sequence[str] | str) -> tuple[str, ...]:
+    """Validate path names (for ``model``, or by the grammar alone with ``None``); returns them as a tuple.
 
-    One name alone (a ``str``) is a list of it. Duplicates are found on the parsed paths, so no two
-    spellings of one path can count twice (the grammar admits one spelling anyway).
+    One name alone (a ``str``) is a list of it. Each name is parsed and written back in its one
+    canonical spelling (:func:`jetjax.labels.format_label`), and duplicates are found on the parsed
+    paths, so no two spellings of one path can count twice: the grammar refuses the others
+    (``" emb>dec"``, ``"emb>mlp00>dec"``) with an error naming the canonical one.
+
+    Example:
+      >>> check_paths(None, "emb>mlp0>dec")
+      ('emb>mlp0>dec',)
+      >>> check_paths(None, ["emb>dec", "emb>mlp00>dec"])  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: unknown path name 'emb>mlp00>dec'; ... 'mlp00' has a leading zero; write 'mlp0'
     """
     if isinstance(paths, str):
         paths = (paths,)
+    if paths is None or not isinstance(paths, Iterable):
+        raise ValueError(f"paths must be a path name or a list of them (valid forms: {'; '.join(PATH_FORMS)}), "
+                         f"got {paths!r}")
     paths = tuple(paths)
     if not paths:
         raise ValueError(f"paths must name at least one path; valid forms: {'; '.join(PATH_FORMS)}")
-    c = model.config
+    c = None if model is None else model.config
     seen: dict[tuple, str] = {}
     for p in paths:
-        key = parse_label(p, n_layers=c.n_layers, parallel_residual=c.parallel_residual)
+        key = parse_label(p, n_layers=None if c is None else c.n_layers,
+                          parallel_residual=False if c is None else c.parallel_residual)
         if key in seen:
             raise ValueError(f"paths contains duplicates: {seen[key]!r} and {p!r} are both the path "
                              f"{format_label(key)!r} (paths: {list(paths)})")
         seen[key] = p
-    return paths
+    return tuple(format_label(key) for key in seen)
 
 
 def _token_streams(model: Model, params, x0):

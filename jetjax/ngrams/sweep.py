@@ -13,8 +13,17 @@ parameters replicated). One step function is compiled per block shape; the last 
 
 With ``out_dir`` the sweep is resumable: rows are grouped into chunks of ``chunk_rows``; each
 finished chunk is written as ``chunk-NNNNN.safetensors`` (temp file, fsync, ``os.replace``) and only
-then recorded (with its sha256) in ``manifest.json`` (written the same way). A rerun with the same
-model and settings skips recorded chunks; a directory holding anything else is refused untouched.
+then recorded (with its sha256) in ``manifest.json`` (written the same way), which also records the
+model and the :class:`~jetjax.ngrams.SweepSettings`. A rerun with the same model and settings skips
+the recorded chunks that pass their checksum and recomputes the others; a directory holding
+anything else is refused untouched, and one that another sweep is writing is refused at once
+(the lock, checks and repairs: :mod:`jetjax.ngrams.store`).
+
+``block_rows`` and ``vocab_tile`` (and the number of devices, which splits a block) only change
+speed, but they change float rounding in the last bits: the logsumexp is summed tile by tile, and
+a GEMM kernel may block its sums differently for other shapes. So they are part of the recorded
+settings and a rerun with other values is refused, naming them, rather than mixing chunks whose
+last bits differ: a resumed sweep is byte-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,16 +40,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jetjax._compiled import per_model
-from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
 from jetjax.models.model import Model
+from jetjax.ngrams.scorer import context_scorer
+from jetjax.ngrams.settings import DEFAULT, SweepSettings, resolve_settings
+from jetjax.ngrams.store import FORMAT, ChunkStore
+from jetjax.ngrams.table import NGramTable
 from jetjax.parallel import path_mesh
-from jetjax.ngrams.scorer import check_paths, context_scorer
-from jetjax.ngrams.table import TABLE_FILE, TABLE_META, NGramTable, atomic_write_bytes
 
 __all__ = ["jet_bigrams", "sweep_contexts", "model_fingerprint"]
-
-MANIFEST = "manifest.json"
-_FORMAT = "jetjax.ngram_sweep/1"
 
 
 def model_fingerprint(model: Model) -> str:
@@ -106,178 +113,113 @@ def _global_top(probs: np.ndarray, ids: np.ndarray, contexts: np.ndarray, g: int
     return flat[order].astype(np.float32), pairs.astype(np.int32)
 
 
-class _ChunkStore:
-    """Chunks of a sweep in ``out_dir`` (or in memory without one), behind a JSON manifest."""
+def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT, top_k: int = DEFAULT, *,
+                   order: int = DEFAULT, global_k: int = DEFAULT, block_rows: int = DEFAULT,
+                   chunk_rows: int = DEFAULT, out_dir=None, devices=None, progress: bool = True,
+                   callback: Callable[[int, int], None] | None = None, kind: str = DEFAULT,
+                   vocab_tile: int = DEFAULT, settings: SweepSettings | None = None) -> NGramTable:
+    """Next-token tables of arbitrary contexts (``int [R, T]``) under ``paths``; see :func:`jet_bigrams`.
 
-    def __init__(self, out_dir, header: dict):
-        self.header, self.memory = header, {}
-        self.dir = None if out_dir is None else Path(out_dir)
-        self.chunks: dict[str, dict] = {}
-        if self.dir is None:
-            return
-        manifest = self.dir / MANIFEST
-        if manifest.is_file():
-            found = json.loads(manifest.read_text())
-            self._check_same(found)
-            self.chunks = found.get("chunks", {})
-        elif self.dir.exists() and any(self.dir.iterdir()):
-            raise FileExistsError(f"{self.dir} is not empty and holds no sweep manifest; refusing to write into "
-                                  "it (choose an empty or new directory)")
-        self.dir.mkdir(parents=True, exist_ok=True)
+    ``kind`` (default ``"contexts"``) labels the rows in the table's ``meta`` and the manifest.
 
-    def _check_same(self, found: dict) -> None:
-        if found.get("format") != _FORMAT:
-            raise ValueError(f"{self.dir / MANIFEST} is not a jetjax sweep manifest; refusing to touch {self.dir}")
-        diffs = []
-        for part in ("model", "settings"):
-            mine, theirs = self.header[part], found.get(part, {})
-            diffs += [f"{part}.{k}: {theirs.get(k)!r} there, {mine.get(k)!r} now"
-                      for k in sorted(set(mine) | set(theirs)) if k != "source" and mine.get(k) != theirs.get(k)]
-        if diffs:
-            raise ValueError(f"{self.dir} holds a table of a different model or settings; refusing to overwrite "
-                             f"it (use another out_dir). Differences: " + "; ".join(diffs))
-
-    def is_done(self, i: int) -> bool:
-        return i in self.memory or str(i) in self.chunks
-
-    def write(self, i: int, arrays: dict) -> None:
-        if self.dir is None:
-            self.memory[i] = arrays
-            return
-        from safetensors.numpy import save
-
-        data = save(arrays)
-        name = f"chunk-{i:05d}.safetensors"
-        atomic_write_bytes(self.dir / name, data)
-        self.chunks[str(i)] = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
-        self._write_manifest(complete=False)
-
-    def _write_manifest(self, complete: bool) -> None:
-        doc = {**self.header, "chunks": self.chunks, "complete": complete}
-        atomic_write_bytes(self.dir / MANIFEST, json.dumps(doc, indent=1).encode())
-
-    def read(self, i: int) -> dict:
-        if self.dir is None:
-            return self.memory[i]
-        from safetensors.numpy import load
-
-        entry = self.chunks[str(i)]
-        data = (self.dir / entry["file"]).read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise ValueError(f"{self.dir / entry['file']} does not match the checksum in its manifest "
-                             "(modified after it was written); delete the directory to recompute")
-        return load(data)
-
-    def finish(self, table: NGramTable) -> None:
-        if self.dir is not None:
-            table.save(self.dir)
-            self._write_manifest(complete=True)
-
-    def complete_table(self) -> NGramTable | None:
-        if self.dir is None or not (self.dir / TABLE_FILE).is_file() or not (self.dir / TABLE_META).is_file():
-            return None
-        if not json.loads((self.dir / MANIFEST).read_text()).get("complete"):
-            return None
-        return NGramTable.load(self.dir)
-
-
-def sweep_contexts(model: Model, contexts, paths: Sequence[str], top_k: int = 10, *, order: int = 0,
-                   global_k: int = 100, block_rows: int = 1024, chunk_rows: int = 8192, out_dir=None,
-                   devices=None, progress: bool = True, callback: Callable[[int, int], None] | None = None,
-                   kind: str = "contexts", vocab_tile: int = 4096) -> NGramTable:
-    """Next-token tables of arbitrary contexts (``int [R, T]``) under ``paths``; see :func:`jet_bigrams`."""
-    paths = check_paths(model, paths)
-    order = check_order(order)
-    v = model.config.vocab_size
+    Example:
+      >>> from jetjax.models import ModelConfig, random_model
+      >>> cfg = ModelConfig(arch="gpt2", n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16,
+      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
+      >>> s = SweepSettings(paths=["emb>dec", "emb>mlp0>dec"], top_k=2, global_k=3)
+      >>> t = sweep_contexts(random_model(cfg), [[1, 2], [3, 4]], settings=s, progress=False)
+      >>> t.probs.shape, t.meta["paths"], t.meta["kind"], t.meta["block_rows"]
+      ((2, 2), ['emb>dec', 'emb>mlp0>dec'], 'contexts', 1024)
+    """
+    settings = resolve_settings(settings, paths=paths, top_k=top_k, order=order, global_k=global_k,
+                                block_rows=block_rows, chunk_rows=chunk_rows, vocab_tile=vocab_tile, kind=kind)
     contexts = np.asarray(contexts)
     if contexts.ndim != 2 or contexts.shape[0] == 0 or contexts.shape[1] == 0:
         raise ValueError(f"contexts must be an int array [rows, tokens] with at least one row, got {contexts.shape}")
     model.check_ids(contexts, check_length=False)
     contexts = contexts.astype(np.int32)
-    top_k = check_positive_int("top_k", top_k, v, "the vocabulary size")
-    global_k = check_nonnegative_int("global_k", global_k)
-    block_rows = check_positive_int("block_rows", block_rows)
-    chunk_rows = check_positive_int("chunk_rows", chunk_rows)
-    vocab_tile = min(check_positive_int("vocab_tile", vocab_tile), v)
     mesh = path_mesh(devices, axis_name="rows")
-    n_dev = mesh.devices.size
-    block_rows = -(-block_rows // n_dev) * n_dev  # every device gets the same number of rows
-    kk = min(max(top_k, global_k), v)
+    n_dev = int(mesh.devices.size)
+    settings = settings.for_model(model, n_dev)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be a function callback(chunk_index, n_chunks) or None, got {callback!r}")
+    v = model.config.vocab_size
 
-    header = {"format": _FORMAT,
+    header = {"format": FORMAT,
               "model": {"fingerprint": model_fingerprint(model), "config": dataclasses.asdict(model.config),
                         "source": model.source},
-              "settings": {"kind": kind, "paths": list(paths), "order": order, "top_k": top_k,
-                           "global_k": int(global_k), "chunk_rows": chunk_rows, "n_rows": int(contexts.shape[0]),
+              "settings": {**settings.to_json(), "devices": n_dev, "n_rows": int(contexts.shape[0]),
                            "context_len": int(contexts.shape[1]),
                            "contexts_sha256": hashlib.sha256(contexts.tobytes()).hexdigest()}}
     header = json.loads(json.dumps(header))  # compare with a manifest in its JSON form (tuples -> lists)
-    store = _ChunkStore(out_dir, header)
-    done = store.complete_table()
-    if done is not None:
-        return done
-
     n_rows = contexts.shape[0]
-    n_chunks = -(-n_rows // chunk_rows)
-    todo = [i for i in range(n_chunks) if not store.is_done(i)]
-    if todo:
-        _run_chunks(model, contexts, paths, order, top_k, int(global_k), kk, block_rows, chunk_rows, mesh,
-                    store, todo, n_chunks, progress, callback, vocab_tile)
-    parts = [store.read(i) for i in range(n_chunks)]
-    cat = {name: np.concatenate([p[name] for p in parts]) for name in ("probs", "ids", "logsumexp")}
-    g_probs = np.concatenate([p["global_probs"] for p in parts])
-    g_pairs = np.concatenate([p["global_pairs"] for p in parts])
-    best = np.lexsort((g_pairs[:, -1], *g_pairs[:, :-1].T[::-1], -g_probs))[:global_k]
-    tokens = model.token_strings(np.arange(v)) if model.tokenizer is not None else None
-    table = NGramTable(contexts=contexts, **cat, global_probs=g_probs[best], global_pairs=g_pairs[best],
-                       meta={**header["settings"], "model": header["model"]}, tokens=tokens)
-    store.finish(table)
+    n_chunks = -(-n_rows // settings.chunk_rows)
+    with ChunkStore(out_dir, header, n_chunks) as store:
+        done = store.complete_table()
+        if done is not None:
+            return done
+        todo = [i for i in range(n_chunks) if not store.is_done(i)]
+        if todo:
+            _run_chunks(model, contexts, settings, mesh, store, todo, progress, callback)
+        parts = [store.read(i) for i in range(n_chunks)]
+        cat = {name: np.concatenate([p[name] for p in parts]) for name in ("probs", "ids", "logsumexp")}
+        g_probs = np.concatenate([p["global_probs"] for p in parts])
+        g_pairs = np.concatenate([p["global_pairs"] for p in parts])
+        best = np.lexsort((g_pairs[:, -1], *g_pairs[:, :-1].T[::-1], -g_probs))[:settings.global_k]
+        tokens = model.token_strings(np.arange(v)) if model.tokenizer is not None else None
+        table = NGramTable(contexts=contexts, **cat, global_probs=g_probs[best], global_pairs=g_pairs[best],
+                           meta={**header["settings"], "model": header["model"]}, tokens=tokens)
+        store.finish(table)
     return table
 
 
-def _run_chunks(model, contexts, paths, order, top_k, global_k, kk, block_rows, chunk_rows, mesh, store,
-                todo, n_chunks, progress, callback, vocab_tile):
+def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mesh: Mesh, store: ChunkStore,
+                todo: list[int], progress: bool, callback) -> None:
     from tqdm import tqdm
 
-    n_rows = contexts.shape[0]
+    s = settings
+    n_rows, v = contexts.shape[0], model.config.vocab_size
+    n_chunks = -(-n_rows // s.chunk_rows)
+    kk = min(max(s.top_k, s.global_k), v)
     replicated = NamedSharding(mesh, P())
     params = jax.device_put(model.params, replicated)
-    unembedding = per_model(model, "ngrams", ("unembedding", vocab_tile), lambda: jax.jit(
-        lambda p: _tile_unembedding(*model.unembedding_matrix(params=p), vocab_tile)))
+    # Cache keys: fields of validated settings (ints are ints), only those the compiled code depends on.
+    unembedding = per_model(model, "ngrams", ("unembedding", s.vocab_tile), lambda: jax.jit(
+        lambda p: _tile_unembedding(*model.unembedding_matrix(params=p), s.vocab_tile)))
     w, b = jax.device_put(unembedding(model.params), replicated)
-    step = per_model(model, "ngrams", ("step", tuple(paths), order, kk, tuple(mesh.devices.tolist())),
-                  lambda: _step(context_scorer(model, paths, order), kk, mesh))
+    step = per_model(model, "ngrams", ("step", s.paths, s.order, kk, tuple(mesh.devices.tolist())),
+                     lambda: _step(context_scorer(model, s.paths, s.order), kk, mesh))
     rows_sharding = NamedSharding(mesh, P("rows"))
-    done_rows = n_rows - sum(min(chunk_rows, n_rows - i * chunk_rows) for i in todo)
+    done_rows = n_rows - sum(min(s.chunk_rows, n_rows - i * s.chunk_rows) for i in todo)
     with tqdm(total=n_rows, initial=done_rows, unit="row", unit_scale=True, disable=not progress,
-              desc=f"jet {'/'.join(paths)}") as bar:
+              desc=f"jet {'/'.join(s.paths)}") as bar:
         for i in todo:
-            lo, hi = i * chunk_rows, min((i + 1) * chunk_rows, n_rows)
+            lo, hi = i * s.chunk_rows, min((i + 1) * s.chunk_rows, n_rows)
             # Dispatch every block of the chunk first (jit calls return before they finish, and each
             # block's outputs are only [rows, k]), then copy them to the host in order: the device
             # never waits on the host between blocks, and the bar moves as each block completes.
             dispatched = []
-            for start in range(lo, hi, block_rows):
-                block = contexts[start:min(start + block_rows, hi)]
-                padded = np.concatenate([block, np.zeros((block_rows - len(block), block.shape[1]), np.int32)])
+            for start in range(lo, hi, s.block_rows):
+                block = contexts[start:min(start + s.block_rows, hi)]
+                padded = np.concatenate([block, np.zeros((s.block_rows - len(block), block.shape[1]), np.int32)])
                 dispatched.append((step(params, w, b, jax.device_put(padded, rows_sharding)), len(block)))
             outs = []
             for out, n in dispatched:
                 outs.append([np.asarray(o)[:n] for o in out])
                 bar.update(n)
             probs, ids, lse = (np.concatenate(parts) for parts in zip(*outs))
-            g_probs, g_pairs = _global_top(probs, ids, contexts[lo:hi], global_k)
-            store.write(i, {"probs": np.ascontiguousarray(probs[:, :top_k]),
-                            "ids": np.ascontiguousarray(ids[:, :top_k]), "logsumexp": lse,
+            g_probs, g_pairs = _global_top(probs, ids, contexts[lo:hi], s.global_k)
+            store.write(i, {"probs": np.ascontiguousarray(probs[:, :s.top_k]),
+                            "ids": np.ascontiguousarray(ids[:, :s.top_k]), "logsumexp": lse,
                             "global_probs": g_probs, "global_pairs": g_pairs})
             if callback is not None:
                 callback(i, n_chunks)
 
 
-def jet_bigrams(model: Model, paths: Sequence[str] | str = ("emb>dec",), top_k: int = 10, *, order: int = 0,
-                global_k: int = 100, block_rows: int = 1024, chunk_rows: int = 8192, out_dir=None, devices=None,
-                progress: bool = True, callback: Callable[[int, int], None] | None = None,
-                vocab_tile: int = 4096) -> NGramTable:
+def jet_bigrams(model: Model, paths: Sequence[str] | str = DEFAULT, top_k: int = DEFAULT, *, order: int = DEFAULT,
+                global_k: int = DEFAULT, block_rows: int = DEFAULT, chunk_rows: int = DEFAULT, out_dir=None,
+                devices=None, progress: bool = True, callback: Callable[[int, int], None] | None = None,
+                vocab_tile: int = DEFAULT, settings: SweepSettings | None = None) -> NGramTable:
     """The jet bigram table of ``paths``: for every token ``z1`` of the vocabulary, ``P(z2 | z1)``.
 
     ``P(· | z1) = softmax(s(z1))`` over the output vocabulary, with ``s`` the mean of the selected
@@ -285,20 +227,29 @@ def jet_bigrams(model: Model, paths: Sequence[str] | str = ("emb>dec",), top_k: 
     meaning of each path: :mod:`jetjax.ngrams.scorer`). ``emb>dec`` is ``softmax(U · LN_f(E[z1]))``,
     ``emb>mlp{l}>dec`` is ``softmax(U · LN_f(MLP_l(LN2_l(E[z1]))))``.
 
+    The settings come as keywords or as one :class:`~jetjax.ngrams.SweepSettings` (``settings=``);
+    a keyword next to ``settings=`` must agree with it. Every one is checked before any work starts.
+
     Args:
       model: any :class:`~jetjax.models.model.Model`.
-      paths: one path name or several (their logits are averaged).
-      top_k: next tokens kept per row (``<= vocab_size``).
-      order: jet order ``k`` (0: plain composition of the path's components).
-      global_k: how many of the most probable ``(z1, z2)`` pairs over the whole table to keep.
-      block_rows: rows per device step (rounded up to a multiple of the device count); a speed knob.
-      vocab_tile: vocabulary columns per GEMM tile inside a step (capped at ``vocab_size``); a speed
-        knob: small enough that a tile's ``block_rows × vocab_tile`` logits stay in cache.
-      chunk_rows: rows per output chunk (the unit of resumption).
-      out_dir: directory for resumable chunked output and the final table (``NGramTable.load``).
+      paths: one path name or several (their logits are averaged); default ``"emb>dec"``.
+      top_k: next tokens kept per row (``<= vocab_size``; default 10).
+      order: jet order ``k`` (0, the default: plain composition of the path's components).
+      global_k: how many of the most probable ``(z1, z2)`` pairs over the whole table to keep (default 100).
+      block_rows: rows per device step (default 1024, rounded up to a multiple of the device count); a
+        speed knob that can change the last bits of float results, so a resumed sweep keeps its value.
+      vocab_tile: vocabulary columns per GEMM tile inside a step (default 4096, capped at
+        ``vocab_size``); a speed knob: small enough that a tile's ``block_rows × vocab_tile`` logits
+        stay in cache. It changes the order of the logsumexp sums, so a resumed sweep keeps it too.
+      chunk_rows: rows per output chunk (the unit of resumption; default 8192).
+      out_dir: directory for resumable chunked output and the final table (``NGramTable.load``):
+        locked while a sweep writes it, checked chunk by chunk when a sweep starts
+        (:mod:`jetjax.ngrams.store`); a rerun with other settings (``block_rows``, ``vocab_tile``
+        and the device count included) is refused, naming the differences.
       devices: the devices of the 1-D mesh the rows are spread over (default: all of them).
       progress: show a tqdm bar (rows/s).
       callback: ``callback(chunk_index, n_chunks)`` after each chunk is stored.
+      settings: all of the above but ``out_dir``, ``devices``, ``progress`` and ``callback`` at once.
 
     Returns:
       an :class:`~jetjax.ngrams.table.NGramTable` with ``vocab_size`` rows.
@@ -312,8 +263,10 @@ def jet_bigrams(model: Model, paths: Sequence[str] | str = ("emb>dec",), top_k: 
       >>> table.probs.shape, table.ids.shape, table.global_pairs.shape
       ((23, 3), (23, 3), (5, 2))
     """
+    if paths is DEFAULT and settings is None:
+        paths = ("emb>dec",)
     v = model.config.vocab_size
     return sweep_contexts(model, np.arange(v, dtype=np.int32)[:, None], paths, top_k, order=order,
                           global_k=global_k, block_rows=block_rows, chunk_rows=chunk_rows, out_dir=out_dir,
                           devices=devices, progress=progress, callback=callback, kind="bigrams",
-                          vocab_tile=vocab_tile)
+                          vocab_tile=vocab_tile, settings=settings)

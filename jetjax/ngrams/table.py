@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from jetjax.checks import check_nonnegative_int
 
 __all__ = ["NGramTable", "atomic_write_bytes", "TABLE_FILE", "TABLE_META"]
 
@@ -18,9 +20,22 @@ _ARRAYS = ("contexts", "probs", "ids", "logsumexp", "global_probs", "global_pair
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    The file gets the mode any new file of this process gets (``0o666`` less the umask), as with
+    ``open(path, "wb")``; the data and the rename are flushed to disk before this returns.
+
+    Example:
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     atomic_write_bytes(Path(d) / "x.bin", b"abc")
+      ...     (Path(d) / "x.bin").read_bytes(), sorted(p.name for p in Path(d).iterdir())
+      (b'abc', ['x.bin'])
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: it creates 0600 files. O_EXCL with a unique name is as safe, and the kernel applies the umask.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -31,6 +46,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -105,6 +135,7 @@ class NGramTable:
 
     def top(self, n: int = 20) -> list[tuple[tuple[str, ...], str, float]]:
         """The ``n`` most probable ``(context, next token, prob)`` entries over the whole table."""
+        n = check_nonnegative_int("n", n)
         if n > len(self.global_probs):
             raise ValueError(f"top({n}): the table keeps only the global top {len(self.global_probs)} "
                              "(raise global_k when sweeping)")
@@ -181,8 +212,20 @@ class NGramTable:
         if not (d / TABLE_FILE).is_file() or not (d / TABLE_META).is_file():
             raise FileNotFoundError(f"{d} holds no complete n-gram table ({TABLE_FILE} + {TABLE_META}); "
                                     "an unfinished sweep is resumed by calling the sweep again with this out_dir")
-        doc = json.loads((d / TABLE_META).read_text())
-        if doc.get("format") != "jetjax.ngram_table/1":
-            raise ValueError(f"{d / TABLE_META}: not a jetjax n-gram table (format {doc.get('format')!r})")
-        arrays = load_file(str(d / TABLE_FILE))
-        return cls(**{name: arrays[name] for name in _ARRAYS}, meta=doc["meta"], tokens=doc["tokens"])
+        resume = ("; a sweep's out_dir rebuilds it from its chunks when the sweep is called again"
+                  if (d / "manifest.json").is_file() else "")
+        try:
+            doc = json.loads((d / TABLE_META).read_bytes())
+        except ValueError as err:
+            raise ValueError(f"{d / TABLE_META} is not valid JSON ({err}){resume}") from None
+        if not isinstance(doc, dict) or doc.get("format") != "jetjax.ngram_table/1":
+            fmt = doc.get("format") if isinstance(doc, dict) else None
+            raise ValueError(f"{d / TABLE_META}: not a jetjax n-gram table (format {fmt!r}){resume}")
+        try:
+            arrays = load_file(str(d / TABLE_FILE))
+            missing = [name for name in _ARRAYS if name not in arrays]
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"{d / TABLE_FILE} is damaged or truncated ({err}){resume}") from None
+        if missing or not isinstance(doc.get("meta"), dict):
+            raise ValueError(f"{d}: the table misses {missing or ['meta']}{resume}")
+        return cls(**{name: arrays[name] for name in _ARRAYS}, meta=doc["meta"], tokens=doc.get("tokens"))

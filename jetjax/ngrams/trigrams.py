@@ -26,8 +26,10 @@ from typing import Sequence
 
 import numpy as np
 
+from jetjax.checks import check_positive_int
 from jetjax.labels import Component, format_label
 from jetjax.models.model import Model
+from jetjax.ngrams.settings import DEFAULT
 from jetjax.ngrams.sweep import sweep_contexts
 from jetjax.ngrams.table import NGramTable
 
@@ -54,7 +56,8 @@ def bigram_candidates(table: NGramTable, first: Sequence[int] | None = None, per
     """
     if table.n != 2:
         raise ValueError(f"bigram_candidates needs a bigram table, got an n={table.n} table")
-    if not 1 <= per_row <= table.top_k:
+    per_row = check_positive_int("per_row", per_row)
+    if per_row > table.top_k:
         raise ValueError(f"per_row must be in 1..{table.top_k} (the table's top_k), got {per_row}")
     rows = np.arange(len(table)) if first is None else np.asarray([table.row_of(int(z)) for z in first])
     z1 = np.repeat(table.contexts[rows, 0], per_row)
@@ -63,17 +66,20 @@ def bigram_candidates(table: NGramTable, first: Sequence[int] | None = None, per
 
 
 def _attention_paths(model: Model, layers) -> list[str]:
+    if isinstance(layers, (int, np.integer)):
+        layers = [layers]
     layers = range(model.config.n_layers) if layers is None else layers
     return [format_label([Component("attn", layer)]) for layer in layers]
 
 
-def jet_trigrams(model: Model, contexts, paths: Sequence[str] | None = None, top_k: int = 10,
+def jet_trigrams(model: Model, contexts, paths: Sequence[str] | None = None, top_k: int = DEFAULT,
                  **sweep_options) -> NGramTable:
     """Jet trigram table ``P(z3 | z1, z2)`` for the given contexts ``int [N, 2]``.
 
     ``paths`` default: ``emb>dec`` and ``emb>attn{l}>dec`` for every layer (scores averaged, as for
-    bigrams). Other options as :func:`jetjax.ngrams.jet_bigrams` (``order``, ``global_k``,
-    ``out_dir``, ``devices``, ...).
+    bigrams; with ``settings=``, the settings' paths). ``top_k`` defaults to 10. Other options as
+    :func:`jetjax.ngrams.jet_bigrams` (``order``, ``global_k``, ``out_dir``, ``devices``,
+    ``settings``, ...).
 
     Example:
       >>> from jetjax.models import ModelConfig, random_model
@@ -85,16 +91,18 @@ def jet_trigrams(model: Model, contexts, paths: Sequence[str] | None = None, top
       (3, (9, 2), (4, 3))
     """
     contexts = _check_pairs(contexts)
-    paths = ["emb>dec", *_attention_paths(model, None)] if paths is None else paths
+    if paths is None:
+        paths = DEFAULT if sweep_options.get("settings") is not None else \
+            ["emb>dec", *_attention_paths(model, None)]
     return sweep_contexts(model, contexts, paths, top_k, kind="trigrams", **sweep_options)
 
 
-def jet_skip_bigrams(model: Model, contexts, layers: Sequence[int] | None = None, top_k: int = 10,
+def jet_skip_bigrams(model: Model, contexts, layers: Sequence[int] | None = None, top_k: int = DEFAULT,
                      **sweep_options) -> NGramTable:
     """Skip-bigram table: the trigram score of the attention paths ``emb>attn{l}>dec`` alone.
 
     ``layers``: which attention layers (default all). What ``z1`` contributes to the next token two
-    positions later, through attention, with no direct path from ``z2``.
+    positions later, through attention, with no direct path from ``z2``. ``top_k`` defaults to 10.
     """
     contexts = _check_pairs(contexts)
     return sweep_contexts(model, contexts, _attention_paths(model, layers), top_k, kind="skip_bigrams",
