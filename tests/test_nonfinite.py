@@ -97,3 +97,24 @@ def test_cli_json_output_stays_valid_json_with_nan(tmp_path, capsys):
     text = out.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"kl": [0.5, None], "x": None}
+
+
+def test_bigram_table_with_inf_embedding_row_warns_naming_contexts():
+    from jetjax.ngrams import jet_bigrams
+
+    def inf_wte(p):
+        p["wte"] = p["wte"].at[5, 0].set(np.inf)
+    # tied embeddings: the inf is also in the unembedding, so token 5's logit is inf in every row
+    with pytest.warns(RuntimeWarning, match=r"11 of 11 rows of the bigrams table have non-finite logits "
+                                            r"\(first contexts: \[\[0\], \[1\]"):
+        table = jet_bigrams(_poisoned(inf_wte), "emb>dec", top_k=2, progress=False)
+    assert not np.isfinite(table.logsumexp).any()
+
+
+def test_bigram_table_of_finite_model_warns_nothing():
+    from jetjax.ngrams import jet_bigrams
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        table = jet_bigrams(random_model(CFG), "emb>dec", top_k=2, progress=False)
+    assert np.isfinite(table.logsumexp).all()

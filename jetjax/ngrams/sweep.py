@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -170,7 +171,19 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
         table = NGramTable(contexts=contexts, **cat, global_probs=g_probs[best], global_pairs=g_pairs[best],
                            meta={**header["settings"], "model": header["model"]}, tokens=tokens)
         store.finish(table)
+    _warn_nonfinite(table)
     return table
+
+
+def _warn_nonfinite(table: NGramTable) -> None:
+    """Say so when rows of a table are NaN (a row's logsumexp is finite iff all its logits are)."""
+    bad = ~np.isfinite(table.logsumexp) | ~np.isfinite(table.probs).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        warnings.warn(f"{int(bad.sum())} of {len(bad)} rows of the {table.meta.get('kind', 'n-gram')} table have "
+                      f"non-finite logits (first contexts: {table.contexts[rows[:5]].tolist()}); their "
+                      "probabilities mean nothing (check the weights for NaN/inf, or lower the order)",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mesh: Mesh, store: ChunkStore,
