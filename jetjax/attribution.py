@@ -28,10 +28,51 @@ from jetjax.models.model import Model
 from jetjax.parallel import constrain_leading, mesh_axis, pad_leading, shard_leading
 from jetjax.spec import UNSET, PathSpec, resolve_spec
 
-__all__ = ["PathScores", "reduce_paths", "PathAttribution", "path_attribution"]
+__all__ = ["remainder_ratio", "cancellation", "PathScores", "reduce_paths", "PathAttribution", "path_attribution"]
 
 def _cached(model: Model, key, build: Callable):
     return per_model(model, "paths", key, build)
+
+
+EXPLAINED_WARNING = 0.5   # warn when |remainder| > this × |model total|
+
+
+def remainder_ratio(remainder: float, total: float) -> float:
+    """``|remainder| / |total|``: how far the paths' sum is from the model's own number, relative to
+    it. 0: the paths add up to the model exactly; 0.5: they are off by half of it; ``inf`` when
+    the total is 0 and the remainder is not (``nan`` for 0/0).
+
+    Example:
+      >>> remainder_ratio(711.67, 4.13) > 100, remainder_ratio(0.0, 4.13)
+      (True, 0.0)
+    """
+    remainder, total = abs(float(remainder)), abs(float(total))
+    if total == 0:
+        return 0.0 if remainder == 0 else float("inf")
+    return remainder / total
+
+
+def cancellation(parts) -> float:
+    """``Σ_i |s_i| / |Σ_i s_i|`` of the path scores ``s_i``: 1 when every path pushes the same way;
+    ``c`` means the paths' sizes add up to ``c`` times their net effect, so they mostly cancel each
+    other when ``c`` is large (``inf`` when they cancel exactly).
+
+    Example:
+      >>> cancellation([1.0, 2.0]), cancellation([100.0, -99.0])
+      (1.0, 199.0)
+    """
+    parts = np.asarray(parts, np.float64)
+    net, size = abs(float(parts.sum())), float(np.abs(parts).sum())
+    if net == 0:
+        return 1.0 if size == 0 else float("inf")
+    return size / net
+
+
+def _explained_warning(ratio: float) -> str | None:
+    if np.isfinite(ratio) and ratio <= EXPLAINED_WARNING:
+        return None
+    return (f"WARNING: the paths explain less than half of the model's number (|remainder| / |total| = "
+            f"{ratio:.3g} > {EXPLAINED_WARNING}): read the paths as an incomplete account")
 
 
 def _norm_score(logits, aux):
@@ -52,6 +93,9 @@ class PathScores:
       remainder: logits − Σ all paths' logits (same shape as one path's logits).
       logits: the model's logits at the decoded positions.
       order, granularity, position: the settings used.
+
+    Measures of faithfulness (properties): :attr:`remainder_ratio` (``‖remainder‖ / ‖logits‖``) and
+    :attr:`cancellation` (``Σ_i ‖path_i‖ / ‖Σ_i path_i‖``), both over the decoded logits.
     """
 
     labels: tuple[str, ...]
@@ -67,6 +111,20 @@ class PathScores:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def remainder_ratio(self) -> float:
+        """``‖remainder‖ / ‖model logits‖`` (L2 over the decoded logits): 0 when the paths add up to the
+        model exactly; above 0.5 the paths explain less than half of it (see :func:`remainder_ratio`)."""
+        return remainder_ratio(np.linalg.norm(self.remainder), np.linalg.norm(self.logits))
+
+    @property
+    def cancellation(self) -> float:
+        """``Σ_i ‖path_i logits‖ / ‖Σ_i path_i logits‖``: 1 when the paths' logit vectors all point the
+        same way, large when they mostly cancel each other (see :func:`cancellation`)."""
+        net = float(np.linalg.norm(np.asarray(self.logits, np.float64) - np.asarray(self.remainder, np.float64)))
+        size = float(np.sum(self.norms))
+        return (1.0 if size == 0 else float("inf")) if net == 0 else size / net
 
     def ranked(self, n: int | None = None) -> list[tuple[str, float]]:
         """``(label, score)`` of the ``n`` best paths (all with ``None``), best first."""
@@ -320,7 +378,14 @@ class PathAttribution:
       total: the model's own ``logit(target) − logit(foil)``.
       remainder: ``total − Σ scores``.
       remainder_share: ``|remainder| / (|remainder| + Σ_i |scores_i|)``: the part of the absolute
-        attribution mass the paths leave unexplained (0: all of it is in the paths; 1: none).
+        attribution mass the paths leave unexplained (0: all of it is in the paths; 1: none). When
+        the paths cancel each other this is small even if the remainder dwarfs the total: read it
+        with the next two.
+      remainder_ratio: ``|remainder| / |total|``: how far the paths' sum is from the model's own
+        number, relative to it (0: exact; above 0.5 the paths explain less than half of it, and
+        :meth:`table` and the CLI say so).
+      cancellation: ``Σ_i |scores_i| / |Σ_i scores_i|``: 1 when all paths push the same way; ``c``
+        when their sizes add up to ``c`` times their net effect.
       components: for each component (``"attn3"``, ``"block0"``, ...), the sum of the scores of
         all paths through it; ``direct``: the score of its one-component path ``emb><c>>dec``
         (present when that path was computed).
@@ -341,6 +406,19 @@ class PathAttribution:
     granularity: str
     target_str: str | None = None
     foil_str: str | None = None
+
+    @property
+    def remainder_ratio(self) -> float:
+        return remainder_ratio(self.remainder, self.total)
+
+    @property
+    def cancellation(self) -> float:
+        return cancellation(self.scores)
+
+    @property
+    def warning(self) -> str | None:
+        """One line when the paths explain less than half of the model's number, else ``None``."""
+        return _explained_warning(self.remainder_ratio)
 
     def top(self, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` paths that push the prediction most (largest scores first)."""
@@ -366,8 +444,12 @@ class PathAttribution:
             lines.append(f"WARNING: {bad} of the numbers below are NaN or inf (non-finite weights or a jet "
                          "that overflowed); they mean nothing")
         lines += [f"logit({what}) at position {self.position}: model {self.total:+.4f} = "
-                 f"Σ {len(self.labels)} paths {float(self.scores.sum()):+.4f} + remainder {self.remainder:+.4f} "
-                 f"(remainder share {self.remainder_share:.1%})", "top paths:"]
+                  f"Σ {len(self.labels)} paths {float(self.scores.sum()):+.4f} + remainder {self.remainder:+.4f}",
+                  f"  |remainder|/|total| {self.remainder_ratio:.3g}, cancellation Σ|s|/|Σs| "
+                  f"{self.cancellation:.3g}, remainder share {self.remainder_share:.1%}"]
+        if self.warning:
+            lines.append(self.warning)
+        lines.append("top paths:")
         lines += [f"  {score:+10.4f}  {label}" for label, score in self.top(n)]
         lines.append("bottom paths:")
         lines += [f"  {score:+10.4f}  {label}" for label, score in self.bottom(n)]
@@ -382,6 +464,8 @@ class PathAttribution:
             "target": self.target, "foil": self.foil, "target_str": self.target_str, "foil_str": self.foil_str,
             "position": self.position, "order": self.order, "granularity": self.granularity,
             "total": self.total, "remainder": self.remainder, "remainder_share": self.remainder_share,
+            "remainder_ratio": self.remainder_ratio, "cancellation": self.cancellation,
+            "explains_less_than_half": self.warning is not None,
             "n_paths": len(self.labels),
             "paths": [{"label": lab, "score": float(sc)} for lab, sc in zip(self.labels, self.scores)],
             "components": self.components, "direct": self.direct,
