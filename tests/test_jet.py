@@ -193,3 +193,65 @@ def test_stock_jet_rules_untouched():
     before = dict(stock.jet_rules)
     jj.jet(jax.nn.relu, jnp.ones(2), jnp.zeros(2), 3)
     assert stock.jet_rules == before
+
+
+def test_order_above_max_order_is_refused_before_f_runs():
+    from jetjax.jet import MAX_ORDER
+
+    calls = []
+    f = lambda v: calls.append(1) or jnp.sin(v)
+    above = rf"order {MAX_ORDER + 1} is above MAX_ORDER={MAX_ORDER}.*compile time"
+    with pytest.raises(ValueError, match=above):
+        jj.jet(f, jnp.ones(2), jnp.zeros(2), MAX_ORDER + 1)
+    with pytest.raises(ValueError, match="order 100 is above MAX_ORDER"):
+        jj.jet(f, jnp.ones(2), jnp.zeros(2), 100)
+    assert calls == []
+    # the limit itself is accepted and accurate: sin's Taylor series at order 16, |v| = 0.5
+    x, y = jnp.asarray([0.3, -1.0]), jnp.asarray([0.8, -0.5])
+    np.testing.assert_allclose(jj.jet(jnp.sin, x, y, MAX_ORDER), jnp.sin(y), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+@pytest.mark.parametrize("out,named", [
+    ("text", r"str 'text'"),
+    (None, r"NoneType None, which holds no array"),
+    ({"a": 1.0, "b": "x"}, r"str 'x' at \['b'\]"),
+    ([object], r"type <class 'object'> at \[0\]"),
+])
+def test_f_returning_a_non_array_is_named(order, out, named):
+    f = lambda v: (out if not isinstance(out, dict) else {"a": v * out["a"], "b": out["b"]})
+    with pytest.raises(TypeError, match=rf"jet: f returned {named}.*array or a pytree of arrays"):
+        jj.jet(f, jnp.ones(2), jnp.zeros(2), order)
+
+
+def test_f_returning_python_numbers_is_a_constant():
+    f = lambda v: {"c": 3.0, "v": v ** 2}
+    value, terms = jj.jet(f, jnp.ones(2), jnp.full(2, 2.0), 2, return_terms=True)
+    assert float(value["c"]) == 3.0 and all(float(t["c"]) == 0.0 for t in terms[1:])
+    np.testing.assert_allclose(value["v"], jnp.full(2, 4.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_f_branching_in_python_on_a_traced_value_is_named(order):
+    branchy = lambda v: jnp.sin(v) if v[0] > 0 else jnp.cos(v)
+    to_float = lambda v: v * float(v.sum())
+    to_numpy = lambda v: jnp.asarray(np.tanh(np.asarray(v)))
+    x = jnp.ones(2)
+    # under jit every order traces f abstractly; eagerly, order 1 (jax.jvp) sees concrete values
+    runs = [lambda f: jax.jit(lambda a: jj.jet(f, a, 0.5 * a, order))(x)]
+    if order >= 2:
+        runs.append(lambda f: jj.jet(f, x, 0.5 * x, order))
+    for run in runs:
+        with pytest.raises(TypeError, match=r"f branched in Python on a traced value.*jnp.where") as info:
+            run(branchy)
+        assert isinstance(info.value.__cause__, jax.errors.ConcretizationTypeError)
+        with pytest.raises(TypeError, match=r"branched in Python.*float\(\)"):
+            run(to_float)
+        with pytest.raises(TypeError, match=r"converted a traced value to a NumPy array.*jax.numpy"):
+            run(to_numpy)
+    if order == 1:  # the branch taken is differentiated, as jax.jvp does
+        np.testing.assert_allclose(jj.jet(branchy, x, 0.5 * x, 1), jj.jet(jnp.sin, x, 0.5 * x, 1), rtol=1e-6)
+    # order 0 on concrete inputs evaluates f as is; under jit it is traced and named the same way
+    np.testing.assert_allclose(jj.jet(branchy, x, x, 0), jnp.sin(x))
+    with pytest.raises(TypeError, match="f branched in Python"):
+        jax.jit(lambda a: jj.jet(branchy, a, a, 0))(x)
