@@ -36,24 +36,125 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+try:  # the jet operator's own bound (compile time roughly doubles every 4 orders)
+    from jetjax.jet import MAX_ORDER
+except ImportError:  # a jetjax.jet without the constant
+    MAX_ORDER = 12
+
 EXAMPLES = __doc__.split("\n\n")[2]  # the example block above
+
+# Subcommands whose arguments go, unparsed, to another module's own parser.
+PASSTHROUGH = ("train", "bench", "demo")
+# Options whose value may start with "-" (negative ids, rows, text): "--ids -1,2" is read as "--ids=-1,2".
+DASH_VALUES = ("--text", "--ids", "--target", "--foil", "--rows", "--layers")
+TARGET_HELP = ("a token id (an int, e.g. 42) or a one-token string (e.g. ' Paris': words usually need their "
+               "leading space); for text that looks like an int write text:42 (a leading 'text:' is always removed)")
 
 
 class CLIError(Exception):
     """A user error: printed as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``jetjax lens: error: <what> (see jetjax lens --help)``."""
+
+    def error(self, message: str):
+        m = re.match(r"argument (\S+): (.*)$", message, re.S)
+        if m and m.group(2).startswith(tuple(m.group(1).split("/"))):  # our types name the option already
+            message = m.group(2)
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_option(option: str, low: int | None = 0, high: int | None = None, why: str = ""):
+    """An argparse ``type=`` for an int option in ``low..high`` (``None``: unbounded) naming the option."""
+    accepted = ("an int" if low is None else f"an int >= {low}" if high is None
+                else f"an int in {low}..{high}{why}")
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"\s*[-+]?[0-9]+\s*", text):
+            raise argparse.ArgumentTypeError(f"{option} must be {accepted}, got {text!r}")
+        value = int(text)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{option} must be {accepted}, got {value}")
+        return value
+
+    parse.__name__ = option
+    return parse
+
+
+def _order_option(option: str):
+    return _int_option(option, 0, MAX_ORDER, f" (jet orders above {MAX_ORDER} take minutes to compile and "
+                                             "overflow float32 near 40)")
+
+
+def _parse_ids(text: str) -> list[int]:
+    """``--ids``: comma-separated non-negative ints (the vocabulary bound is checked with the model)."""
+    parts = [t.strip() for t in text.split(",")]
+    if not text.strip():
+        raise argparse.ArgumentTypeError("--ids is empty; it takes comma-separated token ids (ints), e.g. --ids 5,6,7")
+    if not all(re.fullmatch(r"[-+]?[0-9]+", t) for t in parts):
+        raise argparse.ArgumentTypeError(f"--ids takes comma-separated token ids (ints), got {text!r}")
+    ids = [int(t) for t in parts]
+    negative = [i for i in ids if i < 0]
+    if negative:
+        raise argparse.ArgumentTypeError(f"--ids: token id {negative[0]} is negative (token ids are 0..vocabulary "
+                                         f"size - 1), got {text!r}")
+    return ids
+
+
+def _token_option(option: str):
+    """``--target`` / ``--foil``: an int-looking value is a token id, anything else a one-token string."""
+
+    def parse(text: str):
+        if text.startswith("text:"):
+            token = text[len("text:"):]
+        elif re.fullmatch(r"-?[0-9]+", text):
+            value = int(text)
+            if value < 0:
+                raise argparse.ArgumentTypeError(
+                    f"{option} {value} is a negative token id (token ids are 0..vocabulary size - 1); "
+                    f"for the text {text!r} write {option} text:{text}")
+            return value
+        else:
+            token = text
+        if not token:
+            raise argparse.ArgumentTypeError(f"{option} is empty; give {TARGET_HELP}")
+        return token
+
+    parse.__name__ = option
+    return parse
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+def _check_source(src: str | None, option: str) -> None:
+    """Refuse at once an empty model source (``Path("")`` would mean the current directory) and a local
+    path that does not exist, so that a bad second model never costs the first one's sweep."""
+    from jetjax.assets import MODELS
+
+    names = ", ".join(sorted(MODELS))
+    if src is None or src in MODELS:
+        return
+    if not src.strip():
+        raise CLIError(f"{option} is empty; give a model name ({names}), a GGUF file, a Hugging Face "
+                       "directory or a hub id")
+    looks_local = src.startswith((".", "/", "~")) or src.count("/") > 1 or src.endswith(".gguf")
+    if looks_local and not Path(src).exists():
+        raise CLIError(f"{option} {src!r}: no such file or directory (model names: {names})")
+
 
 def load_model(src: str | None, option: str = "--model"):
     from jetjax import assets
 
+    _check_source(src, option)
     try:
         return assets.load_model(src)
     except FileNotFoundError as e:
@@ -61,11 +162,72 @@ def load_model(src: str | None, option: str = "--model"):
 
 
 def _ids(model, args):
-    if args.ids:
-        return model.check_ids([int(t) for t in args.ids.split(",")])
-    if not args.text:
-        raise CLIError("give the input as --text TEXT (or --ids 1,2,3)")
-    return model.tokenize(args.text)
+    """The input token ids: ``--ids`` (checked against the vocabulary) or ``--text`` tokenized."""
+    option = "--ids" if args.ids is not None else "--text"
+    try:
+        if args.ids is not None:
+            return model.check_ids(args.ids)
+        ids = model.tokenize(args.text)
+        model.check_ids(ids)
+        return ids
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"{option}: {e}") from None
+
+
+def _check_input(args) -> None:
+    """Exactly one of ``--text`` / ``--ids``, neither empty (checked before any model is loaded)."""
+    if args.text is not None and args.ids is not None:
+        raise CLIError("pass --text or --ids, not both")
+    if args.ids is None and not args.text:
+        raise CLIError("--text is empty; give the input as --text TEXT (or --ids 1,2,3)" if args.text == "" else
+                       "give the input as --text TEXT (or --ids 1,2,3)")
+
+
+def _check_dir_option(path: str | None, option: str = "--out") -> None:
+    """A directory option: refuse a path that is (or lies under) an existing file."""
+    if path is None:
+        return
+    if not path.strip():
+        raise CLIError(f"{option} is empty; {option} takes a directory")
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                where = f"{path} is a file" if q == p else f"{q} (in {path}) is a file"
+                raise CLIError(f"{option} {where}; {option} takes a directory")
+            return
+
+
+def _check_json(path: str | None) -> None:
+    """``--json``: ``-`` or a file path whose folder can be made (checked before any work)."""
+    if path is None or path == "-":
+        return
+    if not path.strip():
+        raise CLIError("--json is empty; --json takes a file path (or - for stdout)")
+    p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"--json {path} is a directory; --json takes a file path (or - for stdout)")
+    for q in p.parents:
+        if q.exists():
+            if not q.is_dir():
+                raise CLIError(f"--json {path}: {q} is a file, not a directory; --json takes a file path "
+                               "(or - for stdout)")
+            return
+
+
+def _check_top_k(model, top_k: int, option: str = "--top-k", name: str = "--model") -> None:
+    v = model.config.vocab_size
+    if top_k > v:
+        raise CLIError(f"{option} {top_k} is larger than the vocabulary of {name} ({v} tokens)")
+
+
+def _check_paths(model, paths, name: str = "--model") -> None:
+    from jetjax.ngrams import check_paths
+
+    try:
+        check_paths(model, paths)
+    except ValueError as e:
+        raise CLIError(f"--paths ({name}): {e}" if name != "--model" else f"--paths: {e}") from None
 
 
 def _emit(args, payload: dict) -> None:
@@ -116,12 +278,41 @@ def _read_text(path: str | None) -> str:
 
         return shipped_text()
     p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"--corpus {path} is a directory; --corpus takes a UTF-8 text file")
     if not p.is_file():
         raise CLIError(f"cannot read {path}: no such file")
     try:
-        return p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        data = p.read_bytes()
+    except OSError as e:
         raise CLIError(f"cannot read {path}: {e}") from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise CLIError(f"--corpus {path} is not text (a NUL byte at offset {nul}); --corpus takes a UTF-8 text file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CLIError(f"--corpus {path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                       "--corpus takes a UTF-8 text file") from None
+    if not text.strip():
+        raise CLIError(f"--corpus {path} is empty; --corpus takes a UTF-8 text file")
+    return text
+
+
+def _check_token(model, token, option: str) -> None:
+    """``--target`` / ``--foil`` against the model: an id within the vocabulary, or exactly one token."""
+    v = model.config.vocab_size
+    if isinstance(token, int):
+        if token >= v:
+            raise CLIError(f"{option} token id {token} is out of range for a vocabulary of {v} (valid: 0..{v - 1})")
+        return
+    try:
+        n = len(model.tokenize(token))
+    except ValueError as e:
+        raise CLIError(f"{option} {token!r}: {e}") from None
+    if n != 1:
+        raise CLIError(f"{option} {token!r} is {n} tokens, expected exactly one (words usually need their leading "
+                       "space, e.g. ' the'; or give a token id)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,14 +321,20 @@ def _read_text(path: str | None) -> str:
 def cmd_lens(args) -> None:
     from jetjax import lenses
 
+    if args.fit_steps is not None and not args.joint:
+        raise CLIError("--fit-steps needs --joint (it sets the joint lens's fitting steps)")
+    _check_input(args)
+    _check_dir_option(args.out)
+    rows = _rows(args.rows)
+    orders = list(dict.fromkeys(args.orders))  # a repeated order is computed (and shown) once
     model = load_model(args.model)
     ids = _ids(model, args)
-    rows = _rows(args.rows)
+    _check_top_k(model, args.top_k)
     results = {}
-    for order in args.orders:
+    for order in orders:
         if args.joint:
             res = lenses.joint_jet_lens(model, ids, rows, order=order, granularity=args.granularity,
-                                        fit_steps=args.fit_steps)
+                                        fit_steps=args.fit_steps or 0)
         else:
             res = lenses.iterative_jet_lens(model, ids, rows, order=order, granularity=args.granularity)
         results[f"order {order}"] = res
@@ -170,13 +367,24 @@ def cmd_lens(args) -> None:
                                               for name, res in results.items()}})
 
 
+def _global_k(top: int) -> dict:
+    """The sweep keeps the global top 100 pairs by default; ``--top`` above that asks it for more."""
+    return {"global_k": top} if top > 100 else {}
+
+
 def cmd_bigrams(args) -> None:
     from jetjax.ngrams import jet_bigrams
 
+    _check_dir_option(args.out)
     model = load_model(args.model)
+    _check_paths(model, args.paths)
+    _check_top_k(model, args.top_k)
+    v = model.config.vocab_size
+    if args.top > v * args.top_k:
+        raise CLIError(f"--top {args.top} is more than the table holds ({v} contexts x --top-k {args.top_k})")
     table = jet_bigrams(model, args.paths, top_k=args.top_k, order=args.order, out_dir=args.out,
-                        progress=not args.quiet)
-    top = table.top(args.top)
+                        progress=not args.quiet, **_global_k(args.top))
+    top = table.top(min(args.top, len(table.global_probs)))  # a table from --out may keep more
     _say(args, f"top jet bigrams of {' + '.join(args.paths)} (order {args.order}):",
          *(f"  {prob:.4f}  {ctx!r} -> {nxt!r}" for ctx, nxt, prob in
            ((''.join(c), n, p) for c, n, p in top)))
@@ -187,13 +395,14 @@ def cmd_bigrams(args) -> None:
 def cmd_paths(args) -> None:
     import jetjax as jj
 
+    _check_input(args)
     model = load_model(args.model)
     ids = _ids(model, args)
     res = jj.reduce_paths(model, ids, order=args.order, granularity=args.granularity, position=args.position,
                           top_k=args.top, max_length=args.max_length, attention_free=args.attention_free)
     pos = res.position
-    _say(args, f"{len(res)} paths (order {args.order}, {args.granularity}); the {args.top} with the largest logit "
-               f"norm at position {pos} and their top token:")
+    _say(args, f"{len(res)} paths (order {args.order}, {args.granularity}); the {len(res.top)} with the largest "
+               f"logit norm at position {pos} and their top token:")
     ranked = []
     for rank, i in enumerate(res.top):
         tok = int(res.top_logits[rank].argmax())
@@ -209,26 +418,47 @@ def cmd_paths(args) -> None:
 def cmd_attribute(args) -> None:
     import jetjax as jj
 
+    _check_input(args)
     model = load_model(args.model)
     ids = _ids(model, args)
-    target = int(args.target) if args.target.isdigit() else args.target
-    foil = None if args.foil is None else (int(args.foil) if args.foil.isdigit() else args.foil)
-    att = jj.path_attribution(model, ids, target, foil, position=args.position, order=args.order,
+    _check_token(model, args.target, "--target")
+    if args.foil is not None:
+        _check_token(model, args.foil, "--foil")
+    att = jj.path_attribution(model, ids, args.target, args.foil, position=args.position, order=args.order,
                               granularity=args.granularity, max_length=args.max_length)
     _say(args, att.table(args.top))
     _emit(args, json.loads(att.to_json()))
 
 
-def _two_models(args):
-    model_a = load_model(args.model)
-    model_b = load_model(args.model_b, "--model-b")
-    return model_a, model_b
+def _check_same_vocabulary(model_a, model_b) -> None:
+    """Refuse (before any sweep) two models whose token ids mean different strings."""
+    import numpy as np
+
+    va, vb = model_a.config.vocab_size, model_b.config.vocab_size
+    if va != vb:
+        raise CLIError(f"--model has {va} tokens and --model-b {vb}: diff compares models that share a tokenizer")
+    if model_a.tokenizer is None or model_b.tokenizer is None:
+        return  # nothing to compare: ids are all there is
+    ta, tb = model_a.token_strings(np.arange(va)), model_b.token_strings(np.arange(vb))
+    differ = [i for i, (x, y) in enumerate(zip(ta, tb)) if x != y]
+    if differ:
+        shown = ", ".join(f"{i}: {ta[i]!r} vs {tb[i]!r}" for i in differ[:3])
+        raise CLIError(f"--model and --model-b have different tokenizers: {len(differ)} of {va} token ids map to "
+                       f"different strings ({shown}{', ...' if len(differ) > 3 else ''}); diff compares models "
+                       "that share a tokenizer")
 
 
 def cmd_diff(args) -> None:
     from jetjax.ngrams import diff_tables, jet_bigrams
 
-    model_a, model_b = _two_models(args)
+    _check_source(args.model, "--model")
+    _check_source(args.model_b, "--model-b")
+    model_a = load_model(args.model)
+    model_b = load_model(args.model_b, "--model-b")
+    for model, name in ((model_a, "--model"), (model_b, "--model-b")):
+        _check_paths(model, args.paths, name)
+        _check_top_k(model, args.top_k, name=name)
+    _check_same_vocabulary(model_a, model_b)
     tables = [jet_bigrams(m, args.paths, top_k=args.top_k, progress=not args.quiet) for m in (model_a, model_b)]
     diff = diff_tables(*tables, n=args.top, models=(model_a, model_b))
     _say(args, diff.to_markdown())
@@ -236,15 +466,24 @@ def cmd_diff(args) -> None:
 
 
 def cmd_index(args) -> None:
-    from jetjax.ngrams import jet_bigrams, keyword_mass
+    from jetjax.ngrams import jet_bigrams, keyword_mass, read_keywords
 
-    for f in args.keywords:
+    for f in args.keywords:  # a bad keyword file is named before any model is loaded or swept
         if not Path(f).is_file():
-            raise CLIError(f"cannot read keyword file {f}: no such file")
-    models = [args.model] + list(args.compare or [])
+            why = "it is a directory" if Path(f).is_dir() else "no such file"
+            raise CLIError(f"--keywords: cannot read keyword file {f}: {why} (one word or phrase per line)")
+        try:
+            read_keywords(f)
+        except (OSError, ValueError) as e:
+            raise CLIError(f"--keywords: {e}") from None
+    sources = [(args.model, "--model")] + [(src, "--compare") for src in args.compare or []]
+    for src, option in sources:
+        _check_source(src, option)
     out = {}
-    for src in models:
-        model = load_model(src)
+    for src, option in sources:
+        model = load_model(src, option)
+        _check_paths(model, args.paths, f"{option} {src}")
+        _check_top_k(model, args.top_k, name=f"{option} {src}")
         table = jet_bigrams(model, args.paths, top_k=args.top_k, progress=not args.quiet)
         name = src or "default"
         out[name] = {f: keyword_mass(table, f, model=model).to_dict() for f in args.keywords}
@@ -257,8 +496,12 @@ def cmd_index(args) -> None:
 def cmd_agree(args) -> None:
     from jetjax.ngrams import corpus_agreement, jet_bigrams
 
-    model = load_model(args.model)
     text = _read_text(args.corpus)
+    model = load_model(args.model)
+    _check_paths(model, args.paths)
+    _check_top_k(model, args.top_k)
+    if len(model.tokenize(text)) < 2:
+        raise CLIError(f"--corpus {args.corpus} has fewer than two tokens; agreement needs bigrams")
     table = jet_bigrams(model, args.paths, top_k=args.top_k, progress=not args.quiet)
     agr = corpus_agreement(table, text, model, min_count=args.min_count, n_contexts=args.contexts or None)
     d = agr.to_dict()
@@ -287,63 +530,79 @@ def cmd_demo(args, rest: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="jetjax", description="Jet expansions of residual language models.",
-                                 epilog="examples:\n" + EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap = _Parser(prog="jetjax", description="Jet expansions of residual language models.",
+                 epilog="examples:\n" + EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--debug", action="store_true", help="show tracebacks (also accepted after the command)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    def debug(p):
+        # after the command too; SUPPRESS so that leaving it out there keeps a --debug given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        return p
+
     def common(p, text=True):
+        debug(p)
         p.add_argument("--model", default=None,
                        help="smollm2, shakespeare, a GGUF file, an HF directory or a hub id "
                             "(default: smollm2 when its wheel is installed, else shakespeare)")
         p.add_argument("--json", default=None, metavar="PATH", help="write results as JSON (- for stdout)")
         if text:
             p.add_argument("--text", default=None, help="input text")
-            p.add_argument("--ids", default=None, help="input token ids, comma-separated (instead of --text)")
+            p.add_argument("--ids", default=None, type=_parse_ids,
+                           help="input token ids, comma-separated (instead of --text), e.g. 5,6,7")
         return p
 
+    top = _int_option("--top")
+    top_k = _int_option("--top-k", 1)
+
     p = common(sub.add_parser("lens", help="logit / iterative / joint jet lens"))
-    p.add_argument("--orders", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--orders", type=_order_option("--orders"), nargs="+", default=[0, 1],
+                   help=f"jet orders of the lenses, each in 0..{MAX_ORDER} (0: the logit lens)")
     p.add_argument("--granularity", choices=("block", "branch"), default="block")
     p.add_argument("--rows", "--layers", dest="rows", default=None,
                    help="lens rows, comma-separated indices (default: all; --layers is the old name)")
     p.add_argument("--joint", action="store_true", help="joint jet lens instead of iterative")
-    p.add_argument("--fit-steps", type=int, default=0)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--fit-steps", type=_int_option("--fit-steps"), default=None,
+                   help="with --joint: steps fitting the lens weights (default 0)")
+    p.add_argument("--top-k", type=top_k, default=5, help="top tokens per cell in the JSON")
     p.add_argument("--out", default=None, help="directory for PNGs")
     p.set_defaults(fn=cmd_lens)
 
     def ngram_opts(p):
         p.add_argument("--paths", nargs="+", default=["emb>dec"], help="path names, e.g. 'emb>dec' 'emb>mlp0>dec'")
-        p.add_argument("--top-k", type=int, default=10, help="next tokens kept per context")
+        p.add_argument("--top-k", type=top_k, default=10, help="next tokens kept per context")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = common(sub.add_parser("bigrams", help="jet bigram table over the whole vocabulary"), text=False)
     ngram_opts(p)
-    p.add_argument("--order", type=int, default=0)
-    p.add_argument("--top", type=int, default=20, help="how many (context, next) pairs to print")
+    p.add_argument("--order", type=_order_option("--order"), default=0, help=f"jet order, 0..{MAX_ORDER}")
+    p.add_argument("--top", type=top, default=20,
+                   help="how many (context, next) pairs to print (above 100 the sweep keeps that many global "
+                        "pairs: a table in --out swept for another number is not reused)")
     p.add_argument("--out", default=None, help="directory for the table (resumable)")
     p.set_defaults(fn=cmd_bigrams)
 
     for name, helptext, fn in (("paths", "exhaustive paths, ranked by logit norm", cmd_paths),
                                ("attribute", "which paths push logit(target) - logit(foil)", cmd_attribute)):
         p = common(sub.add_parser(name, help=helptext))
-        p.add_argument("--order", type=int, default=0)
+        p.add_argument("--order", type=_order_option("--order"), default=0, help=f"jet order, 0..{MAX_ORDER}")
         p.add_argument("--granularity", choices=("block", "branch"), default="block")
-        p.add_argument("--position", type=int, default=-1)
-        p.add_argument("--max-length", type=int, default=None)
-        p.add_argument("--top", type=int, default=10)
+        p.add_argument("--position", type=_int_option("--position", None), default=-1,
+                       help="the predicting position (negative: from the end)")
+        p.add_argument("--max-length", type=_int_option("--max-length"), default=None,
+                       help="paths through at most this many components")
+        p.add_argument("--top", type=top, default=10, help="how many paths to print")
         if name == "paths":
             p.add_argument("--attention-free", action="store_true")
         else:
-            p.add_argument("--target", required=True, help="token id or one-token string")
-            p.add_argument("--foil", default=None, help="token id or one-token string")
+            p.add_argument("--target", required=True, type=_token_option("--target"), help=TARGET_HELP)
+            p.add_argument("--foil", default=None, type=_token_option("--foil"), help="as --target")
         p.set_defaults(fn=fn)
 
     p = common(sub.add_parser("diff", help="bigram changes between two models sharing a tokenizer"), text=False)
     p.add_argument("--model-b", required=True, help="the other model (e.g. the fine-tuned one)")
     ngram_opts(p)
-    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--top", type=top, default=20, help="how many changes to list per kind")
     p.set_defaults(fn=cmd_diff)
 
     p = common(sub.add_parser("index", help="keyword-mass index of jet bigrams"), text=False)
@@ -354,29 +613,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = common(sub.add_parser("agree", help="agreement of jet bigrams with a corpus's bigrams"), text=False)
     p.add_argument("--corpus", default=None, help="text file (default: the shipped held-out Shakespeare)")
-    p.add_argument("--min-count", type=int, default=1, help="contexts seen fewer times are skipped")
-    p.add_argument("--contexts", type=int, default=500, help="the N most frequent contexts (0: all)")
+    p.add_argument("--min-count", type=_int_option("--min-count", 1), default=1,
+                   help="contexts seen fewer times are skipped")
+    p.add_argument("--contexts", type=_int_option("--contexts"), default=500,
+                   help="the N most frequent contexts (0: all)")
     ngram_opts(p)
     p.set_defaults(fn=cmd_agree)
 
     for name, helptext, fn in (("train", "train a small GPT-2 (python -m jetjax.train)", cmd_train),
                                ("bench", "run the benchmark suite", cmd_bench),
                                ("demo", "the make-demo tour", cmd_demo)):
-        p = sub.add_parser(name, help=helptext, add_help=False)
+        p = debug(sub.add_parser(name, help=helptext, add_help=False))
         p.set_defaults(fn=fn, passthrough=True)
     return ap
 
 
+def _join_dash_values(argv: list[str]) -> list[str]:
+    """``--ids -1,2`` as ``--ids=-1,2``: argparse would take ``-1,2`` for an option and say nothing useful."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first in PASSTHROUGH:
+        return argv
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            return out + argv[i:]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if a in DASH_VALUES and nxt is not None and nxt.startswith("-") and not nxt.startswith("--") and nxt != "-h":
+            out.append(f"{a}={nxt}")
+            i += 2
+        else:
+            out.append(a)
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_dash_values(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "passthrough", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        prog = f"jetjax {args.command}"
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(rest)} (see {prog} --help)\n")
     try:
         if getattr(args, "passthrough", False):
             args.fn(args, rest)
         else:
+            _check_json(args.json)
             args.fn(args)
     except KeyboardInterrupt:
         print("jetjax: interrupted", file=sys.stderr)

@@ -21,7 +21,10 @@ def run(capsys, *argv):
     argv = list(argv)
     if argv[0] in MODEL_COMMANDS and "--model" not in argv:
         argv += ["--model", "shakespeare"]
-    code = cli.main(argv)
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse's errors (one line, exit status 2)
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -147,9 +150,61 @@ def test_shipped_model_findings(shipped):
     (["index", "--keywords", "/no/such/words.txt"], "cannot read keyword file"),
     (["attribute", "--text", TEXT, "--target", "nonexistent-multitoken-word"], "expected exactly one"),
     (["agree", "--corpus", "/no/such/corpus.txt"], "no such file"),
+    # issue 14: counts, ids, targets, paths and files named by their option, before any work
+    (["bigrams", "--top", "-5"], "--top must be an int >= 0, got -5"),
+    (["attribute", "--text", TEXT, "--target", " be", "--top", "-2"], "--top must be an int >= 0, got -2"),
+    (["lens", "--text", TEXT, "--top-k", "0"], "--top-k must be an int >= 1, got 0"),
+    (["lens", "--text", TEXT, "--orders", "100"], f"--orders must be an int in 0..{cli.MAX_ORDER}"),
+    (["lens", "--ids", "1,2.5"], "--ids takes comma-separated token ids (ints), got '1,2.5'"),
+    (["lens", "--ids", "-1,2"], "--ids: token id -1 is negative"),
+    (["lens", "--ids", "1,99999"], "--ids: token id 99999 is out of range for a vocabulary of 4096"),
+    (["attribute", "--text", TEXT, "--target", "-5"], "--target -5 is a negative token id"),
+    (["attribute", "--text", TEXT, "--target", "4096"], "--target token id 4096 is out of range"),
+    (["lens", "--text", TEXT, "--fit-steps", "3"], "--fit-steps needs --joint"),
+    (["paths", "--text", TEXT, "--ids", "1,2"], "pass --text or --ids, not both"),
+    (["lens", "--model", "", "--text", TEXT], "--model is empty"),
+    (["index", "--keywords", "/no/such/words.txt", "--compare", "./nope"], "cannot read keyword file"),
+    (["bigrams", "--paths", "emb>mlp9>dec"], "--paths: path 'emb>mlp9>dec'"),
 ])
 def test_bad_input_is_one_line(capsys, argv, message):
     code, out, err = run(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("jetjax ")
+
+
+def test_out_that_is_a_file(capsys, tmp_path):
+    """--out names a directory: a file there is refused, naming it, before anything is computed."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv in (["lens", "--text", TEXT, "--out", str(afile)], ["bigrams", "--out", str(afile)]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == ""
+        assert err.strip() == f"jetjax {argv[0]}: error: --out {afile} is a file; --out takes a directory"
+    assert afile.read_text() == "x"
+
+
+def test_good_input_edge_cases(capsys, tmp_path, shipped):
+    """Inputs the checks must let through: text starting with '-', repeated orders, --debug after the
+    command, a digit string as text (text:), a --top above the sweep's default global 100, a BOM."""
+    code, out, err = run(capsys, "lens", "--text", "-hello", "--orders", "0", "0", "--json", "-", "--debug")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["tokens"] == shipped.token_strings(shipped.tokenize("-hello"))
+    assert list(data["lenses"]) == ["order 0"]
+
+    as_text, _ = run_json(capsys, tmp_path, "attribute", "--text", TEXT, "--target", "text:1", "--max-length", "1")
+    as_id, _ = run_json(capsys, tmp_path, "attribute", "--text", TEXT, "--target", "1", "--max-length", "1")
+    assert as_text["target"] == int(shipped.tokenize("1")[0]) != 1 and as_text["target_str"] == "1"
+    assert as_id["target"] == 1 and as_id["target_str"] == shipped.detokenize([1])
+
+    data, _ = run_json(capsys, tmp_path, "bigrams", "--top", "150", "--quiet")
+    probs = [t["prob"] for t in data["top"]]
+    assert len(probs) == 150 and probs == sorted(probs, reverse=True)
+
+    plain, bom = tmp_path / "plain.txt", tmp_path / "bom.txt"
+    plain.write_text("king\nlord\n", encoding="utf-8")
+    bom.write_bytes(b"\xef\xbb\xbfking\nlord\n")
+    data, _ = run_json(capsys, tmp_path, "index", "--keywords", str(plain), str(bom), "--quiet")
+    masses = data["models"]["shakespeare"]
+    assert masses[str(bom)] == masses[str(plain)] and masses[str(bom)]["n_words"] == 2
