@@ -94,6 +94,17 @@ def load(name: str, **kwargs):
     return from_pretrained(model_path(name), **kwargs)
 
 
+def looks_local(src: str) -> bool:
+    """Whether a model source names a local file or directory rather than a hub id: a path starting
+    with ``.``, ``/`` or ``~``, one with more than one ``/``, or a ``.gguf`` file.
+
+    Example:
+      >>> looks_local("./ckpt"), looks_local("model.gguf"), looks_local("gpt2"), looks_local("org/name")
+      (True, True, False, False)
+    """
+    return src.startswith((".", "/", "~")) or src.count("/") > 1 or src.endswith(".gguf")
+
+
 def load_model(src: str | None = None, **kwargs):
     """A model from what a user typed: ``None`` (the default model), a name of :data:`MODELS`, a GGUF
     file, a Hugging Face directory or a hub id. Keyword arguments go to ``from_pretrained``.
@@ -107,8 +118,7 @@ def load_model(src: str | None = None, **kwargs):
         return load_default(**kwargs)
     if src in MODELS:
         return load(src, **kwargs)
-    if not Path(src).exists() and (src.startswith((".", "/", "~")) or src.count("/") > 1 or src.endswith(".gguf")
-                                   or not src):
+    if not Path(src).exists() and (looks_local(src) or not src):
         raise FileNotFoundError(f"{src!r}: no such file or directory (model names: {', '.join(sorted(MODELS))})")
     return from_pretrained(src, **kwargs)
 
@@ -130,5 +140,5 @@ def load_shipped(**kwargs):
     return load("shakespeare", **kwargs)
 
 
-__all__ = ["MODELS", "load", "load_model", "load_default", "load_shipped", "model_path", "default_model_name", "smollm2_path",
+__all__ = ["MODELS", "load", "load_model", "looks_local", "load_default", "load_shipped", "model_path", "default_model_name", "smollm2_path",
            "shipped_model_path", "shipped_text", "SMOLLM2_WHEEL"]

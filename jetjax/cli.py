@@ -138,7 +138,7 @@ def _token_option(option: str):
 def _check_source(src: str | None, option: str) -> None:
     """Refuse at once an empty model source (``Path("")`` would mean the current directory) and a local
     path that does not exist, so that a bad second model never costs the first one's sweep."""
-    from jetjax.assets import MODELS
+    from jetjax.assets import MODELS, looks_local
 
     names = ", ".join(sorted(MODELS))
     if src is None or src in MODELS:
@@ -146,8 +146,7 @@ def _check_source(src: str | None, option: str) -> None:
     if not src.strip():
         raise CLIError(f"{option} is empty; give a model name ({names}), a GGUF file, a Hugging Face "
                        "directory or a hub id")
-    looks_local = src.startswith((".", "/", "~")) or src.count("/") > 1 or src.endswith(".gguf")
-    if looks_local and not Path(src).exists():
+    if looks_local(src) and not Path(src).exists():
         raise CLIError(f"{option} {src!r}: no such file or directory (model names: {names})")
 
 
@@ -410,9 +409,14 @@ def cmd_paths(args) -> None:
                        "top_token_str": model.detokenize([tok]) if model.tokenizer else None})
         _say(args, f"  {res.norms[i]:10.3f}  {res.labels[i]:<40} -> {ranked[-1]['top_token_str']!r}")
     rem = float((res.remainder ** 2).sum() ** 0.5)
-    _say(args, f"remainder norm {rem:.3f} (model logits norm {float((res.logits ** 2).sum() ** 0.5):.3f})")
+    _say(args, f"remainder norm {rem:.3f} (model logits norm {float((res.logits ** 2).sum() ** 0.5):.3f}); "
+               f"‖remainder‖/‖logits‖ {res.remainder_ratio:.3g}, cancellation Σ‖path‖/‖Σ paths‖ {res.cancellation:.3g}")
+    if res.remainder_ratio > 0.5:
+        _say(args, f"WARNING: the paths explain less than half of the model's logits (‖remainder‖/‖logits‖ = "
+                   f"{res.remainder_ratio:.3g} > 0.5): read them as an incomplete account")
     _emit(args, {"n_paths": len(res), "order": args.order, "granularity": args.granularity, "position": pos,
-                 "top": ranked, "remainder_norm": rem})
+                 "top": ranked, "remainder_norm": rem, "remainder_ratio": res.remainder_ratio,
+                 "cancellation": res.cancellation})
 
 
 def cmd_attribute(args) -> None:

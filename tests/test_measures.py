@@ -77,3 +77,17 @@ def test_path_scores_measures_against_expand_all():
     expected = sum(np.linalg.norm(p) for p in path_logits) / np.linalg.norm(path_logits.sum(0))
     assert res.cancellation == pytest.approx(expected, rel=1e-3)
     assert res.cancellation >= 1.0
+
+
+def test_cli_paths_and_attribute_report_the_measures(capsys, tmp_path):
+    from jetjax.attribution import remainder_ratio as ratio_of
+    from tests.test_cli import run, run_json
+
+    doc, _ = run_json(capsys, tmp_path, "paths", "--text", "To be, or not to be", "--top", "3", "--max-length", "2")
+    assert doc["remainder_ratio"] > 0.5 and doc["cancellation"] >= 1.0   # short paths: an incomplete account
+    code, out, _ = run(capsys, "paths", "--text", "To be, or not to be", "--top", "3", "--max-length", "2")
+    assert code == 0 and "WARNING: the paths explain less than half" in out
+    att, _ = run_json(capsys, tmp_path, "attribute", "--text", "To be, or not to be", "--target", " that",
+                   "--max-length", "2")
+    assert att["remainder_ratio"] == pytest.approx(ratio_of(att["remainder"], att["total"]), rel=1e-9)
+    assert att["explains_less_than_half"] == (att["remainder_ratio"] > 0.5)
