@@ -92,9 +92,10 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
     family = family_for(cfg.get("model_type"), path / "config.json")
     _check_config_keys(cfg, family, path)
     config = config_for(family, cfg, path / "config.json")
+    tokenizer = _load_tokenizer(path)   # before the weights: a bad tokenizer file fails before the heavy work
     skeleton, expected = abstract_params(lambda: family.module(config))
     params = assign_params(config, family, _read_tensors(path), expected, path, dtype, check_finite=check_finite)
-    return Model(skeleton, params, tokenizer=_load_tokenizer(path), source=str(src))
+    return Model(skeleton, params, tokenizer=tokenizer, source=str(src))
 
 
 def _check_dtype(dtype):
@@ -249,12 +250,19 @@ def _load_tokenizer(path: Path):
     from tokenizers import Tokenizer
 
     if (path / "tokenizer.json").is_file():
-        return Tokenizer.from_file(str(path / "tokenizer.json"))
+        try:
+            return Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as err:  # the tokenizers library raises its own untyped Exception
+            raise ValueError(f"{path / 'tokenizer.json'} is not a valid tokenizer file ({err}); fix or remove it "
+                             "(without a tokenizer the model still loads, and takes token ids)") from None
     vocab, merges = path / "vocab.json", path / "merges.txt"
     if vocab.is_file() and merges.is_file():
         from tokenizers import decoders, models, pre_tokenizers
 
-        tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        try:
+            tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        except Exception as err:
+            raise ValueError(f"{vocab} / {merges} are not a valid BPE vocabulary and merge list ({err})") from None
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         return tok

@@ -242,3 +242,10 @@ def test_model_config_refuses_bad_fields_by_name():
                                   ("rope_theta", 0.0, "rope_theta must be a finite number > 0, got 0.0")]:
         with pytest.raises(ValueError, match=re.escape(f"ModelConfig.{message}")):
             ModelConfig(**{**base, field: value})
+
+
+@pytest.mark.parametrize("content", ['{"version": "1.0", "model": 5}', "not json at all", ""])
+def test_invalid_tokenizer_json_names_the_file(ckpt, content):
+    (ckpt / "tokenizer.json").write_text(content)
+    with pytest.raises(ValueError, match=re.escape(str(ckpt / "tokenizer.json")) + " is not a valid tokenizer file"):
+        jj.from_pretrained(ckpt)
