@@ -11,6 +11,7 @@ spread over the devices of a mesh (:mod:`jetjax.parallel`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import warnings
 from typing import Any, Callable, Sequence
@@ -232,7 +233,17 @@ def _normalise_position(position, t: int) -> int | None:
 
 def _check_score(score, vocab_size: int) -> None:
     """``score`` is None, a callable or a finite direction of shape ``[V]``: refused by name otherwise."""
-    if score is None or callable(score):
+    if callable(score):
+        try:
+            inspect.signature(score).bind(None, None)
+        except TypeError:
+            raise TypeError(f"a callable score is called as score(logits, score_aux) and must return a scalar; "
+                            f"{getattr(score, '__name__', 'score')}{inspect.signature(score)} does not take two "
+                            "arguments") from None
+        except ValueError:
+            pass
+        return
+    if score is None:
         return
     accepted = ("score must be None (the L2 norm of each path's logits), a direction in logit space "
                 f"(an array of shape ({vocab_size},)) or a callable score(logits, score_aux)")
@@ -296,6 +307,7 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
     spec = resolve_spec(spec, order=order, granularity=granularity, weights=weights, include=include,
                         exclude=exclude, max_length=max_length, attention_free=attention_free).validate(model)
     ids = model.check_ids(ids)
+    max_paths = check_positive_int("max_paths", max_paths)
     n_paths = count_paths(model.config.n_layers, parallel_residual=model.config.parallel_residual, spec=spec)
     if n_paths > max_paths:
         raise ValueError(f"these settings give {n_paths} paths, more than max_paths={max_paths}; narrow them "
@@ -305,6 +317,18 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
     position = _normalise_position(position, ids.shape[-1])
     mesh, _, n_dev = mesh_axis(mesh)
     _check_score(score, model.config.vocab_size)
+    if callable(score):   # a scalar per path, checked on the shapes before anything is compiled
+        v = model.config.vocab_size
+        one = jax.ShapeDtypeStruct((ids.shape[:-1] + (v,)) if position is not None else (ids.shape + (v,)),
+                                   jnp.float32)
+        try:
+            out = jax.eval_shape(score, one, score_aux)
+        except Exception as err:  # whatever the user's function raised, said with its name
+            raise TypeError(f"the score function failed on one path's logits of shape {one.shape}: "
+                            f"{type(err).__name__}: {err}") from err
+        if not (hasattr(out, "shape") and out.shape == ()):
+            raise ValueError(f"a callable score must return a scalar per path; on logits of shape {one.shape} it "
+                             f"returned {getattr(out, 'shape', type(out).__name__)}")
 
     params = model.params
     streams = model.residual_stream(ids, mid=True)
@@ -475,10 +499,17 @@ class PathAttribution:
 
 def _token_id(model: Model, token, what: str) -> tuple[int, str | None]:
     if isinstance(token, str):
+        if not token:
+            raise ValueError(f"{what} '' is the empty string; give a one-token string (e.g. ' Paris') or a token id")
         ids = model.tokenize(token)
         if ids.size != 1:
             raise ValueError(f"{what} {token!r} is {ids.size} tokens, expected exactly one "
                              "(words usually need their leading space, e.g. ' the')")
+        unk = getattr(getattr(model.tokenizer, "model", None), "unk_token", None)
+        token_to_id = getattr(model.tokenizer, "token_to_id", None)
+        if unk and token != unk and token_to_id is not None and int(ids[0]) == token_to_id(unk):
+            raise ValueError(f"{what} {token!r} is not in the vocabulary: the tokenizer maps it to its unknown "
+                             f"token {unk!r}")
         return int(ids[0]), token
     if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
         raise TypeError(f"{what} must be a token id (int) or a one-token string, got {token!r}")
@@ -528,6 +559,9 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
                          "loop over a batch yourself")
     target, target_str = _token_id(model, target, "target")
     foil, foil_str = (None, None) if foil is None else _token_id(model, foil, "foil")
+    if foil == target:
+        raise ValueError(f"foil and target are the same token ({target}); logit(target) − logit(foil) is 0 for "
+                         "every path: pick another foil, or none to attribute the target's logit")
     direction = np.zeros(model.config.vocab_size, np.float32)
     direction[target] += 1.0
     if foil is not None:

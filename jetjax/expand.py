@@ -442,6 +442,8 @@ def count_paths(n_layers: int, granularity: str = UNSET, *, parallel_residual: b
       >>> count_paths(12, "branch", attention_free=True, max_length=2)  # 1 + 12 + C(12, 2)
       79
     """
+    if not isinstance(parallel_residual, (bool, np.bool_)):
+        raise TypeError(f"parallel_residual must be True or False, got {parallel_residual!r}")
     spec = resolve_spec(spec, granularity=granularity, include=include, exclude=exclude, max_length=max_length,
                         attention_free=attention_free).validate(n_layers)
     # by_length[j] = number of path prefixes with j components

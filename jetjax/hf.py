@@ -72,8 +72,10 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
     Raises:
       FileNotFoundError: no such file or directory, no ``config.json``, no weights.
       ValueError: unsupported ``model_type``/GGUF architecture or config feature, a config value
-        of the wrong type or out of range (naming the key), missing, misshapen or non-finite tensors, a ``pytorch_model.bin``-only checkpoint (pickle; refused), a corrupt
-        file, a non-floating ``dtype``.
+        of the wrong type or out of range (naming the key), missing, misshapen or non-finite
+        tensors, a ``pytorch_model.bin``-only checkpoint (pickle; refused), a corrupt file, an
+        empty ``src``.
+      TypeError: ``src`` that is not a path or string; a non-floating ``dtype``.
 
     Example:
       >>> import jetjax as jj                          # doctest: +SKIP
@@ -81,6 +83,10 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
       >>> model.logits(model.tokenize("Hello")).shape  # doctest: +SKIP
       (1, 50257)
     """
+    if not isinstance(src, (str, os.PathLike)):
+        raise TypeError(f"src must be a path (str or os.PathLike) or a hub id, got {type(src).__name__} {src!r:.60}")
+    if not str(src).strip():
+        raise ValueError(f"src {str(src)!r} is empty; give a GGUF file, a model directory or a hub id")
     dtype = _check_dtype(dtype)
     gguf_path = _gguf_source(src, gguf_file)
     if gguf_path is not None:

@@ -26,6 +26,7 @@ need the guarantee (the lenses) check the values they read.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Callable
 
@@ -115,6 +116,18 @@ def jet(f: Callable, x, y, order: int, *, return_terms: bool = False):
       >>> [float(t) for t in terms]  # f(1), f'(1)·(2 − 1)
       [1.0, 3.0]
     """
+    if not callable(f):
+        raise TypeError(f"jet: f must be a function of one argument (the centre), got {_describe(f)}")
+    try:
+        inspect.signature(f).bind(None)
+    except TypeError:
+        raise TypeError(f"jet: f must take exactly one argument (the centre, an array or pytree), but "
+                        f"{getattr(f, '__name__', 'f')}{inspect.signature(f)} does not") from None
+    except ValueError:   # no signature to read (some builtins): let the call tell
+        pass
+    _check_point_leaves("x (the centre)", x)
+    if order != 0:
+        _check_point_leaves("y (the variate)", y)
     order = check_order(order)
     if order > MAX_ORDER:
         raise ValueError(f"jet: order {order} is above MAX_ORDER={MAX_ORDER}: compile time roughly "
@@ -132,6 +145,20 @@ def jet(f: Callable, x, y, order: int, *, return_terms: bool = False):
             "jet: f converted a traced value to a NumPy array (np.asarray / np.* on its input), which "
             f"jet cannot follow; use jax.numpy instead of numpy inside f. JAX said: {_first_line(err)}"
         ) from err
+
+
+def _check_point_leaves(what: str, point) -> None:
+    """Every leaf of ``point`` is an array or a number: ``TypeError`` naming the first that is not."""
+    leaves = jax.tree_util.tree_flatten_with_path(point)[0]
+    if not leaves:
+        raise TypeError(f"jet: {what} is {_describe(point)}, which holds no array; pass an array or a pytree "
+                        "of floating arrays")
+    for path, leaf in leaves:
+        if isinstance(leaf, (jax.Array, np.ndarray, np.generic)) or (
+                isinstance(leaf, numbers.Number) and not isinstance(leaf, bool)):
+            continue
+        where = f" at {jax.tree_util.keystr(path)}" if path else ""
+        raise TypeError(f"jet: {what} holds {_describe(leaf)}{where}; pass an array or a pytree of floating arrays")
 
 
 def _first_line(err: Exception) -> str:
@@ -185,5 +212,9 @@ def _jet(f, x, y, order, return_terms):
         terms = [jax.tree_util.tree_unflatten(out_tree, out_primals)]
         for j in range(order):
             terms.append(jax.tree_util.tree_unflatten(out_tree, [s[j] for s in out_series]))
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(terms[0])):
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise TypeError(f"jet: output leaf {i} of f has dtype {leaf.dtype}; jets of order >= 1 need floating "
+                            "outputs (an integer output has no derivatives: compute it outside the jet)")
     value = _tree_sum(terms)
     return (value, terms) if return_terms else value

@@ -519,7 +519,7 @@ def joint_jet_lens(model: Model, ids, rows=None, order: int = 1, *, granularity:
     fit_steps = check_nonnegative_int("fit_steps", fit_steps)
     if fit_steps and weights is not None:
         raise ValueError("pass either explicit weights or fit_steps > 0 (fitting starts from uniform), not both")
-    if fit_steps and not _positive_number(learning_rate):
+    if not _positive_number(learning_rate):
         raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}")
 
     terms, model_logits = _core(model, "joint", order, granularity)(model.params, ids, jnp.asarray(rows, jnp.int32))
@@ -543,7 +543,11 @@ def _positive_number(x) -> bool:
 
 
 def _check_weights(weights, n: int, token_shape: tuple[int, ...], dtype) -> jax.Array:
-    w = np.asarray(weights)
+    try:
+        w = np.asarray(weights)
+    except ValueError:
+        raise ValueError(f"weights must be a rectangular array of shape ({n},) or {(n,) + token_shape}, got a "
+                         "ragged nesting") from None
     if w.dtype == object or not np.issubdtype(w.dtype, np.number):
         raise TypeError(f"weights must be numbers, got dtype {w.dtype}")
     if w.shape == (n,):

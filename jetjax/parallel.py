@@ -33,6 +33,8 @@ def path_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = DEFA
       >>> mesh.axis_names, mesh.size
       (('paths',), 1)
     """
+    if not isinstance(axis_name, str) or not axis_name:
+        raise TypeError(f"axis_name must be a non-empty string, got {axis_name!r}")
     if isinstance(devices, (str, bytes)) or isinstance(devices, jax.Device):
         raise TypeError(f"devices must be a list of jax devices (e.g. jax.devices() or jax.devices('cpu')[:2]), "
                         f"got {devices!r}")

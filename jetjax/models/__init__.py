@@ -14,6 +14,7 @@ from flax import nnx
 
 from jetjax.models import gpt2, gpt_neo, gpt_neox, llama, olmo
 from jetjax.models.config import ModelConfig
+from jetjax.models.layers import ACTIVATIONS
 from jetjax.models.family import FAMILIES, Family, register
 from jetjax.models.model import Model, ResidualModule, nest
 
@@ -37,6 +38,11 @@ def random_model(config: ModelConfig, *, seed: int = 0, scale: float = 0.02, dty
     """
     if config.arch not in FAMILIES:
         raise ValueError(f"unknown arch {config.arch!r}; known: {sorted(FAMILIES)}")
+    if config.activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {config.activation!r}; known: {sorted(ACTIVATIONS)}")
+    if config.arch not in ("llama", "mistral", "qwen2", "gemma") and config.n_heads * config.d_head != config.d_model:
+        raise ValueError(f"{config.arch} needs n_heads × d_head == d_model, got {config.n_heads} × {config.d_head} != "
+                         f"{config.d_model}")
     module = FAMILIES[config.arch].module(config, dtype=dtype)
     _, state = nnx.split(module)
     initial = {tuple(path): var[...] for path, var in nnx.to_flat_state(state)}

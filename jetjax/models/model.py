@@ -92,14 +92,33 @@ class Model:
     # -- module binding -----------------------------------------------------------------------
     def module(self, params=None) -> ResidualModule:
         """The NNX module bound to ``params`` (default: the model's own)."""
-        return nnx.merge(self.graphdef, self.params if params is None else params)
+        if params is None:
+            return nnx.merge(self.graphdef, self.params)
+        if params is not self.params:
+            mine, theirs = jax.tree_util.tree_structure(self.params), jax.tree_util.tree_structure(params)
+            if mine != theirs:
+                raise ValueError(f"params= must be a pytree shaped like model.params ({mine.num_leaves} arrays in "
+                                 f"the same nesting), got {theirs.num_leaves} leaves in another structure")
+        return nnx.merge(self.graphdef, params)
 
-    @staticmethod
-    def _h(h) -> Array:
-        h = jnp.asarray(h)
-        if not jnp.issubdtype(h.dtype, jnp.inexact):
-            raise TypeError(f"residual streams must be floating arrays, got dtype {h.dtype}")
-        return h
+    def _h(self, h) -> Array:
+        if isinstance(h, jax.core.Tracer):
+            arr = h
+        else:
+            if h is None or isinstance(h, (str, bytes, dict)):
+                raise TypeError(f"expected a residual stream (a floating array [..., T, {self.config.d_model}]), "
+                                f"got {type(h).__name__}")
+            try:
+                arr = jnp.asarray(h)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"expected a residual stream (a floating array [..., T, {self.config.d_model}]), "
+                                f"got {type(h).__name__} ({err})") from None
+        if not jnp.issubdtype(arr.dtype, jnp.inexact):
+            raise TypeError(f"residual streams must be floating arrays, got dtype {arr.dtype}")
+        if arr.ndim < 1 or arr.shape[-1] != self.config.d_model:
+            raise ValueError(f"residual streams have shape [..., T, d_model={self.config.d_model}], got "
+                             f"{tuple(arr.shape)}")
+        return arr
 
     # -- the residual interface ---------------------------------------------------------------
     def embed(self, ids, *, params=None) -> Array:
@@ -208,12 +227,28 @@ class Model:
         """The text of token ids (a sequence or a 1-D array)."""
         if self.tokenizer is None:
             raise ValueError(f"{self.source or 'this model'} has no tokenizer files")
-        return self.tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)],
-                                     skip_special_tokens=False)
+        return self.tokenizer.decode(self._id_list(ids), skip_special_tokens=False)
 
     def token_strings(self, ids) -> list[str]:
         """One string per token id (for tables and pictures)."""
-        return [self.detokenize([int(i)]) for i in np.asarray(ids).reshape(-1)]
+        if self.tokenizer is None:
+            raise ValueError(f"{self.source or 'this model'} has no tokenizer files")
+        return [self.tokenizer.decode([i], skip_special_tokens=False) for i in self._id_list(ids)]
+
+    def _id_list(self, ids) -> list[int]:
+        """Token ids as a flat list of ints, each checked against the vocabulary (empty is fine)."""
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"expected token ids, got a {type(ids).__name__}: {ids!r:.40}")
+        arr = np.asarray(ids)
+        if arr.size and (arr.dtype == object or not np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"token ids must be integers, got dtype {arr.dtype}: {arr.reshape(-1)[:5].tolist()}")
+        flat = arr.reshape(-1).astype(np.int64)
+        # ids the tokenizer knows are readable even where its vocabulary outgrows the embedding's
+        v = max(self.config.vocab_size, int(getattr(self.tokenizer, "get_vocab_size", lambda: 0)()))
+        if flat.size and (flat.min() < 0 or flat.max() >= v):
+            bad = int(flat.min()) if flat.min() < 0 else int(flat.max())
+            raise ValueError(f"token id {bad} is out of range for a vocabulary of {v} (valid: 0..{v - 1})")
+        return flat.tolist()
 
     # -- validation ---------------------------------------------------------------------------
     def check_ids(self, ids, *, check_length: bool = True):
@@ -225,6 +260,8 @@ class Model:
         """
         if isinstance(ids, str):
             raise TypeError("expected token ids, got a str: use model.tokenize(text) first")
+        if ids is None or isinstance(ids, (dict, set, bytes)):
+            raise TypeError(f"expected token ids (ints, shape [..., T]), got {type(ids).__name__}")
         if isinstance(ids, jax.core.Tracer):
             if not jnp.issubdtype(ids.dtype, jnp.integer):
                 raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")

@@ -155,11 +155,18 @@ def diff_tables(a: NGramTable, b: NGramTable, n: int = 20, *, models: tuple[Mode
     (same vocabulary size, other tokenizer), or when ``n`` is not a non-negative int.
     """
     n = check_nonnegative_int("n", n)
-    if a.contexts.shape != b.contexts.shape or not np.array_equal(a.contexts, b.contexts):
-        raise ValueError("the tables have different contexts (rows); diff tables of the same contexts")
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, NGramTable):
+            raise TypeError(f"diff_tables compares two NGramTables (NGramTable.load(dir) reads a saved one); {name} "
+                            f"is {type(t).__name__}")
+    if models is not None and (not isinstance(models, (tuple, list)) or len(models) != 2):
+        raise ValueError(f"models must be a pair (model of a, model of b) or None, got {models!r:.80}")
     va, vb = (t.meta.get("model", {}).get("config", {}).get("vocab_size") for t in (a, b))
     if va != vb:
         raise ValueError(f"the tables come from different vocabularies ({va} vs {vb} tokens)")
+    if a.contexts.shape != b.contexts.shape or not np.array_equal(a.contexts, b.contexts):
+        raise ValueError(f"the tables have different contexts (rows: {a.contexts.shape} vs {b.contexts.shape}); "
+                         "diff tables of the same contexts")
     _check_same_tokens(a, b)
     v = int(max(a.ids.max(), b.ids.max()) + 1) if va is None else int(va)
     keys = np.union1d(_keys(a, v), _keys(b, v))

@@ -132,9 +132,16 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
       >>> t.probs.shape, t.meta["paths"], t.meta["kind"], t.meta["block_rows"]
       ((2, 2), ['emb>dec', 'emb>mlp0>dec'], 'contexts', 1024)
     """
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a jetjax Model (jj.from_pretrained(...)), got {type(model).__name__}")
     settings = resolve_settings(settings, paths=paths, top_k=top_k, order=order, global_k=global_k,
                                 block_rows=block_rows, chunk_rows=chunk_rows, vocab_tile=vocab_tile, kind=kind)
-    contexts = np.asarray(contexts)
+    try:
+        contexts = np.asarray(contexts)
+    except ValueError:
+        lengths = [len(c) if hasattr(c, "__len__") else 1 for c in contexts]
+        raise ValueError("contexts must be a rectangular int array [rows, tokens] (every context the same "
+                         f"length), got contexts of lengths {lengths[:10]}") from None
     if contexts.ndim != 2 or contexts.shape[0] == 0 or contexts.shape[1] == 0:
         raise ValueError(f"contexts must be an int array [rows, tokens] with at least one row, got {contexts.shape}")
     model.check_ids(contexts, check_length=False)
@@ -278,6 +285,8 @@ def jet_bigrams(model: Model, paths: Sequence[str] | str = DEFAULT, top_k: int =
     """
     if paths is DEFAULT and settings is None:
         paths = ("emb>dec",)
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a jetjax Model (jj.from_pretrained(...)), got {type(model).__name__}")
     v = model.config.vocab_size
     return sweep_contexts(model, np.arange(v, dtype=np.int32)[:, None], paths, top_k, order=order,
                           global_k=global_k, block_rows=block_rows, chunk_rows=chunk_rows, out_dir=out_dir,

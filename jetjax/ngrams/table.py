@@ -155,7 +155,10 @@ class NGramTable:
         return hits[0]
 
     def row_of(self, context) -> int:
-        """The row of a context: a token id or string (bigrams) or a sequence of them."""
+        """The row of a context: a token id or string (bigrams) or a sequence of them.
+
+        Raises ``KeyError`` (as a mapping does) naming the context when the table has no such row.
+        """
         ctx = [context] if isinstance(context, (str, int, np.integer)) else list(context)
         want = np.asarray([self._token_id(t) for t in ctx], np.int32)
         if want.shape != (self.n - 1,):
@@ -166,7 +169,10 @@ class NGramTable:
         return int(hit[0])
 
     def lookup(self, context) -> list[tuple[str, float]]:
-        """The top next tokens (string, prob) of a context given by token string(s) or id(s)."""
+        """The top next tokens (string, prob) of a context given by token string(s) or id(s).
+
+        Raises ``KeyError`` naming the context when it is not a row (or a string not in the vocabulary).
+        """
         return self._row_entries(self.row_of(context))
 
     def filter(self, rows=None, *, min_prob: float = 0.0) -> "NGramTable":
@@ -179,6 +185,14 @@ class NGramTable:
             if keep.shape != (len(self),):
                 raise ValueError(f"a boolean row mask needs shape ({len(self)},), got {keep.shape}")
             keep = np.flatnonzero(keep)
+        elif keep.dtype == object or not np.issubdtype(keep.dtype, np.integer) or keep.ndim != 1:
+            raise TypeError(f"rows must be row indices (1-D ints) or a boolean mask, got {keep.dtype} {keep.shape}")
+        elif keep.size and (keep.min() < -len(self) or keep.max() >= len(self)):
+            bad = int(keep.max()) if keep.max() >= len(self) else int(keep.min())
+            raise IndexError(f"row {bad} is out of range for a table of {len(self)} rows")
+        if isinstance(min_prob, bool) or not isinstance(min_prob, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(min_prob):
+            raise TypeError(f"min_prob must be a finite number, got {min_prob!r}")
         small = self.probs[keep] < min_prob
         kept_ctx = {tuple(c) for c in self.contexts[keep].tolist()}
         g = [i for i, pair in enumerate(self.global_pairs.tolist())
@@ -195,6 +209,8 @@ class NGramTable:
         from safetensors.numpy import save
 
         d = Path(directory)
+        if d.exists() and not d.is_dir():
+            raise FileExistsError(f"{d} is a file; NGramTable.save writes a directory (table.safetensors, table.json)")
         d.mkdir(parents=True, exist_ok=True)
         arrays = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAYS}
         atomic_write_bytes(d / TABLE_FILE, save(arrays))

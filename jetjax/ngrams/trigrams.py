@@ -43,7 +43,12 @@ def candidate_contexts(tokens: Sequence[int]) -> np.ndarray:
       >>> candidate_contexts([4, 7]).tolist()
       [[4, 4], [4, 7], [7, 4], [7, 7]]
     """
-    t = np.unique(np.asarray(tokens, np.int64))
+    arr = np.asarray(tokens)
+    if arr.size and (arr.dtype == object or not np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"tokens must be token ids (ints), got dtype {arr.dtype}: {arr.reshape(-1)[:5].tolist()}")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"tokens must be non-negative token ids, got {int(arr.min())}")
+    t = np.unique(arr.astype(np.int64))
     if t.size == 0:
         raise ValueError("candidate_contexts needs at least one token id")
     return np.stack(np.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2).astype(np.int32)
