@@ -414,6 +414,10 @@ class PathAttribution:
         all paths through it; ``direct``: the score of its one-component path ``emb><c>>dec``
         (present when that path was computed).
       target, foil, position: token ids (``foil`` may be None) and the 0-based position.
+      semantics: what a path is: ``"jet"`` (Algorithm 2, :func:`path_attribution`: each path applies
+        the jets of its components to its own vector) or ``"frozen"``
+        (:func:`jetjax.frozen.frozen_path_attribution`: every nonlinear factor held at the forward
+        pass, so paths are linear in their source and add up exactly).
     """
 
     labels: tuple[str, ...]
@@ -430,6 +434,7 @@ class PathAttribution:
     granularity: str
     target_str: str | None = None
     foil_str: str | None = None
+    semantics: str = "jet"
 
     @property
     def remainder_ratio(self) -> float:
@@ -468,7 +473,8 @@ class PathAttribution:
             lines.append(f"WARNING: {bad} of the numbers below are NaN or inf (non-finite weights or a jet "
                          "that overflowed); they mean nothing")
         lines += [f"logit({what}) at position {self.position}: model {self.total:+.4f} = "
-                  f"Σ {len(self.labels)} paths {float(self.scores.sum()):+.4f} + remainder {self.remainder:+.4f}",
+                  f"Σ {len(self.labels)} {self.semantics} paths {float(self.scores.sum()):+.4f} + remainder "
+                  f"{self.remainder:+.4f}",
                   f"  |remainder|/|total| {self.remainder_ratio:.3g}, cancellation Σ|s|/|Σs| "
                   f"{self.cancellation:.3g}, remainder share {self.remainder_share:.1%}"]
         if self.warning:
@@ -487,6 +493,7 @@ class PathAttribution:
         return json.dumps(json_safe({
             "target": self.target, "foil": self.foil, "target_str": self.target_str, "foil_str": self.foil_str,
             "position": self.position, "order": self.order, "granularity": self.granularity,
+            "semantics": self.semantics,
             "total": self.total, "remainder": self.remainder, "remainder_share": self.remainder_share,
             "remainder_ratio": self.remainder_ratio, "cancellation": self.cancellation,
             "explains_less_than_half": self.warning is not None,
@@ -497,7 +504,8 @@ class PathAttribution:
         }), allow_nan=False)
 
 
-def _token_id(model: Model, token, what: str) -> tuple[int, str | None]:
+def token_id(model: Model, token, what: str) -> tuple[int, str | None]:
+    """``(id, text)`` of a target/foil given as a token id or a one-token string; errors name ``what``."""
     if isinstance(token, str):
         if not token:
             raise ValueError(f"{what} '' is the empty string; give a one-token string (e.g. ' Paris') or a token id")
@@ -557,8 +565,8 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
     if ids.ndim != 1:
         raise ValueError(f"path_attribution takes one sequence of token ids [T], got shape {tuple(ids.shape)}; "
                          "loop over a batch yourself")
-    target, target_str = _token_id(model, target, "target")
-    foil, foil_str = (None, None) if foil is None else _token_id(model, foil, "foil")
+    target, target_str = token_id(model, target, "target")
+    foil, foil_str = (None, None) if foil is None else token_id(model, foil, "foil")
     if foil == target:
         raise ValueError(f"foil and target are the same token ({target}); logit(target) − logit(foil) is 0 for "
                          "every path: pick another foil, or none to attribute the target's logit")

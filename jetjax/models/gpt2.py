@@ -13,7 +13,7 @@ from flax import nnx
 from jetjax.models.config import ModelConfig
 from jetjax.models.family import Family
 from jetjax.models.hf_config import ConfigKeys, activation_from_hf, get_bool, get_float, get_int
-from jetjax.models.layers import ACTIVATIONS, LayerNorm, Linear, causal_attention, compute_dtype_for, embedding_lookup
+from jetjax.models.layers import LayerNorm, Linear, causal_attention, compute_dtype_for, embedding_lookup, freeze
 from jetjax.models.model import ResidualModule
 
 # config.json keys, the penzai way: what we read, what carries no meaning for the computation,
@@ -115,7 +115,7 @@ class GPT2(ResidualModule):
     def mlp(self, layer, h):
         block = self.h[layer]
         x = block.mlp.c_fc(block.ln_2(h))
-        return block.mlp.c_proj(ACTIVATIONS[self.config.activation](x))
+        return block.mlp.c_proj(freeze.activation(self.config.activation, x))
 
     def final_norm(self, h):
         return self.ln_f(h)

@@ -22,7 +22,7 @@ from flax import nnx
 from jetjax.models.config import ModelConfig
 from jetjax.models.family import Family
 from jetjax.models.hf_config import ConfigKeys, activation_from_hf, get_bool, get_float, get_int, rope_from_hf
-from jetjax.models.layers import ACTIVATIONS, LayerNorm, Linear, causal_attention, compute_dtype_for, embedding_lookup
+from jetjax.models.layers import LayerNorm, Linear, causal_attention, compute_dtype_for, embedding_lookup, freeze
 from jetjax.models.model import ResidualModule
 from jetjax.models.rope import apply_rotary, rotary_tables
 
@@ -114,7 +114,7 @@ class GPTNeoX(ResidualModule):
     def mlp(self, layer, h):
         block = self.layers[layer]
         x = block.mlp.dense_h_to_4h(block.post_attention_layernorm(h))
-        return block.mlp.dense_4h_to_h(ACTIVATIONS[self.config.activation](x))
+        return block.mlp.dense_4h_to_h(freeze.activation(self.config.activation, x))
 
     def final_norm(self, h):
         return self.final_layer_norm(h)

@@ -2,11 +2,30 @@
 
 All of it is made of primitives that have Taylor-mode rules (no ``custom_jvp``, ``scan`` or
 ``cond`` on the path a jet takes), so any family built from these pieces can be expanded.
+
+Every nonlinearity of a residual branch goes through one of the :data:`freeze` hooks: outside a
+``freeze.record()`` / ``freeze.replay(tape)`` context they compute exactly what they always did (same
+operations in the same order, so results are bit for bit those of the plain layers). Under
+``freeze.record()`` each hook also writes its nonlinear *factor* from this forward pass onto a
+:class:`Tape`, in call order; under ``freeze.replay(tape)`` each hook uses the recorded factor
+instead, and the layer becomes affine in its input (:mod:`jetjax.frozen` builds the linearised path
+decomposition on this). The factors:
+
+* LayerNorm / RMSNorm: the per-token ``1/sqrt(var + eps)`` (LayerNorm's centring is linear and stays);
+* attention: the softmax probabilities (the pattern; queries, keys and rotary no longer matter);
+* MLP activations: the ratio ``act(z*)/z*`` per neuron (0 where ``z* == 0``; exact there since every
+  activation in :data:`ACTIVATIONS` has ``act(0) == 0``), so ``act(z) := ratio · z`` equals ``act(z*)``
+  at the actual input;
+* gated MLPs: the gate ``act(gate(x*))`` itself, a constant multiplier of ``up(x)``;
+* clipping (OLMo's ``clip_qkv`` on values): the entries clipped in the actual pass become those
+  constants, the others pass through unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +58,174 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+# -- freezing hooks -------------------------------------------------------------------------
+
+class Tape:
+    """The nonlinear factors of one recorded forward pass, in call order: ``(site, factor)`` pairs.
+
+    ``site`` names the hook (``"layer_norm"``, ``"rms_norm"``, ``"attention"``,
+    ``"activation:gelu_new"``, ``"gate:silu"``, ``"clip"``); ``factor`` is an array (a pair of
+    arrays for ``"clip"``). Under ``jax.jit`` the factors are tracers of that trace: record and
+    replay inside one jitted function.
+    """
+
+    def __init__(self, entries=()):
+        self.entries: list[tuple[str, Any]] = list(entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(site for site, _ in self.entries)
+
+    def __repr__(self) -> str:
+        return f"Tape({list(self.sites)})"
+
+
+class _Replay:
+    def __init__(self, tape: Tape):
+        self.tape, self.cursor = tape, 0
+
+    def pop(self, site: str):
+        if self.cursor >= len(self.tape):
+            raise ValueError(f"freeze.replay: the tape has {len(self.tape)} factors, all used; the replayed "
+                             f"computation asked for another ({site!r}): replay the same computation that was "
+                             "recorded")
+        got, factor = self.tape.entries[self.cursor]
+        if got != site:
+            raise ValueError(f"freeze.replay: factor {self.cursor} of the tape is {got!r} but the replayed "
+                             f"computation asked for {site!r}: replay the same computation that was recorded")
+        self.cursor += 1
+        return factor
+
+
+_FREEZE: contextvars.ContextVar = contextvars.ContextVar("jetjax_freeze", default=None)
+
+
+def _fitted(factor: Array, shape, dtype, site: str) -> Array:
+    """``factor`` broadcast to ``shape`` (a replayed input may carry extra leading batch axes)."""
+    factor = jnp.asarray(factor)
+    try:
+        if np.broadcast_shapes(factor.shape, tuple(shape)) != tuple(shape):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"freeze.replay: the recorded {site!r} factor has shape {tuple(factor.shape)}, which does "
+                         f"not broadcast to {tuple(shape)}: replay on inputs shaped like the recorded ones "
+                         "(extra leading batch axes are fine)") from None
+    return jnp.broadcast_to(factor.astype(dtype), shape)
+
+
+class Freezing:
+    """The freezing hooks: ``record()`` / ``replay(tape)`` contexts and the hooks the layers call.
+
+    Use the module-level instance :data:`freeze`. Contexts do not nest (a second one inside the
+    first is an error). Outside any context every hook computes exactly the plain layer.
+
+    Example (a gelu MLP: recorded at ``z*``, replayed it is ``ratio · z``, linear in ``z``):
+      >>> z = jnp.array([-1.0, 0.0, 2.0])
+      >>> with freeze.record() as tape:
+      ...     y = freeze.activation("gelu", z)
+      >>> tape.sites, bool(jnp.all(y == ACTIVATIONS["gelu"](z)))
+      (('activation:gelu',), True)
+      >>> with freeze.replay(tape):
+      ...     bool(jnp.allclose(freeze.activation("gelu", 2 * z), 2 * y))
+      True
+    """
+
+    @property
+    def mode(self) -> str | None:
+        """``"record"``, ``"replay"`` or ``None`` (plain layers)."""
+        state = _FREEZE.get()
+        return None if state is None else ("record" if isinstance(state, Tape) else "replay")
+
+    @contextlib.contextmanager
+    def record(self) -> Iterator[Tape]:
+        """Run the layers as usual and write each nonlinearity's factor onto the yielded :class:`Tape`."""
+        self._check_free("record")
+        tape = Tape()
+        token = _FREEZE.set(tape)
+        try:
+            yield tape
+        finally:
+            _FREEZE.reset(token)
+
+    @contextlib.contextmanager
+    def replay(self, tape: Tape, *, strict: bool = True) -> Iterator[None]:
+        """Run the layers with the factors of ``tape`` in place of their nonlinearities (each layer is
+        then affine in its input). ``strict``: on leaving, every factor must have been used."""
+        if not isinstance(tape, Tape):
+            raise TypeError(f"freeze.replay takes a Tape (from freeze.record()), got {type(tape).__name__}")
+        self._check_free("replay")
+        state = _Replay(tape)
+        token = _FREEZE.set(state)
+        try:
+            yield
+        finally:
+            _FREEZE.reset(token)
+        if strict and state.cursor != len(tape):
+            raise ValueError(f"freeze.replay: only {state.cursor} of the tape's {len(tape)} factors were used: "
+                             "replay the same computation that was recorded")
+
+    @staticmethod
+    def _check_free(what: str) -> None:
+        if _FREEZE.get() is not None:
+            raise RuntimeError(f"freeze.{what}() inside another freeze context; they do not nest")
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def factor(self, site: str, compute: Callable[[], Array]) -> Array:
+        """A factor the layer multiplies by: ``compute()`` (recorded under ``record``), or the recorded
+        one under ``replay`` (``compute`` is then only shape-checked, never run)."""
+        state = _FREEZE.get()
+        if state is None:
+            return compute()
+        if isinstance(state, Tape):
+            value = compute()
+            state.entries.append((site, value))
+            return value
+        recorded = state.pop(site)
+        expected = jax.eval_shape(compute)
+        return _fitted(recorded, expected.shape, expected.dtype, site)
+
+    def activation(self, name: str, z: Array) -> Array:
+        """``ACTIVATIONS[name](z)``; frozen: ``ratio · z`` with ``ratio = act(z*)/z*`` (0 where ``z* == 0``)."""
+        act = ACTIVATIONS[name]
+        state = _FREEZE.get()
+        if state is None:
+            return act(z)
+        site = f"activation:{name}"
+        if isinstance(state, Tape):
+            y = act(z)
+            zero = z == 0
+            state.entries.append((site, jnp.where(zero, jnp.zeros_like(y), y / jnp.where(zero, jnp.ones_like(z), z))))
+            return y
+        return _fitted(state.pop(site), z.shape, z.dtype, site) * z
+
+    def gate(self, name: str, g: Array) -> Array:
+        """``ACTIVATIONS[name](g)``, the gate of a gated MLP; frozen: the recorded ``act(g*)`` itself."""
+        return self.factor(f"gate:{name}", lambda: ACTIVATIONS[name](g))
+
+    def clip(self, y: Array, bound: float) -> Array:
+        """``clip(y, -bound, bound)``; frozen: the entries clipped in the recorded pass keep their
+        clipped value (constants), the others are ``y`` (identity)."""
+        state = _FREEZE.get()
+        if state is None:
+            return jnp.clip(y, -bound, bound)
+        if isinstance(state, Tape):
+            out = jnp.clip(y, -bound, bound)
+            state.entries.append(("clip", (out != y, out)))
+            return out
+        mask, value = state.pop("clip")
+        return jnp.where(_fitted(mask, y.shape, bool, "clip"), _fitted(value, y.shape, y.dtype, "clip"), y)
+
+
+freeze = Freezing()
+"""The freezing hooks every layer calls (see :class:`Freezing` and the module docstring)."""
+
+
 def embedding_lookup(table: Array, ids: Array) -> Array:
     """Rows ``table[ids]``; an id outside ``0..len(table)-1`` (negative ones included) gives a row of NaN.
 
@@ -66,8 +253,8 @@ def compute_dtype_for(param_dtype) -> jnp.dtype:
 def layer_norm(x: Array, scale: Array | None, bias: Array | None, eps: float) -> Array:
     mean = jnp.mean(x, axis=-1, keepdims=True)
     centred = x - mean
-    var = jnp.mean(centred * centred, axis=-1, keepdims=True)
-    out = centred * jax.lax.rsqrt(var + eps)
+    out = centred * freeze.factor(
+        "layer_norm", lambda: jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps))
     if scale is not None:
         out = out * scale
     if bias is not None:
@@ -76,7 +263,7 @@ def layer_norm(x: Array, scale: Array | None, bias: Array | None, eps: float) ->
 
 
 def rms_norm(x: Array, scale: Array, eps: float) -> Array:
-    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale
+    return x * freeze.factor("rms_norm", lambda: jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)) * scale
 
 
 def causal_attention(q: Array, k: Array, v: Array, *, scale: float, window: int | None = None) -> Array:
@@ -94,14 +281,18 @@ def causal_attention(q: Array, k: Array, v: Array, *, scale: float, window: int 
     """
     t, n_heads, d_head = q.shape[-3:]
     n_kv = k.shape[-2]
-    grouped = q.reshape(*q.shape[:-2], n_kv, n_heads // n_kv, d_head)       # '...TKGH'
-    scores = jnp.einsum("...qkgd,...skd->...kgqs", grouped, k) * scale
     query, key = np.arange(t)[:, None], np.arange(t)[None, :]
     visible = key <= query
     if window is not None:
         visible &= query - key < window
-    scores = jnp.where(visible, scores, jnp.finfo(scores.dtype).min)
-    probs = jax.nn.softmax(scores, axis=-1)
+
+    def pattern():
+        grouped = q.reshape(*q.shape[:-2], n_kv, n_heads // n_kv, d_head)       # '...TKGH'
+        scores = jnp.einsum("...qkgd,...skd->...kgqs", grouped, k) * scale
+        scores = jnp.where(visible, scores, jnp.finfo(scores.dtype).min)
+        return jax.nn.softmax(scores, axis=-1)
+
+    probs = freeze.factor("attention", pattern)
     out = jnp.einsum("...kgqs,...skd->...qkgd", probs, v)
     return out.reshape(*out.shape[:-3], n_heads, d_head)
 
@@ -166,8 +357,9 @@ class GatedMLP(nnx.Module):
         self.activation = c.activation
 
     def __call__(self, x: Array) -> Array:
-        return self.down_proj(ACTIVATIONS[self.activation](self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(freeze.gate(self.activation, self.gate_proj(x)) * self.up_proj(x))
 
 
-__all__ = ["ACTIVATIONS", "compute_dtype_for", "embedding_lookup", "layer_norm", "rms_norm", "causal_attention", "Linear", "LayerNorm",
+__all__ = ["ACTIVATIONS", "Tape", "Freezing", "freeze",
+           "compute_dtype_for", "embedding_lookup", "layer_norm", "rms_norm", "causal_attention", "Linear", "LayerNorm",
            "RMSNorm", "make_norm", "GatedMLP"]

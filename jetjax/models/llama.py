@@ -33,7 +33,8 @@ from jetjax.models.config import ModelConfig
 from jetjax.models.family import Family
 from jetjax.models.hf_config import (ConfigKeys, activation_from_hf, get_bool, get_float, get_int, rope_from_hf,
                                      windows_for)
-from jetjax.models.layers import GatedMLP, Linear, causal_attention, compute_dtype_for, embedding_lookup, make_norm
+from jetjax.models.layers import (GatedMLP, Linear, causal_attention, compute_dtype_for, embedding_lookup, freeze,
+                                  make_norm)
 from jetjax.models.model import ResidualModule
 from jetjax.models.rope import apply_rotary, rotary_tables
 
@@ -156,7 +157,10 @@ class Llama(ResidualModule):
         heads = lambda y, n: y.reshape(*y.shape[:-1], n, c.d_head)
         q, k, v = heads(att.q_proj(x), c.n_heads), heads(att.k_proj(x), c.kv_heads), heads(att.v_proj(x), c.kv_heads)
         if c.clip_qkv is not None:
-            q, k, v = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k, v))
+            # q and k only shape the attention pattern (a frozen factor of its own); v is clipped
+            # through the freezing hook, so a frozen pass keeps the clipped entries as constants
+            q, k = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k))
+            v = freeze.clip(v, c.clip_qkv)
         cos, sin = rotary_tables(c, h.shape[-2], h.dtype)
         out = causal_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
                                scale=1.0 / np.sqrt(c.d_head), window=c.window(layer))
