@@ -15,7 +15,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_order", "check_positive_int", "check_nonnegative_int", "json_safe", "count_nonfinite"]
+__all__ = ["check_order", "check_positive_int", "check_nonnegative_int", "json_safe", "count_nonfinite",
+           "decode_text_file"]
 
 
 def check_order(order) -> int:
@@ -92,3 +93,29 @@ def count_nonfinite(values) -> int:
     if not np.issubdtype(arr.dtype, np.inexact):
         return 0
     return int(arr.size - np.count_nonzero(np.isfinite(arr)))
+
+
+def decode_text_file(data: bytes, what: str, accepted: str) -> str:
+    """The text of a file's bytes, which must be UTF-8 (a leading byte-order mark is dropped).
+
+    ``what`` names the file in messages (e.g. ``"keyword file words.txt"``), ``accepted`` says what
+    is wanted. A NUL byte (a binary file) or bytes that are not UTF-8 are a ``ValueError`` naming the
+    offset, so a wrong file is refused before any work that would read it.
+
+    Example:
+      >>> decode_text_file(b"\\xef\\xbb\\xbfwar\\npeace", "keyword file k.txt", "one word per line")
+      'war\\npeace'
+      >>> decode_text_file(b"ab\\x00c", "--corpus c.txt", "a UTF-8 text file")
+      Traceback (most recent call last):
+      ...
+      ValueError: --corpus c.txt is not text (a NUL byte at offset 2); a UTF-8 text file
+    """
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise ValueError(f"{what} is not text (a NUL byte at offset {nul}); {accepted}")
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0   # a UTF-8 byte-order mark is not part of the text
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        at = bom + err.start
+        raise ValueError(f"{what} is not UTF-8 text (byte {data[at]:#04x} at offset {at}); {accepted}") from None

@@ -285,14 +285,12 @@ def _read_text(path: str | None) -> str:
         data = p.read_bytes()
     except OSError as e:
         raise CLIError(f"cannot read {path}: {e}") from None
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise CLIError(f"--corpus {path} is not text (a NUL byte at offset {nul}); --corpus takes a UTF-8 text file")
+    from jetjax.checks import decode_text_file
+
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise CLIError(f"--corpus {path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
-                       "--corpus takes a UTF-8 text file") from None
+        text = decode_text_file(data, f"--corpus {path}", "--corpus takes a UTF-8 text file")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if not text.strip():
         raise CLIError(f"--corpus {path} is empty; --corpus takes a UTF-8 text file")
     return text
@@ -300,18 +298,13 @@ def _read_text(path: str | None) -> str:
 
 def _check_token(model, token, option: str) -> None:
     """``--target`` / ``--foil`` against the model: an id within the vocabulary, or exactly one token."""
-    v = model.config.vocab_size
-    if isinstance(token, int):
-        if token >= v:
-            raise CLIError(f"{option} token id {token} is out of range for a vocabulary of {v} (valid: 0..{v - 1})")
-        return
+    from jetjax.attribution import token_id
+
     try:
-        n = len(model.tokenize(token))
-    except ValueError as e:
-        raise CLIError(f"{option} {token!r}: {e}") from None
-    if n != 1:
-        raise CLIError(f"{option} {token!r} is {n} tokens, expected exactly one (words usually need their leading "
-                       "space, e.g. ' the'; or give a token id)")
+        token_id(model, token, option)
+    except (TypeError, ValueError) as e:
+        text = str(e)
+        raise CLIError(text if text.startswith(option) else f"{option} {token!r}: {text}") from None
 
 
 # ---------------------------------------------------------------------------------------------

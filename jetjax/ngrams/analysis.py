@@ -16,7 +16,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from jetjax.checks import check_nonnegative_int, check_positive_int
+from jetjax.checks import check_nonnegative_int, check_positive_int, decode_text_file
 from jetjax.models.model import Model
 from jetjax.ngrams.scorer import context_scorer
 from jetjax._compiled import per_model
@@ -216,19 +216,9 @@ def read_keywords(keywords) -> list[str]:
         if not path.is_file():
             raise FileNotFoundError(f"keyword file {path} does not exist" if not path.exists() else
                                     f"keyword file {path} is not a file")
-        data = path.read_bytes()
-        nul = data.find(b"\x00")
-        if nul >= 0:
-            raise ValueError(f"keyword file {path} is not text (a NUL byte at offset {nul}); "
-                             "give a UTF-8 text file, one word or phrase per line")
-        bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 byte-order mark: not part of a word
-        try:
-            lines = data[bom:].decode("utf-8").splitlines()
-        except UnicodeDecodeError as err:
-            at = bom + err.start
-            raise ValueError(f"keyword file {path} is not UTF-8 text (byte {data[at]:#04x} at offset {at}); "
-                             "save it as UTF-8, one word or phrase per line") from None
         where = f"keyword file {path}"
+        lines = decode_text_file(path.read_bytes(), where,
+                                 "give a UTF-8 text file, one word or phrase per line").splitlines()
     else:
         if keywords is None or isinstance(keywords, bytes):
             raise ValueError(f"keywords must be a file path or a list of strings, got {keywords!r}")
