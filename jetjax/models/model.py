@@ -245,9 +245,8 @@ class Model:
         flat = arr.reshape(-1).astype(np.int64)
         # ids the tokenizer knows are readable even where its vocabulary outgrows the embedding's
         v = max(self.config.vocab_size, int(getattr(self.tokenizer, "get_vocab_size", lambda: 0)()))
-        if flat.size and (flat.min() < 0 or flat.max() >= v):
-            bad = int(flat.min()) if flat.min() < 0 else int(flat.max())
-            raise ValueError(f"token id {bad} is out of range for a vocabulary of {v} (valid: 0..{v - 1})")
+        if flat.size:
+            _check_id_range(flat, v)
         return flat.tolist()
 
     # -- validation ---------------------------------------------------------------------------
@@ -282,11 +281,7 @@ class Model:
             raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
         if arr.ndim == 0 or arr.shape[-1] == 0:
             raise ValueError(f"token ids must have shape [..., T] with T >= 1, got shape {arr.shape}")
-        lo, hi = int(arr.min()), int(arr.max())
-        v = self.config.vocab_size
-        if lo < 0 or hi >= v:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} is out of range for a vocabulary of {v} (valid: 0..{v - 1})")
+        _check_id_range(arr, self.config.vocab_size)
         n_pos = self.config.n_positions
         if check_length and n_pos is not None and arr.shape[-1] > n_pos:
             raise ValueError(f"sequence of {arr.shape[-1]} tokens is longer than the model's position "
@@ -301,6 +296,14 @@ class Model:
         if not 0 <= layer < n:
             raise IndexError(f"layer {layer} is out of range for a model with {n} layers (valid: 0..{n - 1})")
         return int(layer)
+
+
+def _check_id_range(ids: np.ndarray, v: int) -> None:
+    """``ValueError`` naming the first offending id when a (non-empty) id array leaves ``0..v-1``."""
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= v:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"token id {bad} is out of range for a vocabulary of {v} (valid: 0..{v - 1})")
 
 
 def abstract_params(module_fn: Callable[[], ResidualModule]):
