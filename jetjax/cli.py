@@ -421,8 +421,14 @@ def cmd_attribute(args) -> None:
     _check_token(model, args.target, "--target")
     if args.foil is not None:
         _check_token(model, args.foil, "--foil")
-    att = jj.path_attribution(model, ids, args.target, args.foil, position=args.position, order=args.order,
-                              granularity=args.granularity, max_length=args.max_length)
+    if args.frozen:
+        if args.order != 0:
+            raise CLIError(f"--order {args.order} has no meaning with --frozen (frozen paths take no jet)")
+        att = jj.frozen_path_attribution(model, ids, args.target, args.foil, position=args.position,
+                                         granularity=args.granularity, max_length=args.max_length)
+    else:
+        att = jj.path_attribution(model, ids, args.target, args.foil, position=args.position, order=args.order,
+                                  granularity=args.granularity, max_length=args.max_length)
     _say(args, att.table(args.top))
     _emit(args, json.loads(att.to_json()))
 
@@ -594,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--target", required=True, type=_token_option("--target"), help=TARGET_HELP)
             p.add_argument("--foil", default=None, type=_token_option("--foil"), help="as --target")
+            p.add_argument("--frozen", action="store_true",
+                           help="frozen paths: every nonlinear factor held at the forward pass, so the paths "
+                                "add up to the model exactly (no jet order)")
         p.set_defaults(fn=fn)
 
     p = common(sub.add_parser("diff", help="bigram changes between two models sharing a tokenizer"), text=False)

@@ -91,3 +91,15 @@ def test_cli_paths_and_attribute_report_the_measures(capsys, tmp_path):
                    "--max-length", "2")
     assert att["remainder_ratio"] == pytest.approx(ratio_of(att["remainder"], att["total"]), rel=1e-9)
     assert att["explains_less_than_half"] == (att["remainder_ratio"] > 0.5)
+
+
+def test_cli_attribute_frozen_adds_up(capsys, tmp_path):
+    from tests.test_cli import run, run_json
+
+    doc, _ = run_json(capsys, tmp_path, "attribute", "--text", "To be, or not to be, that is the", "--target",
+                      " question", "--granularity", "branch", "--frozen")
+    assert doc["semantics"] == "frozen" and doc["explains_less_than_half"] is False
+    assert abs(doc["remainder"]) <= 1e-4 * max(1.0, abs(doc["total"]))     # every path kept: exact
+    assert sum(p["score"] for p in doc["paths"]) == pytest.approx(doc["total"], rel=1e-4, abs=1e-4)
+    code, _, err = run(capsys, "attribute", "--text", "To be", "--target", " question", "--frozen", "--order", "1")
+    assert code == 2 and "--order 1 has no meaning with --frozen" in err
