@@ -173,6 +173,12 @@ def _ids(model, args):
         raise CLIError(f"{option}: {e}") from None
 
 
+def _check_position(ids, position: int) -> None:
+    t = int(ids.shape[-1])
+    if not -t <= position < t:
+        raise CLIError(f"--position {position} is out of range for {t} input tokens (valid: {-t}..{t - 1})")
+
+
 def _check_input(args) -> None:
     """Exactly one of ``--text`` / ``--ids``, neither empty (checked before any model is loaded)."""
     if args.text is not None and args.ids is not None:
@@ -322,6 +328,10 @@ def cmd_lens(args) -> None:
     model = load_model(args.model)
     ids = _ids(model, args)
     _check_top_k(model, args.top_k)
+    try:   # before any lens runs, and named by its option
+        lenses.check_rows(model, rows, args.granularity)
+    except (IndexError, ValueError, TypeError) as e:
+        raise CLIError(f"--rows {args.rows}: {e}") from None
     results = {}
     for order in orders:
         if args.joint:
@@ -390,6 +400,7 @@ def cmd_paths(args) -> None:
     _check_input(args)
     model = load_model(args.model)
     ids = _ids(model, args)
+    _check_position(ids, args.position)
     res = jj.reduce_paths(model, ids, order=args.order, granularity=args.granularity, position=args.position,
                           top_k=args.top, max_length=args.max_length, attention_free=args.attention_free)
     pos = res.position
@@ -418,6 +429,7 @@ def cmd_attribute(args) -> None:
     _check_input(args)
     model = load_model(args.model)
     ids = _ids(model, args)
+    _check_position(ids, args.position)
     _check_token(model, args.target, "--target")
     if args.foil is not None:
         _check_token(model, args.foil, "--foil")

@@ -130,6 +130,20 @@ def _check_rows(rows, n_rows: int, granularity: str) -> tuple[int, ...]:
 _NOT_GIVEN: Any = object()   # the default of the deprecated ``layers=`` keyword
 
 
+def check_rows(model: Model, rows, granularity: str = "block") -> tuple[int, ...]:
+    """The row indices ``rows`` picks on ``model`` at ``granularity`` (``None``: all), resolved to
+    non-negative ints; ``TypeError`` / ``IndexError`` / ``ValueError`` naming the bad index otherwise.
+
+    Example:
+      >>> from jetjax.models import ModelConfig, random_model
+      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
+      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
+      >>> check_rows(random_model(cfg), [0, -1]), check_rows(random_model(cfg), None, "branch")
+      ((0, 2), (0, 1, 2, 3, 4))
+    """
+    return _check_rows(rows, _n_rows(model, granularity), granularity)
+
+
 def _rows_argument(fn: str, rows, layers):
     """``rows=``, or the same indices under the old keyword ``layers=`` (with a deprecation warning)."""
     if layers is _NOT_GIVEN:

@@ -258,3 +258,16 @@ def test_good_counts_parse_unchanged():
     assert (t.target, t.foil) == (7, " do")
     g = ap.parse_args(["agree", "--contexts", "0"])
     assert (g.contexts, g.min_count) == (0, 1)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["lens", "--text", "To be, or not", "--rows", "0,99"], "--rows 0,99: row 99 is out of range"),
+    (["paths", "--text", "To be", "--position", "99"], "--position 99 is out of range for 2 input tokens"),
+    (["attribute", "--text", "To be", "--target", " be", "--position", "-9"], "--position -9 is out of range"),
+])
+def test_row_and_position_errors_name_their_option(capsys, argv, message):
+    from tests.test_cli import run
+
+    code, _, err = run(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0]
