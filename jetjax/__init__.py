@@ -15,6 +15,7 @@ from jetjax.ngrams import (NGramTable, corpus_agreement, diff_tables, jet_bigram
 from jetjax.lenses import LensResult, iterative_jet_lens, joint_jet_lens, logit_lens
 from jetjax.attribution import PathAttribution, PathScores, path_attribution, reduce_paths
 from jetjax.frozen import FrozenPaths, count_frozen_paths, frozen_path_attribution, frozen_path_streams
+from jetjax.search import TopPaths, top_paths
 from jetjax.ngrams import SweepSettings
 from jetjax.spec import PathSpec
 from jetjax.models.config import ModelConfig
@@ -25,6 +26,6 @@ from jetjax._compiled import clear_caches
 
 __all__ = ["clear_caches", "load_default", "load_shipped", "jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "NGramTable", "diff_tables", "keyword_mass",
            "corpus_agreement", "logit_lens", "iterative_jet_lens", "joint_jet_lens", "LensResult", "expand", "expand_all", "path_streams", "PathSpec", "reduce_paths", "PathScores", "path_attribution",
-           "PathAttribution", "frozen_path_attribution", "frozen_path_streams", "count_frozen_paths", "FrozenPaths",
+           "PathAttribution", "frozen_path_attribution", "frozen_path_streams", "count_frozen_paths", "FrozenPaths", "top_paths", "TopPaths",
            "SweepSettings", "count_paths", "expand_block", "expand_decoder", "Expansion", "jet", "JetRuleError", "from_pretrained", "supported_model_types", "Model", "ModelConfig"]
 __version__ = "0.1.0"

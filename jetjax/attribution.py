@@ -26,7 +26,7 @@ from jetjax.checks import check_nonnegative_int, check_positive_int, count_nonfi
 from jetjax.expand import count_paths, final_norm_jets, path_streams
 from jetjax.labels import DEC, extend_label, parse_label
 from jetjax.models.model import Model
-from jetjax.parallel import constrain_leading, mesh_axis, pad_leading, shard_leading
+from jetjax.parallel import constrain_leading, fetch, mesh_axis, pad_leading, shard_leading
 from jetjax.spec import UNSET, PathSpec, resolve_spec
 
 __all__ = ["remainder_ratio", "cancellation", "PathScores", "reduce_paths", "PathAttribution", "path_attribution"]
@@ -373,7 +373,7 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
         n = block.shape[0]
         mask = jnp.arange(chunk) < n
         sc, nr, part = step(params, pad_leading(block, chunk), mask, variate, weight, *extra)
-        scores[s:s + n], norms[s:s + n] = np.asarray(sc)[:n], np.asarray(nr)[:n]
+        scores[s:s + n], norms[s:s + n] = fetch(sc)[:n], fetch(nr)[:n]
         total = part if total is None else total + part
     if affine is not None:  # Σ paths' logits = (Σ n) W + P b = unembed(Σ n) + (P − 1) b
         total = model.unembed(total, params=params) + (p - 1) * affine[1]
@@ -384,7 +384,7 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
     top = np.argsort(-scores, kind="stable")[:k]
     top_logits = _cached(model, ("logits", spec.order), lambda: _decode_logits(model, spec.order))(
         params, terms[jnp.asarray(top, jnp.int32)], variate, weight) if k else np.zeros((0,) + logits.shape)
-    return PathScores(labels, scores, norms, top, np.asarray(top_logits), np.asarray(logits - total),
+    return PathScores(labels, scores, norms, top, fetch(top_logits), fetch(logits - total),
                       np.asarray(logits), spec.order, spec.granularity, position)
 
 

@@ -11,6 +11,7 @@ traceback).
     jetjax bigrams --paths "emb>dec" --top 20
     jetjax paths --text "Good morrow" --granularity branch --max-length 2 --top 10
     jetjax attribute --text "To be, or not to" --target " be" --foil " do"
+    jetjax search --text "The capital of France is" --target " Paris" --foil " London" --top 20
     jetjax diff --model-b path/to/finetuned
     jetjax index --keywords words.txt
     jetjax agree --corpus plays.txt
@@ -26,6 +27,8 @@ JSON written by ``--json`` (top-level fields):
   top_token, top_token_str}]``), ``remainder_norm``;
 * ``attribute``: ``PathAttribution.to_json()``: ``target``, ``foil``, ``position``, ``total``,
   ``remainder``, ``remainder_share``, ``n_paths``, ``paths`` (``[{label, score}]``), ``components``, ``direct``;
+* ``search``: ``TopPaths.to_json()``: ``paths`` (``[{label, score}]``), ``total``, ``explored``,
+  ``unexplored``, ``n_paths``, ``n_prefixes``, ``bound``, ``certified``, the settings;
 * ``diff``: ``gained_prob``, ``lost_prob``, ``gained_rank``, ``lost_rank``, ``exact``;
 * ``index``: ``paths``, ``models`` (``{model: {keyword file: KeywordMass}}``);
 * ``agree``: the ``CorpusAgreement`` fields (``top1_hit_rate``, ``rank_correlation``, ``kl``,
@@ -445,6 +448,27 @@ def cmd_attribute(args) -> None:
     _emit(args, json.loads(att.to_json()))
 
 
+def cmd_search(args) -> None:
+    import jetjax as jj
+
+    _check_input(args)
+    beam = args.beam if args.beam is not None else max(256, 8 * args.top)
+    if beam < args.top:
+        raise CLIError(f"--beam {beam} is too small to return --top {args.top} paths (use --beam >= {args.top})")
+    model = load_model(args.model)
+    ids = _ids(model, args)
+    _check_position(ids, args.position)
+    _check_token(model, args.target, "--target")
+    if args.foil is not None:
+        _check_token(model, args.foil, "--foil")
+    score = args.score or ("logit_diff" if args.foil is not None else "logit")
+    _say(args, f"searching the frozen paths ({args.granularity}, beam {beam}); the first call compiles")
+    res = jj.top_paths(model, ids, args.top, target=args.target, foil=args.foil, score=score, by=args.by,
+                       position=args.position, granularity=args.granularity, beam=beam)
+    _say(args, res.table(args.top))
+    _emit(args, res.to_json())
+
+
 def _check_same_vocabulary(model_a, model_b) -> None:
     """Refuse (before any sweep) two models whose token ids mean different strings."""
     import numpy as np
@@ -616,6 +640,20 @@ def build_parser() -> argparse.ArgumentParser:
                            help="frozen paths: every nonlinear factor held at the forward pass, so the paths "
                                 "add up to the model exactly (no jet order)")
         p.set_defaults(fn=fn)
+
+    p = common(sub.add_parser("search", help="the top frozen paths of a deep model, by beam search"))
+    p.add_argument("--target", required=True, type=_token_option("--target"), help=TARGET_HELP)
+    p.add_argument("--foil", default=None, type=_token_option("--foil"), help="as --target")
+    p.add_argument("--score", choices=("logit_diff", "logit", "centered_logit"), default=None,
+                   help="what paths contribute to (default: logit_diff with --foil, else logit)")
+    p.add_argument("--by", choices=("abs", "positive", "negative"), default="abs", help="ranking")
+    p.add_argument("--granularity", choices=("block", "branch"), default="branch")
+    p.add_argument("--position", type=_int_option("--position", None), default=-1,
+                   help="the predicting position (negative: from the end)")
+    p.add_argument("--top", type=_int_option("--top", 1), default=20, help="how many paths to find")
+    p.add_argument("--beam", type=_int_option("--beam", 1), default=None,
+                   help="prefixes kept per step (default max(256, 8 x --top)); more: slower, surer")
+    p.set_defaults(fn=cmd_search)
 
     p = common(sub.add_parser("diff", help="bigram changes between two models sharing a tokenizer"), text=False)
     p.add_argument("--model-b", required=True, help="the other model (e.g. the fine-tuned one)")

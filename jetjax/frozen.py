@@ -31,6 +31,7 @@ enumeration is exhaustive (or cut by ``max_length``), meant for small models or 
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 import weakref
 
@@ -41,14 +42,11 @@ import numpy as np
 from jetjax._compiled import per_model
 from jetjax.attribution import PathAttribution, token_id
 from jetjax.checks import check_nonnegative_int, count_nonfinite
-from jetjax.labels import DEC, EMB, SEP, check_granularity
+from jetjax.labels import BIAS, DEC, EMB, SEP, Component, check_granularity, extend_label, format_label
 from jetjax.models.layers import freeze
 from jetjax.models.model import Model
 
 __all__ = ["BIAS", "FrozenPaths", "frozen_path_streams", "frozen_path_attribution", "count_frozen_paths"]
-
-BIAS = "bias"
-"""The source of a constant's path: ``bias>attn3>…`` starts at ``attn3``'s constant."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +111,10 @@ def _plan(n_layers: int, granularity: str, parallel_residual: bool, max_length: 
         with_bias = max_length is None or max_length >= 1
         new = []
         for kind in kinds:
-            comp = f"{kind}{layer}"
-            new += [(f"{blocks[b][i][0]}{SEP}{comp}", blocks[b][i][1] + 1) for b, i in sel]
+            comp = Component(kind, layer)
+            new += [(extend_label(blocks[b][i][0], comp), blocks[b][i][1] + 1) for b, i in sel]
             if with_bias:
-                new.append((f"{BIAS}{SEP}{comp}", 1))
+                new.append((format_label([comp], decoded=False, source=BIAS), 1))
         steps.append((layer, kinds, tuple(sel), with_bias))
         blocks.append(new)
     labels = tuple(lab for blk in reversed(blocks) for lab, _ in blk)
@@ -127,13 +125,29 @@ def count_frozen_paths(n_layers: int, granularity: str = "block", *, parallel_re
                        max_length: int | None = None) -> int:
     """How many paths :func:`frozen_path_streams` returns (``bias`` paths included, ``bias>dec`` not).
 
+    Counted in closed form (nothing is enumerated): with ``S`` steps of ``w`` components each
+    (``w = 2`` for the two branches of a parallel-residual layer, else 1), a path takes at most one
+    component per step, so there are ``Σ_j C(S, j) w^j`` embedding paths and, for the constant of each
+    component of step ``s``, ``Σ_j C(S−1−s, j) w^j`` more (``j`` up to the length limit).
+
     Example:
       >>> count_frozen_paths(2), count_frozen_paths(2, "branch"), count_frozen_paths(30, "branch", max_length=2)
       (7, 31, 3661)
+      >>> count_frozen_paths(30, "branch") == 2 ** 61 - 1
+      True
     """
     check_granularity(granularity)
+    n_layers = check_nonnegative_int("n_layers", n_layers)
     max_length = check_nonnegative_int("max_length", max_length, optional=True)
-    return len(_plan(n_layers, granularity, parallel_residual, max_length)[1])
+    steps = _steps(n_layers, granularity, parallel_residual)
+    n, w = len(steps), (2 if granularity == "branch" and parallel_residual else 1)
+
+    def chains(after: int, most: int | None) -> int:   # ways to pick ≤ most of the next `after` steps
+        top = after if most is None else min(after, most)
+        return sum(math.comb(after, j) * w ** j for j in range(top + 1)) if top >= 0 else 0
+
+    longest = None if max_length is None else max_length - 1
+    return chains(n, max_length) + sum(w * chains(n - 1 - s, longest) for s in range(n))
 
 
 # -- the traced computation ------------------------------------------------------------------
@@ -313,7 +327,7 @@ def frozen_path_attribution(model: Model, ids, target, foil=None, position: int 
         direction[foil] -= 1.0
     c = model.config
     _, labels = _plan(c.n_layers, granularity, c.parallel_residual, max_length)
-    labels = tuple(f"{lab}{SEP}{DEC}" for lab in labels) + (f"{BIAS}{SEP}{DEC}",)
+    labels = tuple(extend_label(lab, DEC) for lab in labels) + (format_label([], source=BIAS),)
     fn = per_model(model, "frozen", ("attribution", granularity, max_length),
                    lambda: _attribution_fn(model, granularity, max_length))
     scores, bias_score = fn(params, ids[: position + 1], jnp.asarray(direction))

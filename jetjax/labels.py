@@ -1,12 +1,20 @@
-"""The one grammar of path labels: ``emb>attn3>mlp7>dec``, ``emb>block0>block2>dec``.
+"""The one grammar of path labels: ``emb>attn3>mlp7>dec``, ``emb>block0>block2>dec``, ``bias>attn0>dec``.
 
-A path label names one input→output path of a residual model: the embedding, the residual
+A path label names one input→output path of a residual model: its source, the residual
 components the path goes through (layers 0-based, in the order the model runs them), the decoder::
 
-    label     := "emb" (">" component)* ">dec"
+    label     := source (">" component)* ">dec"
+    source    := "emb" | "bias"
     component := "attn" LAYER | "mlp" LAYER        (granularity "branch")
                | "block" LAYER                     (granularity "block")
     LAYER     := "0" | [1-9][0-9]*                 (ASCII digits, no leading zeros)
+
+The source ``emb`` is the embedding. The source ``bias`` exists only in the frozen decomposition
+(:func:`jetjax.frozen_path_attribution`), where every component is affine, ``γ(v) = L_γ(v) + b_γ``:
+``bias>γ>…`` starts at the constant ``b_γ`` of its first component ``γ`` (``γ``'s output on a zero
+input with the nonlinear factors frozen) and goes on through the linear parts of the others. That
+first component counts towards the path's length (``bias>attn0>mlp3>dec`` has length 2), and a
+``bias`` path names at least one, except ``bias>dec``: the frozen decoder's own constant.
 
 Rules (every function here applies all of them, so a label has exactly one spelling):
 
@@ -21,15 +29,20 @@ Rules (every function here applies all of them, so a label has exactly one spell
   are errors (naming the canonical spelling), not silently normalised, so that two spellings of one
   path can never count as two paths.
 
-A *stream label* is the same without the final ``">dec"`` (``emb>block0``): what
-:func:`jetjax.path_streams` writes for paths that stop at the last residual stream.
+A *stream label* is the same without the final ``">dec"`` (``emb>block0``, ``bias>block0``): what
+:func:`jetjax.path_streams` and :func:`jetjax.frozen_path_streams` write for paths that stop at the
+last residual stream (there is no stream label ``bias``).
 
 Example:
-  >>> from jetjax.labels import Component, format_label, parse_label
+  >>> from jetjax.labels import Component, format_label, parse_label, parse_path
   >>> parse_label("emb>attn0>mlp2>dec")
   (Component(kind='attn', layer=0), Component(kind='mlp', layer=2))
   >>> format_label([Component("block", 0), "block2"])
   'emb>block0>block2>dec'
+  >>> parse_path("bias>attn0>mlp2>dec")
+  ('bias', (Component(kind='attn', layer=0), Component(kind='mlp', layer=2)))
+  >>> format_label(["block1"], source="bias", decoded=False), format_label([], source="bias")
+  ('bias>block1', 'bias>dec')
 """
 
 from __future__ import annotations
@@ -40,11 +53,13 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
-__all__ = ["Component", "EMB", "DEC", "SEP", "KINDS", "GRANULARITIES", "PATH_FORMS", "parse_component",
-           "format_label", "parse_label", "label_length", "extend_label", "model_components",
-           "check_granularity", "check_component_names"]
+__all__ = ["Component", "EMB", "BIAS", "SOURCES", "DEC", "SEP", "KINDS", "GRANULARITIES", "PATH_FORMS",
+           "parse_component", "format_label", "parse_label", "parse_path", "label_length", "extend_label",
+           "model_components", "check_granularity", "check_component_names"]
 
 EMB = "emb"
+BIAS = "bias"
+SOURCES = (EMB, BIAS)
 DEC = "dec"
 SEP = ">"
 KINDS = ("attn", "mlp", "block")
@@ -56,6 +71,7 @@ _RANK = {"attn": 0, "mlp": 1, "block": 0}  # position within a layer, in executi
 PATH_FORMS = ("emb>dec", "emb>mlp{l}>dec", "emb>attn{l}>dec", "emb>attn{l}>mlp{m}>dec (l <= m)",
               "emb>mlp{l}>attn{m}>dec (l < m)", "any chain emb>c1>c2>...>dec of attn{l}/mlp{l} in execution order",
               "emb>block{l}>dec", "any chain emb>block{l}>block{m}>...>dec (l < m < ...)")
+_BIAS_FORMS = ("bias>c1>...>dec (c1's constant through the others, frozen decomposition only)", "bias>dec")
 _COMPONENT_FORMS = "attn{l}, mlp{l} or block{l} with l a layer number (0, 1, 2, ...; no leading zeros)"
 _COMPONENT_RE = re.compile(r"(attn|mlp|block)(0|[1-9][0-9]*)")
 _LOOSE_RE = re.compile(r"([a-z]+)([0-9]+)", re.ASCII)
@@ -114,8 +130,8 @@ def _component_error(text) -> str:
     loose = _LOOSE_RE.fullmatch(text)
     if loose is not None and loose.group(1) in KINDS:
         return f"{text!r} has a leading zero; write {loose.group(1) + str(int(loose.group(2)))!r}"
-    if text in (EMB, DEC):
-        return f"{text!r} can only {'start' if text == EMB else 'end'} a path"
+    if text in (*SOURCES, DEC):
+        return f"{text!r} can only {'end' if text == DEC else 'start'} a path"
     return f"{text!r} is not a component; components are {_COMPONENT_FORMS}"
 
 
@@ -167,44 +183,58 @@ def _check_components(label: str, comps: Sequence[Component], n_layers: int | No
                              "the same stream, so one cannot follow the other")
 
 
-def parse_label(label: str, *, n_layers: int | None = None, granularity: str | None = None,
-                parallel_residual: bool = False, decoded: bool = True) -> tuple[Component, ...]:
-    """``"emb>attn0>mlp2>dec"`` -> its components, checking every rule of the grammar.
+def _or(names) -> str:
+    return " or ".join(map(repr, names))
 
-    Args:
-      label: a path label.
-      n_layers: the model's depth: every component's layer must be below it (``None``: unchecked).
-      granularity: ``"block"`` (only ``block{l}``), ``"branch"`` (only ``attn{l}``/``mlp{l}``) or
-        ``None`` (either; a path never mixes them whatever this says).
-      parallel_residual: the model runs both branches of a layer on the same stream, so
-        ``attn{l}>mlp{l}`` is not a path.
-      decoded: ``True``: a path label, ending in ``">dec"``; ``False``: a stream label, without it.
 
-    Raises:
-      TypeError: ``label`` is not a str.
-      ValueError: naming the label, the part at fault and what is accepted.
+def _check_sources(sources) -> tuple[str, ...]:
+    items = (sources,) if isinstance(sources, str) else tuple(sources)
+    if not items or any(not isinstance(x, str) or x not in SOURCES for x in items):
+        raise ValueError(f"sources must name one or more of {SOURCES}, got {sources!r}")
+    return items
+
+
+def _bias_without_component(label: str) -> str:
+    return (f"{label!r} names no component: a 'bias' path starts at the constant of its first component "
+            "(bias>attn0>...); only 'bias>dec', the decoder's own constant, names none")
+
+
+def parse_path(label: str, *, n_layers: int | None = None, granularity: str | None = None,
+               parallel_residual: bool = False, decoded: bool = True,
+               sources: Sequence[str] = SOURCES) -> tuple[str, tuple[Component, ...]]:
+    """``"bias>attn0>mlp2>dec"`` -> ``("bias", components)``: a label's source and components.
+
+    Checks every rule of the grammar, with the keywords of :func:`parse_label`; ``sources`` are the
+    sources accepted (default both, ``"emb"`` and ``"bias"``).
 
     Example:
-      >>> parse_label("emb>block0>block2>dec", n_layers=3, granularity="block")
-      (Component(kind='block', layer=0), Component(kind='block', layer=2))
-      >>> parse_label("emb>dec")
-      ()
-      >>> parse_label("emb>mlp1>attn1>dec")  # doctest: +ELLIPSIS
+      >>> parse_path("emb>mlp1>dec")
+      ('emb', (Component(kind='mlp', layer=1),))
+      >>> parse_path("bias>dec"), parse_path("bias>block0", decoded=False)
+      (('bias', ()), ('bias', (Component(kind='block', layer=0),)))
+      >>> parse_path("bais>attn0>dec")  # doctest: +ELLIPSIS
       Traceback (most recent call last):
       ...
-      ValueError: path 'emb>mlp1>attn1>dec': attn1 cannot follow mlp1; components must be in execution order ...
+      ValueError: unknown path name 'bais>attn0>dec'; ... Here it starts with 'bais'; a path starts with 'emb' or 'bias'
     """
+    sources = _check_sources(sources)
     if not isinstance(label, str):
         raise TypeError(f"a path name must be a str, got {type(label).__name__}: {label!r}")
 
     def bad(detail: str):
-        return ValueError(f"unknown path name {label!r}; valid forms: {_forms(n_layers)}. Here {detail}")
+        forms = _forms(n_layers) + ("; " + "; ".join(_BIAS_FORMS) if BIAS in sources else "")
+        return ValueError(f"unknown path name {label!r}; valid forms: {forms}. Here {detail}")
 
     if label != "".join(label.split()):
         raise bad(f"it contains whitespace; labels have none: {''.join(label.split())!r}")
     parts = label.split(SEP)
-    if parts[0] != EMB:
-        raise bad(f"it starts with {parts[0]!r}; a path starts with 'emb'")
+    source = parts[0]
+    if source not in sources:
+        if source == BIAS:
+            raise bad(f"it starts with {BIAS!r}: bias paths exist only in the frozen decomposition "
+                      f"(jj.frozen_path_attribution); a path here starts with {_or(sources)}")
+        hint = f" (write {SEP.join([source.lower(), *parts[1:]])!r})" if source.lower() in sources else ""
+        raise bad(f"it starts with {source!r}; a path starts with {_or(sources)}{hint}")
     if decoded:
         if len(parts) < 2 or parts[-1] != DEC:
             raise bad("it does not end with '>dec'")
@@ -220,25 +250,68 @@ def parse_label(label: str, *, n_layers: int | None = None, granularity: str | N
             raise bad(_component_error(part))
         comps.append(Component(match.group(1), int(match.group(2))))
     comps = tuple(comps)
+    if source == BIAS and not comps and not decoded:
+        raise bad(_bias_without_component(label))
     _check_components(label, comps, n_layers, granularity, parallel_residual)
-    return comps
+    return source, comps
 
 
-def format_label(components: Iterable[ComponentLike], *, decoded: bool = True) -> str:
-    """The label of the path through ``components`` (``Component`` s or names such as ``"mlp3"``).
+def parse_label(label: str, *, n_layers: int | None = None, granularity: str | None = None,
+                parallel_residual: bool = False, decoded: bool = True,
+                sources: Sequence[str] = (EMB,)) -> tuple[Component, ...]:
+    """``"emb>attn0>mlp2>dec"`` -> its components, checking every rule of the grammar.
 
-    Checks the same order and granularity rules as :func:`parse_label`, so every label it writes
-    parses back to the same components. ``decoded=False`` writes the stream label (no ``">dec"``).
+    Args:
+      label: a path label.
+      n_layers: the model's depth: every component's layer must be below it (``None``: unchecked).
+      granularity: ``"block"`` (only ``block{l}``), ``"branch"`` (only ``attn{l}``/``mlp{l}``) or
+        ``None`` (either; a path never mixes them whatever this says).
+      parallel_residual: the model runs both branches of a layer on the same stream, so
+        ``attn{l}>mlp{l}`` is not a path.
+      decoded: ``True``: a path label, ending in ``">dec"``; ``False``: a stream label, without it.
+      sources: the sources accepted. Only ``"emb"`` by default: the components alone do not tell
+        ``bias>mlp0>dec`` from ``emb>mlp0>dec``, and ``bias`` paths exist only in the frozen
+        decomposition; pass :data:`SOURCES` (or use :func:`parse_path`) to accept them.
+
+    Raises:
+      TypeError: ``label`` is not a str.
+      ValueError: naming the label, the part at fault and what is accepted.
+
+    Example:
+      >>> parse_label("emb>block0>block2>dec", n_layers=3, granularity="block")
+      (Component(kind='block', layer=0), Component(kind='block', layer=2))
+      >>> parse_label("emb>dec")
+      ()
+      >>> parse_label("emb>mlp1>attn1>dec")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: path 'emb>mlp1>attn1>dec': attn1 cannot follow mlp1; components must be in execution order ...
+    """
+    return parse_path(label, n_layers=n_layers, granularity=granularity, parallel_residual=parallel_residual,
+                      decoded=decoded, sources=sources)[1]
+
+
+def format_label(components: Iterable[ComponentLike], *, decoded: bool = True, source: str = EMB) -> str:
+    """The label of the path from ``source`` through ``components`` (``Component`` s or names such as ``"mlp3"``).
+
+    Checks the same rules as :func:`parse_path`, so every label it writes parses back to the same
+    source and components. ``decoded=False`` writes the stream label (no ``">dec"``).
 
     Example:
       >>> format_label([]), format_label(["attn0", "mlp2"]), format_label(["block1"], decoded=False)
       ('emb>dec', 'emb>attn0>mlp2>dec', 'emb>block1')
+      >>> format_label(["attn0", "mlp3"], source="bias")
+      'bias>attn0>mlp3>dec'
     """
+    if not isinstance(source, str) or source not in SOURCES:
+        raise ValueError(f"paths start at {_or(SOURCES)}, got {source!r}")
     if isinstance(components, (str, Component)):
         raise ValueError(f"format_label takes a sequence of components, got the single {components!r}; "
                          f"write format_label([{str(components)!r}])")
     comps = tuple(parse_component(c) for c in components)
-    label = SEP.join([EMB, *map(str, comps)] + ([DEC] if decoded else []))
+    label = SEP.join([source, *map(str, comps)] + ([DEC] if decoded else []))
+    if source == BIAS and not comps and not decoded:
+        raise ValueError(_bias_without_component(label))
     _check_components(label, comps, None, None, False)
     return label
 
@@ -246,23 +319,30 @@ def format_label(components: Iterable[ComponentLike], *, decoded: bool = True) -
 def label_length(label: str) -> int:
     """How many components a path (``"emb>...>dec"``) or stream (``"emb>..."``) label goes through.
 
+    A ``bias`` path's first component (whose constant starts it) counts.
+
     Example:
       >>> label_length("emb>dec"), label_length("emb>attn0>mlp2>dec"), label_length("emb>block0")
       (0, 2, 1)
+      >>> label_length("bias>dec"), label_length("bias>attn0>mlp3>dec"), label_length("bias>block0")
+      (0, 2, 1)
     """
     decoded = isinstance(label, str) and label.endswith(SEP + DEC)
-    return len(parse_label(label, decoded=decoded))
+    return len(parse_path(label, decoded=decoded)[1])
 
 
 def extend_label(prefix: str, part: ComponentLike) -> str:
     """``prefix>part``: the label of a term whose centre is labelled ``prefix``, after ``part``.
 
     ``part`` is a component or ``"dec"``. Centres of :func:`jetjax.expand_block` may carry any
-    label (``"h1"``, ``"c0"``); expanding one at a component (or the decoder) appends it.
+    label (``"h1"``, ``"c0"``); expanding one at a component (or the decoder) appends it. A source
+    alone is a prefix too: ``extend_label("bias", "attn0")`` starts attn0's constant's path.
 
     Example:
       >>> extend_label("emb>attn0", Component("mlp", 0)), extend_label("h1", "dec")
       ('emb>attn0>mlp0', 'h1>dec')
+      >>> extend_label("bias", "attn0"), extend_label("bias>attn0", "dec")
+      ('bias>attn0', 'bias>attn0>dec')
     """
     return f"{prefix}{SEP}{part if part == DEC else parse_component(part)}"
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["path_mesh", "mesh_axis", "constrain_leading", "shard_leading", "pad_leading"]
+__all__ = ["path_mesh", "mesh_axis", "constrain_leading", "shard_leading", "pad_leading", "fetch"]
 
 DEFAULT_AXIS = "paths"
 
@@ -111,3 +111,14 @@ def shard_leading(fn: Callable, mesh: Mesh | None, *, n_sharded: int, reduced: S
         return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)(*args)
 
     return wrapped
+
+
+def fetch(x) -> np.ndarray:
+    """``x`` as a numpy array on this host, also when its shards live on other processes' devices.
+
+    Every process must call it on the same array (it is a collective then).
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 import jetjax as jj
+import jetjax.labels as jl
+from jetjax import frozen
 from jetjax.labels import (Component, check_component_names, format_label, label_length, model_components,
                            parse_component, parse_label)
 from jetjax.models import ModelConfig, random_model
@@ -171,3 +173,96 @@ def test_filters_and_path_names_are_checked_at_the_entry_points(shipped):
         check_paths(shipped, ["emb>block0>dec", "emb>dec", "emb>block0>dec"])
     with pytest.raises(ValueError, match="paths must name at least one path"):
         check_paths(shipped, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) bias labels: the sources of the frozen decomposition
+
+@pytest.mark.parametrize("granularity", ["block", "branch"])
+@pytest.mark.parametrize("parallel_residual", [False, True])
+def test_frozen_plan_labels_round_trip(granularity, parallel_residual):
+    for n_layers in (1, 2, 3):
+        for max_length in (None, 1, 2):
+            _, labels = frozen._plan(n_layers, granularity, parallel_residual, max_length)
+            assert len(labels) == len(set(labels)) == frozen.count_frozen_paths(
+                n_layers, granularity, parallel_residual=parallel_residual, max_length=max_length)
+            decoded = [jl.extend_label(lab, jl.DEC) for lab in labels] + [format_label([], source=jl.BIAS)]
+            for lab in labels + tuple(decoded):
+                is_path = lab.endswith(">dec")
+                source, comps = jl.parse_path(lab, n_layers=n_layers, granularity=granularity,
+                                              parallel_residual=parallel_residual, decoded=is_path)
+                assert source == lab.split(">")[0] and source in jl.SOURCES
+                assert format_label(comps, decoded=is_path, source=source) == lab
+                assert format_label(map(str, comps), decoded=is_path, source=source) == lab
+                assert label_length(lab) == len(comps) <= (max_length if max_length is not None else len(comps))
+                assert comps or lab in ("emb", "emb>dec", "bias>dec")
+                if source == jl.EMB:
+                    assert parse_label(lab, decoded=is_path) == comps
+                else:
+                    with pytest.raises(ValueError, match=r"bias paths exist only in the frozen decomposition"):
+                        parse_label(lab, decoded=is_path)
+                    assert parse_label(lab, decoded=is_path, sources=jl.SOURCES) == comps
+
+
+def test_frozen_attribution_labels_are_bias_or_emb_paths_of_that_model():
+    model = _parallel_model()
+    att = jj.frozen_path_attribution(model, [1, 2, 3], target=4, granularity="branch")
+    assert att.labels[-1] == "bias>dec" and jj.frozen.BIAS is jl.BIAS == "bias"
+    parsed = [jl.parse_path(lab, n_layers=2, granularity="branch", parallel_residual=True) for lab in att.labels]
+    assert [format_label(c, source=s) for s, c in parsed] == list(att.labels)
+    assert {s for s, _ in parsed} == set(jl.SOURCES)
+
+
+def test_bias_label_lengths_and_formatting():
+    assert [label_length(x) for x in ("bias>dec", "bias>attn0>dec", "bias>attn0>mlp3>dec", "bias>block0",
+                                      "bias>block0>block2")] == [0, 1, 2, 1, 2]
+    assert format_label(["attn0", Component("mlp", 3)], source="bias") == "bias>attn0>mlp3>dec"
+    assert format_label(["block1"], source="bias", decoded=False) == "bias>block1"
+    assert jl.extend_label(jl.extend_label("bias", "attn0"), "mlp3") == "bias>attn0>mlp3"
+    assert jl.parse_path("emb>dec") == ("emb", ()) and jl.parse_path("bias>dec") == ("bias", ())
+    with pytest.raises(ValueError, match=r"paths start at 'emb' or 'bias', got 'bais'"):
+        format_label(["attn0"], source="bais")
+    with pytest.raises(ValueError, match=r"'bias' names no component: a 'bias' path starts at the constant of its"):
+        format_label([], source="bias", decoded=False)
+    with pytest.raises(ValueError, match=r"'bias>mlp0>attn0>dec': attn0 cannot follow mlp0"):
+        format_label(["mlp0", "attn0"], source="bias")
+    with pytest.raises(ValueError, match=r"sources must name one or more of \('emb', 'bias'\), got \(\)"):
+        jl.parse_path("emb>dec", sources=())
+    with pytest.raises(ValueError, match=r"sources must name one or more of"):
+        parse_label("emb>dec", sources=("emb", "h"))
+
+
+@pytest.mark.parametrize("label,kwargs,message", [
+    ("bias>dec>x", {}, r"'bias>dec>x'.*it does not end with '>dec'"),
+    ("bias", {}, r"it does not end with '>dec'"),
+    ("bias", {"decoded": False}, r"'bias' names no component.*only 'bias>dec', the decoder's own constant"),
+    ("bias>dec", {"decoded": False}, r"a stream label ends at the last residual stream, without '>dec'"),
+    ("bias>>dec", {}, r"'' is not a component"),
+    ("Bias>attn0>dec", {}, r"it starts with 'Bias'; a path starts with 'emb' or 'bias' \(write 'bias>attn0>dec'\)"),
+    ("bais>attn0>dec", {}, r"valid forms: .*bias>dec\. Here it starts with 'bais'; a path starts with 'emb' or 'bias'"),
+    (" bias>attn0>dec", {}, r"contains whitespace; labels have none: 'bias>attn0>dec'"),
+    ("bias>mlp0>attn0>dec", {}, r"'bias>mlp0>attn0>dec': attn0 cannot follow mlp0; components must be in execution"),
+    ("bias>block0>mlp1>dec", {}, r"'bias>block0>mlp1>dec' mixes block and branch components \(block0 and mlp1\)"),
+    ("bias>attn1>dec", {"granularity": "block"}, r"attn1 is a branch component, but granularity='block'"),
+    ("bias>attn0>mlp0>dec", {"parallel_residual": True}, r"in a parallel-residual model attn0 and mlp0"),
+    ("bias>mlp4>dec", {}, r"mlp4: layer 4 is out of range for a model with 4 layers"),
+    ("bias>mlp00>dec", {}, r"'mlp00' has a leading zero; write 'mlp0'"),
+    ("emb>bias>dec", {}, r"'bias' can only start a path"),
+    ("bias>emb>dec", {}, r"'emb' can only start a path"),
+])
+def test_bad_bias_labels_name_the_bad_part(label, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        jl.parse_path(label, n_layers=4, **kwargs)
+
+
+def test_emb_only_callers_refuse_bias_paths(shipped):
+    """Callers that take emb paths only (n-gram paths, parse_label's default) say where bias paths live."""
+    refusal = r"it starts with 'bias': bias paths exist only in the frozen decomposition \(jj.frozen_path_attribution\)"
+    with pytest.raises(ValueError, match=refusal):
+        parse_label("bias>mlp0>dec")
+    with pytest.raises(ValueError, match=refusal):
+        parse_path("bias>dec", 4)
+    with pytest.raises(ValueError, match=refusal):              # not taken for emb>mlp0>dec's duplicate
+        check_paths(shipped, ["emb>mlp0>dec", "bias>mlp0>dec"])
+    with pytest.raises(ValueError, match=r"it starts with 'Bias'; a path starts with 'emb'"):
+        parse_label("Bias>mlp0>dec")

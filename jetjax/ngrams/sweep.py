@@ -46,7 +46,7 @@ from jetjax.ngrams.scorer import context_scorer
 from jetjax.ngrams.settings import DEFAULT, SweepSettings, resolve_settings
 from jetjax.ngrams.store import FORMAT, ChunkStore
 from jetjax.ngrams.table import NGramTable
-from jetjax.parallel import path_mesh
+from jetjax.parallel import fetch, path_mesh
 
 __all__ = ["jet_bigrams", "sweep_contexts", "model_fingerprint"]
 
@@ -225,7 +225,7 @@ def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mes
                 dispatched.append((step(params, w, b, jax.device_put(padded, rows_sharding)), len(block)))
             outs = []
             for out, n in dispatched:
-                outs.append([np.asarray(o)[:n] for o in out])
+                outs.append([fetch(o)[:n] for o in out])
                 bar.update(n)
             probs, ids, lse = (np.concatenate(parts) for parts in zip(*outs))
             g_probs, g_pairs = _global_top(probs, ids, contexts[lo:hi], s.global_k)
