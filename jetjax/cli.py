@@ -464,7 +464,8 @@ def cmd_search(args) -> None:
     score = args.score or ("logit_diff" if args.foil is not None else "logit")
     _say(args, f"searching the frozen paths ({args.granularity}, beam {beam}); the first call compiles")
     res = jj.top_paths(model, ids, args.top, target=args.target, foil=args.foil, score=score, by=args.by,
-                       position=args.position, granularity=args.granularity, beam=beam)
+                       position=args.position, granularity=args.granularity, beam=beam,
+                       priority=args.priority)
     _say(args, res.table(args.top))
     _emit(args, res.to_json())
 
@@ -653,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_int_option("--top", 1), default=20, help="how many paths to find")
     p.add_argument("--beam", type=_int_option("--beam", 1), default=None,
                    help="prefixes kept per step (default max(256, 8 x --top)); more: slower, surer")
+    p.add_argument("--priority", choices=("product", "norm", "effect"), default="product",
+                   help="which prefixes the beam keeps (see jetjax.search.PRIORITIES)")
     p.set_defaults(fn=cmd_search)
 
     p = common(sub.add_parser("diff", help="bigram changes between two models sharing a tokenizer"), text=False)

@@ -17,10 +17,10 @@ of the frozen decoder is linear in the last stream, ``score(h) = ⟨u, h⟩ + c`
 
 :func:`top_paths` runs a beam over steps in execution order: every prefix in the beam either skips
 the step's component or goes through it (and the component's constant starts a new ``bias`` path);
-the ``beam`` prefixes of largest norm go on, the others are dropped after their direct completion
-is scored and their subtree's exact sum added to ``unexplored``. Memory is ``beam × T × d`` (times
-the components per step), whatever the depth. When the largest bound over everything dropped is
-below the k-th score found, no unexplored path can enter the top ``k``: the result is *certified*
+the ``beam`` prefixes of highest priority (:data:`PRIORITIES`) go on, the others are dropped after
+their direct completion is scored and their subtree's exact sum added to ``unexplored``. Memory is
+``beam × T × d`` (times the components per step), whatever the depth. When the largest bound over
+everything dropped is below the k-th score found, no unexplored path can enter the top ``k``: the result is *certified*
 equal to what enumerating every path would give.
 """
 
@@ -44,7 +44,7 @@ from jetjax.models.layers import freeze
 from jetjax.models.model import Model
 from jetjax.parallel import constrain_leading, fetch, mesh_axis
 
-__all__ = ["TopPaths", "top_paths", "SCORES", "RANKINGS"]
+__all__ = ["TopPaths", "top_paths", "SCORES", "RANKINGS", "PRIORITIES"]
 
 SCORES = ("logit_diff", "logit", "centered_logit")
 """Named scores: ``logit(target) − logit(foil)``; ``logit(target)``; ``logit(target) − mean logit``
@@ -52,6 +52,13 @@ SCORES = ("logit_diff", "logit", "centered_logit")
 score is then ``⟨logits, direction⟩``."""
 
 RANKINGS = ("abs", "positive", "negative")
+PRIORITIES = ("product", "norm", "effect")
+"""Which prefixes stay in the beam: the largest ``‖p‖`` (``"norm"``: the factor of the certifying bound),
+the largest effect ``|⟨g_s, p⟩| + |⟨u, p⟩|`` (``"effect"``: what all completions of ``p`` add to the
+score, and what ``p`` adds decoded directly), or the largest product of the two (``"product"``,
+the default: on SmolLM2, top-100 at beam 512 for two prompts, it found paths with the largest
+``Σ|score|``: 14.1 and 12.9 against 11.2 and 10.9 for ``"norm"`` and 13.6 and 10.5 for
+``"effect"``)."""
 """What "top" means: the largest ``|score|``, the most positive, or the most negative scores."""
 
 EXACT_NORM_SIZE = 2048
@@ -180,7 +187,7 @@ def _rank_key(s, by):
     return jnp.abs(s) if by == "abs" else (s if by == "positive" else -s)
 
 
-def _search_fn(model: Model, granularity: str, beam: int, k: int, by: str, mesh):
+def _search_fn(model: Model, granularity: str, beam: int, k: int, by: str, priority: str, mesh):
     ref = weakref.ref(model)
     constrain = constrain_leading(mesh) or (lambda x: x)
 
@@ -262,10 +269,12 @@ def _search_fn(model: Model, granularity: str, beam: int, k: int, by: str, mesh)
             c_src, c_ok = jnp.concatenate(c_src), jnp.concatenate(c_ok)
             n_prefixes += jnp.sum(c_ok)
             norm = jnp.sqrt(jnp.einsum("btd,btd->b", c_vec, c_vec))
-            _, keep = jax.lax.top_k(jnp.where(c_ok, norm, -1.0), beam)
-            dropped = c_ok.at[keep].set(False)
             stop = dots(c_vec, u)
             subtree = dots(c_vec, g_after[s])
+            effect = jnp.abs(subtree) + jnp.abs(stop)
+            prio = {"norm": norm, "effect": effect, "product": norm * effect}[priority]
+            _, keep = jax.lax.top_k(jnp.where(c_ok, prio, -1.0), beam)
+            dropped = c_ok.at[keep].set(False)
             explored += jnp.sum(jnp.where(dropped, stop, 0))
             unexplored += jnp.sum(jnp.where(dropped, subtree - stop, 0))
             n_scored += jnp.sum(dropped)
@@ -332,14 +341,14 @@ def _direction(model: Model, score, target, foil):
 
 def top_paths(model: Model, ids, k: int = 20, *, target=None, foil=None, score: str | None = None,
               by: str = "abs", position: int = -1, granularity: str = "branch", beam: int | None = None,
-              mesh=None, params=None) -> TopPaths:
+              priority: str = "product", mesh=None, params=None) -> TopPaths:
     """The ``k`` frozen paths that contribute most to a logit score, found by beam search.
 
     Paths and their scores are those of :func:`jetjax.frozen_path_attribution` (every nonlinear
     factor held at its value in the forward pass on ``ids``; the scores of all paths add up to the
     model's score exactly), but the ``2^L`` (block) to ``4^L`` (branch) paths are never enumerated:
     a beam of prefixes walks the components in execution order, keeping the ``beam`` prefixes of
-    largest norm; every dropped prefix's direct path is scored and the exact sum of its other
+    highest ``priority``; every dropped prefix's direct path is scored and the exact sum of its other
     completions goes into ``unexplored`` (see the module docstring). ``certified`` says whether the
     result provably equals full enumeration's top ``k``.
 
@@ -354,6 +363,8 @@ def top_paths(model: Model, ids, k: int = 20, *, target=None, foil=None, score: 
       granularity: ``"branch"`` (``attn{l}``, ``mlp{l}``; default) or ``"block"``.
       beam: prefixes kept per step (default ``max(256, 8k)``; rounded up to a multiple of the mesh's
         devices). Memory is about ``(1 + components per step) · beam · T · d`` floats.
+      priority: which prefixes the beam keeps (:data:`PRIORITIES`); the result is exact and its
+        certificate valid under each, only what is found differs.
       mesh: a one-axis mesh (:func:`jetjax.parallel.path_mesh`) to spread the beam over devices.
       params: parameters to use instead of the model's own.
 
@@ -373,6 +384,8 @@ def top_paths(model: Model, ids, k: int = 20, *, target=None, foil=None, score: 
     k = check_positive_int("k", k)
     if by not in RANKINGS:
         raise ValueError(f"unknown ranking by={by!r}; accepted: {', '.join(RANKINGS)}")
+    if priority not in PRIORITIES:
+        raise ValueError(f"unknown priority={priority!r}; accepted: {', '.join(PRIORITIES)}")
     check_granularity(granularity)
     _, _, n_dev = mesh_axis(mesh)
     if beam is None:
@@ -402,8 +415,8 @@ def top_paths(model: Model, ids, k: int = 20, *, target=None, foil=None, score: 
         k = n_paths
     params = model.params if params is None else params
     dtype = model.embed(ids[:1], params=params).dtype
-    fn = per_model(model, "search", (granularity, beam, k, by, mesh),
-                   lambda: _search_fn(model, granularity, beam, k, by, mesh))
+    fn = per_model(model, "search", (granularity, beam, k, by, priority, mesh),
+                   lambda: _search_fn(model, granularity, beam, k, by, priority, mesh))
     (t_score, t_mask, t_src, t_key), explored, unexplored, bound, n_pref, n_scored = fn(
         params, ids[: position + 1], jnp.asarray(direction, dtype))
     t_score, t_mask, t_src, t_key = map(fetch, (t_score, t_mask, t_src, t_key))

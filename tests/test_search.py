@@ -148,6 +148,7 @@ def test_mesh_gives_the_same_result(models):
     (dict(k=True), "k must be"),
     (dict(score="logprob"), "unknown score 'logprob'"),
     (dict(by="largest"), "unknown ranking"),
+    (dict(priority="random"), "unknown priority='random'"),
     (dict(k=50, beam=10), "beam=10 is too small to return k=50"),
     (dict(beam=0), "beam must be an int >= 1"),
     (dict(score=np.ones(5), target=None, foil=None), r"shape \(19,\)"),
