@@ -25,7 +25,7 @@ $(STAMP): $(PY) pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests jetjax --doctest-modules
+	$(PY) -m pytest -q --durations=30 tests jetjax --doctest-modules
 
 # the unit tier only (no parity against transformers, no real models, no notebooks): for development
 test-fast: $(STAMP)

@@ -250,9 +250,11 @@ def _tol(dtype):
     return 1e-10 if dtype == jnp.float64 else 1e-4
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("granularity", ["block", "branch"])
-@pytest.mark.parametrize("arch", ARCHS)
+# every family and granularity in float64 (to 1e-10); float32 (to 1e-4) on one family per kind of residual
+@pytest.mark.parametrize("arch,granularity,dtype", [
+    *[(a, g, jnp.float64) for a in ARCHS for g in ("block", "branch")],
+    ("llama", "branch", jnp.float32), ("gpt_neox", "block", jnp.float32)],
+    ids=lambda v: getattr(v, "__name__", str(v)))
 def test_all_frozen_paths_add_up_to_the_model(arch, granularity, dtype):
     with jax.enable_x64(dtype == jnp.float64):
         model = _model(arch, dtype)
