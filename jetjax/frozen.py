@@ -46,7 +46,7 @@ from jetjax.labels import BIAS, DEC, EMB, SEP, Component, check_granularity, ext
 from jetjax.models.layers import freeze
 from jetjax.models.model import Model
 
-__all__ = ["BIAS", "FrozenPaths", "frozen_path_streams", "frozen_path_attribution", "count_frozen_paths"]
+__all__ = ["BIAS", "FrozenPaths", "component_steps", "frozen_linear", "frozen_path_streams", "frozen_path_attribution", "count_frozen_paths"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ class FrozenPaths:
 
 # -- the plan: which prefixes each step extends, and the labels (pure Python, static) ------------
 
-def _steps(n_layers: int, granularity: str, parallel_residual: bool):
+def component_steps(n_layers: int, granularity: str, parallel_residual: bool):
     """``(layer, kinds)`` per step; several kinds in one step read the same stream."""
     if granularity == "block":
         return [(layer, ("block",)) for layer in range(n_layers)]
@@ -105,7 +105,7 @@ def _plan(n_layers: int, granularity: str, parallel_residual: bool, max_length: 
     """
     blocks = [[(EMB, 0)]]
     steps = []
-    for layer, kinds in _steps(n_layers, granularity, parallel_residual):
+    for layer, kinds in component_steps(n_layers, granularity, parallel_residual):
         sel = [(b, i) for b in reversed(range(len(blocks))) for i, (_, n) in enumerate(blocks[b])
                if max_length is None or n < max_length]
         with_bias = max_length is None or max_length >= 1
@@ -139,7 +139,7 @@ def count_frozen_paths(n_layers: int, granularity: str = "block", *, parallel_re
     check_granularity(granularity)
     n_layers = check_nonnegative_int("n_layers", n_layers)
     max_length = check_nonnegative_int("max_length", max_length, optional=True)
-    steps = _steps(n_layers, granularity, parallel_residual)
+    steps = component_steps(n_layers, granularity, parallel_residual)
     n, w = len(steps), (2 if granularity == "branch" and parallel_residual else 1)
 
     def chains(after: int, most: int | None) -> int:   # ways to pick ≤ most of the next `after` steps
@@ -156,9 +156,21 @@ def _branch(model: Model, kind: str, layer: int, params):
     return lambda x: getattr(model, kind)(layer, x, params=params)
 
 
-def _affine(fn, x_star):
-    """Run ``fn`` at ``x_star`` recording its factors; return ``(fn(x_star), b, L)`` with the frozen
-    ``fn(v) = L(v) + b`` (``L`` batched over a leading axis)."""
+def frozen_linear(fn, x_star):
+    """``fn`` with its nonlinear factors frozen at ``x_star``: ``(fn(x_star), b, L, Lᵀ)`` where the frozen
+    ``fn(v) = L(v) + b`` (``L`` and its transpose ``Lᵀ`` act on one ``[..., T, d]`` vector; ``jax.vmap``
+    them for a batch).
+
+    Example:
+      >>> from jetjax.models import ModelConfig, random_model
+      >>> cfg = ModelConfig(arch="gpt2", n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, vocab_size=11,
+      ...                   n_positions=8, norm_eps=1e-5, activation="gelu_new")
+      >>> model = random_model(cfg, scale=0.5)
+      >>> x = model.embed(jnp.asarray([1, 2, 3]))
+      >>> out, b, lin, lin_t = frozen_linear(lambda v: model.mlp(0, v), x)
+      >>> bool(jnp.allclose(lin(x) + b, out, atol=1e-5))   # at the actual input: the model's own output
+      True
+    """
     with freeze.record() as tape:
         out = fn(x_star)
 
@@ -167,7 +179,8 @@ def _affine(fn, x_star):
             return fn(v)
 
     bias, lin = jax.linearize(frozen, jnp.zeros_like(x_star))
-    return out, bias, jax.vmap(lin)
+    lin_t = jax.linear_transpose(lin, x_star)
+    return out, bias, lin, lambda w: lin_t(w)[0]
 
 
 def _frozen_terms(model: Model, granularity: str, max_length: int | None, params, ids):
@@ -185,7 +198,8 @@ def _frozen_terms(model: Model, granularity: str, max_length: int | None, params
             prefixes = jnp.concatenate([blocks[b][np.asarray(ix)] for b, ix in by_block.items()], axis=0)
         x_star, outs, new = h, [], []
         for kind in kinds:
-            out, bias, lin = _affine(_branch(model, kind, layer, params), x_star)
+            out, bias, lin, _ = frozen_linear(_branch(model, kind, layer, params), x_star)
+            lin = jax.vmap(lin)
             outs.append(out)
             if prefixes is not None:
                 new.append(lin(prefixes))

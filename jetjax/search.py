@@ -38,7 +38,7 @@ import numpy as np
 from jetjax._compiled import per_model
 from jetjax.attribution import token_id
 from jetjax.checks import check_positive_int, count_nonfinite, json_safe
-from jetjax.frozen import count_frozen_paths
+from jetjax.frozen import component_steps, count_frozen_paths, frozen_linear
 from jetjax.labels import BIAS, EMB, check_granularity, format_label
 from jetjax.models.layers import freeze
 from jetjax.models.model import Model
@@ -140,31 +140,9 @@ class TopPaths:
 
 # -- the frozen model as linear maps ----------------------------------------------------------
 
-def _step_kinds(n_layers: int, granularity: str, parallel_residual: bool):
-    if granularity == "block":
-        return [(layer, ("block",)) for layer in range(n_layers)]
-    if parallel_residual:
-        return [(layer, ("attn", "mlp")) for layer in range(n_layers)]
-    return [(layer, (kind,)) for layer in range(n_layers) for kind in ("attn", "mlp")]
-
-
 def _component_names(n_layers, granularity, parallel_residual):
-    return tuple(f"{kind}{layer}" for layer, kinds in _step_kinds(n_layers, granularity, parallel_residual)
+    return tuple(f"{kind}{layer}" for layer, kinds in component_steps(n_layers, granularity, parallel_residual)
                  for kind in kinds)
-
-
-def _frozen_linear(fn, x_star):
-    """``(fn(x*), b, L, Lᵀ)``: ``fn`` with its nonlinear factors frozen at ``x*`` is ``L(v) + b``."""
-    with freeze.record() as tape:
-        out = fn(x_star)
-
-    def frozen(v):
-        with freeze.replay(tape):
-            return fn(v)
-
-    bias, lin = jax.linearize(frozen, jnp.zeros_like(x_star))
-    lin_t = jax.linear_transpose(lin, x_star)
-    return out, bias, lin, lambda w: lin_t(w)[0]
 
 
 def _op_norm(lin, lin_t, like, exact: bool):
@@ -194,7 +172,7 @@ def _search_fn(model: Model, granularity: str, beam: int, k: int, by: str, prior
     def run(params, ids, direction):
         m = ref()
         c = m.config
-        plan = _step_kinds(c.n_layers, granularity, c.parallel_residual)
+        plan = component_steps(c.n_layers, granularity, c.parallel_residual)
         n_comp = sum(len(kinds) for _, kinds in plan)
         h = m.embed(ids, params=params)
         exact = h.size <= EXACT_NORM_SIZE
@@ -204,7 +182,7 @@ def _search_fn(model: Model, granularity: str, beam: int, k: int, by: str, prior
             x_star, outs, parts = h, [], []
             for kind in kinds:
                 fn = (lambda kd, ly: (lambda x: getattr(m, kd)(ly, x, params=params)))(kind, layer)
-                out, bias, lin, lin_t = _frozen_linear(fn, x_star)
+                out, bias, lin, lin_t = frozen_linear(fn, x_star)
                 parts.append((ci, bias, lin, lin_t, _op_norm(lin, lin_t, x_star, exact)))
                 outs.append(out)
                 ci += 1

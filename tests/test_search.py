@@ -11,7 +11,7 @@ import pytest
 
 import jetjax as jj
 from jetjax import search
-from jetjax.frozen import frozen_path_attribution
+from jetjax.frozen import frozen_linear, frozen_path_attribution
 from jetjax.models import ModelConfig, random_model
 from jetjax.parallel import path_mesh
 from jetjax.search import TopPaths, top_paths
@@ -124,7 +124,7 @@ def test_operator_norm_estimate_covers_the_exact_norm():
     model = _model(2)
     x = model.embed(jnp.asarray(IDS))
     for kind in ("attn", "mlp"):
-        _, _, lin, lin_t = search._frozen_linear(lambda v: getattr(model, kind)(1, v), x)
+        _, _, lin, lin_t = frozen_linear(lambda v: getattr(model, kind)(1, v), x)
         exact = float(search._op_norm(lin, lin_t, x, exact=True))
         est = float(search._op_norm(lin, lin_t, x, exact=False))
         mat = np.asarray(jax.vmap(lin)(jnp.eye(x.size).reshape((x.size,) + x.shape))).reshape(x.size, x.size)
