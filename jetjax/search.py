@@ -174,7 +174,7 @@ def _search_fn(model: Model, granularity: str, beam: int, k: int, by: str, prior
         c = m.config
         plan = component_steps(c.n_layers, granularity, c.parallel_residual)
         n_comp = sum(len(kinds) for _, kinds in plan)
-        h = m.embed(ids, params=params)
+        h = h0 = m.embed(ids, params=params)
         exact = h.size <= EXACT_NORM_SIZE
         steps = []   # per step: [(component index, bias, L, Lᵀ, ‖L‖)]
         ci = 0
@@ -220,7 +220,7 @@ def _search_fn(model: Model, granularity: str, beam: int, k: int, by: str, prior
             return pick(t_score, cand_score), pick(t_mask, cand_mask), pick(t_src, cand_src), best_key
 
         dt = h.dtype
-        vec = constrain(jnp.zeros((beam,) + h.shape, dt).at[0].set(m.embed(ids, params=params)))
+        vec = constrain(jnp.zeros((beam,) + h.shape, dt).at[0].set(h0))
         mask = jnp.zeros((beam, n_comp), bool)
         src = jnp.full((beam,), -1, jnp.int32)
         ok = jnp.zeros((beam,), bool).at[0].set(True)
