@@ -101,7 +101,7 @@ def _spawn(part: str, args) -> dict:
 def markdown(result: dict) -> str:
     m, s, t = result["machine"], result["smollm2"], result["twelve"]
     lines = [f"# Path search (`jetjax.top_paths`)", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, load {m.get('load')}, jax {m['jax']}; "
+             f"Machine: CPU {m['cpu']}, {m['cores']} cores, load {m.get('load')}, jax {m['jax']}; "
              f"ISA: {', '.join(f for f, on in m['isa'].items() if on)}", ""]
     if "skipped" in s or "error" in s:
         lines.append(f"SmolLM2: {s.get('skipped') or s.get('error')}")

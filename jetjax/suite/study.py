@@ -639,7 +639,7 @@ def markdown(result: dict) -> str:
     n_orig = sum(not p["paraphrase"] for p in prompts)
     n_sel = sum(not p["paraphrase"] and p["split"] == "selection" for p in prompts)
     lines = ["# Faithfulness study: path decompositions for attribution (issue 15)", "",
-             f"Model: {result['model']}. Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
+             f"Model: {result['model']}. Machine: CPU {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
              f"load average {_load(m.get('load'))} at the start, {_load(m.get('load_now'))} at the last write, "
              f"jax {m.get('jax', '?')}. "
              f"Peak memory {_fmt(result.get('peak_rss_mb'), '.0f')} MB.", "",
