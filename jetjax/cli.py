@@ -467,7 +467,7 @@ def cmd_search(args) -> None:
                        position=args.position, granularity=args.granularity, beam=beam,
                        priority=args.priority)
     _say(args, res.table(args.top))
-    _emit(args, res.to_json())
+    _emit(args, json.loads(res.to_json()))
 
 
 def _check_same_vocabulary(model_a, model_b) -> None:

@@ -27,6 +27,7 @@ equal to what enumerating every path would give.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import warnings
 import weakref
@@ -131,11 +132,11 @@ class TopPaths:
         lines += [f"{s:+10.4f}  {lab}" for lab, s in self.top(n)]
         return "\n".join(lines)
 
-    def to_json(self) -> dict:
-        """A JSON-ready dict (non-finite numbers become ``None``)."""
+    def to_json(self) -> str:
+        """The result as JSON, as :meth:`jetjax.PathAttribution.to_json` writes one (NaN and ±inf as ``null``)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("labels", "scores")}
         d["paths"] = [{"label": lab, "score": float(s)} for lab, s in zip(self.labels, self.scores)]
-        return json_safe(d)
+        return json.dumps(json_safe(d))
 
 
 # -- the frozen model as linear maps ----------------------------------------------------------
