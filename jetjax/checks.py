@@ -61,6 +61,31 @@ def check_nonnegative_int(name: str, value, *, optional: bool = False) -> int | 
     return int(value)
 
 
+def check_position(position, n_tokens: int, *, optional: bool = False) -> int | None:
+    """``position`` (negative: from the end) as a 0-based index into ``n_tokens`` tokens.
+
+    ``TypeError`` when it is not an int (``bool`` included; ``None`` only with ``optional=True``,
+    returned as is), ``IndexError`` when it is out of range; both name the value and what is accepted.
+
+    Example:
+      >>> check_position(-1, 5), check_position(2, 5), check_position(None, 5, optional=True)
+      (4, 2, None)
+      >>> check_position(5, 5)
+      Traceback (most recent call last):
+      ...
+      IndexError: position 5 is out of range for a sequence of 5 tokens (valid: -5..4)
+    """
+    if optional and position is None:
+        return None
+    if not _is_int(position):
+        raise TypeError(f"position must be an int{' (or None for all positions)' if optional else ''}, "
+                        f"got {position!r}")
+    if not -n_tokens <= position < n_tokens:
+        raise IndexError(f"position {position} is out of range for a sequence of {n_tokens} tokens "
+                         f"(valid: {-n_tokens}..{n_tokens - 1})")
+    return int(position) % n_tokens
+
+
 def json_safe(obj):
     """``obj`` with every non-finite float (NaN, ±inf) replaced by ``None``, so ``json.dumps`` writes
     valid JSON (``null``) instead of the bare ``NaN`` / ``Infinity`` most JSON readers reject.

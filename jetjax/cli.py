@@ -11,6 +11,7 @@ traceback).
     jetjax bigrams --paths "emb>dec" --top 20
     jetjax paths --text "Good morrow" --granularity branch --max-length 2 --top 10
     jetjax attribute --text "To be, or not to" --target " be" --foil " do"
+    jetjax attribute --text "The capital of France is" --target " Paris" --foil " London" --method search --k 20
     jetjax search --text "The capital of France is" --target " Paris" --foil " London" --top 20
     jetjax diff --model-b path/to/finetuned
     jetjax index --keywords words.txt
@@ -25,8 +26,11 @@ JSON written by ``--json`` (top-level fields):
 * ``bigrams``: ``paths``, ``order``, ``top_k``, ``top`` (``[{context, next, prob}]``);
 * ``paths``: ``n_paths``, ``order``, ``granularity``, ``position``, ``top`` (``[{label, norm,
   top_token, top_token_str}]``), ``remainder_norm``;
-* ``attribute``: ``PathAttribution.to_json()``: ``target``, ``foil``, ``position``, ``total``,
-  ``remainder``, ``remainder_share``, ``n_paths``, ``paths`` (``[{label, score}]``), ``components``, ``direct``;
+* ``attribute``: ``PathAttribution.to_json()``: ``target``, ``foil``, ``position``, ``method``,
+  ``semantics``, ``total``, ``remainder``, ``remainder_share``, ``remainder_ratio``, ``cancellation``,
+  ``n_paths``, ``paths`` (``[{label, score}]``), ``components``, ``direct``; with ``method: "search"``
+  also ``unlisted``, ``unexplored`` and ``search`` (``n_paths``, ``n_prefixes``, ``n_scored``, ``beam``,
+  ``bound``, ``certified``, ``residual``);
 * ``search``: ``TopPaths.to_json()``: ``paths`` (``[{label, score}]``), ``total``, ``explored``,
   ``unexplored``, ``n_paths``, ``n_prefixes``, ``bound``, ``certified``, the settings;
 * ``diff``: ``gained_prob``, ``lost_prob``, ``gained_rank``, ``lost_rank``, ``exact``;
@@ -430,20 +434,33 @@ def cmd_attribute(args) -> None:
     import jetjax as jj
 
     _check_input(args)
+    method = args.method
+    if args.frozen:
+        if method not in ("auto", "frozen"):
+            raise CLIError(f"--frozen is --method frozen; it contradicts --method {method}")
+        method = "frozen"
+    if method == "auto" and (args.k is not None or args.beam is not None):
+        method = "search"   # --k / --beam ask for the search
+    if method in ("frozen", "search") and args.order is not None:
+        raise CLIError(f"--order {args.order} has no meaning with --method {method} (frozen paths take no jet)")
+    if method == "search" and args.max_length is not None:
+        raise CLIError("--max-length does not apply to --method search (it searches paths of every length); "
+                       "use --method frozen --max-length N")
+    if method != "search" and (args.k is not None or args.beam is not None):
+        raise CLIError(f"--k and --beam belong to --method search, not --method {method}")
+    k = 20 if args.k is None else args.k
+    if args.beam is not None and args.beam < k:
+        raise CLIError(f"--beam {args.beam} is too small to return --k {k} paths (use --beam >= {k})")
     model = load_model(args.model)
     ids = _ids(model, args)
     _check_position(ids, args.position)
     _check_token(model, args.target, "--target")
     if args.foil is not None:
         _check_token(model, args.foil, "--foil")
-    if args.frozen:
-        if args.order != 0:
-            raise CLIError(f"--order {args.order} has no meaning with --frozen (frozen paths take no jet)")
-        att = jj.frozen_path_attribution(model, ids, args.target, args.foil, position=args.position,
-                                         granularity=args.granularity, max_length=args.max_length)
-    else:
-        att = jj.path_attribution(model, ids, args.target, args.foil, position=args.position, order=args.order,
-                                  granularity=args.granularity, max_length=args.max_length)
+    kw = {name: value for name, value in (("order", args.order), ("granularity", args.granularity),
+                                          ("max_length", args.max_length), ("k", args.k), ("beam", args.beam))
+          if value is not None}
+    att = jj.path_attribution(model, ids, args.target, args.foil, position=args.position, method=method, **kw)
     _say(args, att.table(args.top))
     _emit(args, json.loads(att.to_json()))
 
@@ -625,8 +642,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext, fn in (("paths", "exhaustive paths, ranked by logit norm", cmd_paths),
                                ("attribute", "which paths push logit(target) - logit(foil)", cmd_attribute)):
         p = common(sub.add_parser(name, help=helptext))
-        p.add_argument("--order", type=_order_option("--order"), default=0, help=f"jet order, 0..{MAX_ORDER}")
-        p.add_argument("--granularity", choices=("block", "branch"), default="block")
+        if name == "paths":
+            p.add_argument("--order", type=_order_option("--order"), default=0,
+                           help=f"jet order, 0..{MAX_ORDER}")
+            p.add_argument("--granularity", choices=("block", "branch"), default="block")
+        else:
+            p.add_argument("--order", type=_order_option("--order"), default=None,
+                           help=f"jet order, 0..{MAX_ORDER} (method jet; default 0)")
+            p.add_argument("--granularity", choices=("block", "branch"), default=None,
+                           help="default: block for --method jet, branch for frozen and search")
         p.add_argument("--position", type=_int_option("--position", None), default=-1,
                        help="the predicting position (negative: from the end)")
         p.add_argument("--max-length", type=_int_option("--max-length"), default=None,
@@ -635,11 +659,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "paths":
             p.add_argument("--attention-free", action="store_true")
         else:
+            p.add_argument("--method", choices=("auto", "jet", "frozen", "search"), default="auto",
+                           help="jet: the paper's paths (Algorithm 2); frozen: every frozen path (they add up "
+                                "exactly); search: the --k largest frozen paths by beam search; auto (default): "
+                                "jet unless the model has more than 2^20 paths (a deep model), then search")
+            p.add_argument("--k", type=_int_option("--k", 1), default=None,
+                           help="method search: how many paths to list (default 20)")
+            p.add_argument("--beam", type=_int_option("--beam", 1), default=None,
+                           help="method search: prefixes kept per step (default 256)")
             p.add_argument("--target", required=True, type=_token_option("--target"), help=TARGET_HELP)
             p.add_argument("--foil", default=None, type=_token_option("--foil"), help="as --target")
-            p.add_argument("--frozen", action="store_true",
-                           help="frozen paths: every nonlinear factor held at the forward pass, so the paths "
-                                "add up to the model exactly (no jet order)")
+            p.add_argument("--frozen", action="store_true", help="the same as --method frozen")
         p.set_defaults(fn=fn)
 
     p = common(sub.add_parser("search", help="the top frozen paths of a deep model, by beam search"))

@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax._compiled import per_model
-from jetjax.attribution import PathAttribution, token_id
-from jetjax.checks import check_nonnegative_int, count_nonfinite
+from jetjax.attribution_result import PathAttribution, token_id
+from jetjax.checks import check_nonnegative_int, check_position, count_nonfinite
 from jetjax.labels import BIAS, DEC, EMB, SEP, Component, check_granularity, extend_label, format_label
 from jetjax.models.layers import freeze
 from jetjax.models.model import Model
@@ -325,9 +325,7 @@ def frozen_path_attribution(model: Model, ids, target, foil=None, position: int 
         raise ValueError(f"frozen_path_attribution takes one sequence of token ids [T], got shape "
                          f"{tuple(ids.shape)}; loop over a batch yourself")
     t = int(ids.shape[0])
-    if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not -t <= position < t:
-        raise ValueError(f"position must be an int in {-t}..{t - 1} for {t} tokens, got {position!r}")
-    position = int(position) % t
+    position = check_position(position, t)
     target, target_str = token_id(model, target, "target")
     foil, foil_str = (None, None) if foil is None else token_id(model, foil, "foil")
     if foil == target:
@@ -365,4 +363,4 @@ def frozen_path_attribution(model: Model, ids, target, foil=None, position: int 
                       RuntimeWarning, stacklevel=2)
     return PathAttribution(labels, scores, total, remainder, abs(remainder) / mass if mass else 0.0,
                            components, direct, target, foil, position, 0, granularity, target_str, foil_str,
-                           semantics="frozen")
+                           semantics="frozen", method="frozen")

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax._compiled import per_model
-from jetjax.attribution import token_id
-from jetjax.checks import check_positive_int, count_nonfinite, json_safe
+from jetjax.attribution_result import token_id
+from jetjax.checks import check_position, check_positive_int, count_nonfinite, json_safe
 from jetjax.frozen import component_steps, count_frozen_paths, frozen_linear
 from jetjax.labels import BIAS, EMB, check_granularity, format_label
 from jetjax.models.layers import freeze
@@ -383,9 +383,7 @@ def top_paths(model: Model, ids, k: int = 20, *, target=None, foil=None, score: 
     if ids.ndim != 1:
         raise ValueError(f"top_paths takes one sequence of token ids [T], got shape {tuple(ids.shape)}")
     t = int(ids.shape[0])
-    if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not -t <= position < t:
-        raise ValueError(f"position must be an int in {-t}..{t - 1} for {t} tokens, got {position!r}")
-    position = int(position) % t
+    position = check_position(position, t)
     c = model.config
     n_paths = count_frozen_paths(c.n_layers, granularity, parallel_residual=c.parallel_residual) + 1
     if k > n_paths:

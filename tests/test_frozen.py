@@ -310,8 +310,10 @@ def test_bad_settings_are_named():
         frozen_path_streams(model, IDS, granularity="layer")
     with pytest.raises(ValueError, match="max_length"):
         frozen_path_attribution(model, IDS, TARGET, max_length=-1)
-    with pytest.raises(ValueError, match="position"):
+    with pytest.raises(IndexError, match="position 6 is out of range for a sequence of 6 tokens"):
         frozen_path_attribution(model, IDS, TARGET, position=6)
+    with pytest.raises(TypeError, match="position must be an int, got 1.5"):
+        frozen_path_attribution(model, IDS, TARGET, position=1.5)
     with pytest.raises(ValueError, match="one sequence"):
         frozen_path_attribution(model, np.stack([IDS, IDS]), TARGET)
     with pytest.raises(ValueError, match="out of range"):

@@ -102,4 +102,4 @@ def test_cli_attribute_frozen_adds_up(capsys, tmp_path):
     assert abs(doc["remainder"]) <= 1e-4 * max(1.0, abs(doc["total"]))     # every path kept: exact
     assert sum(p["score"] for p in doc["paths"]) == pytest.approx(doc["total"], rel=1e-4, abs=1e-4)
     code, _, err = run(capsys, "attribute", "--text", "To be", "--target", " question", "--frozen", "--order", "1")
-    assert code == 2 and "--order 1 has no meaning with --frozen" in err
+    assert code == 2 and "--order 1 has no meaning with --method frozen" in err

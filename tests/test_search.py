@@ -159,14 +159,15 @@ def test_mesh_gives_the_same_result(models):
     (dict(score="logit"), "takes no foil"),
     (dict(foil=TARGET), "same token"),
     (dict(target=None, foil=None), "needs a target"),
-    (dict(position=5), "position must be"),
+    (dict(position=5), "position 5 is out of range for a sequence of 5 tokens"),
+    (dict(position=True), "position must be an int, got True"),
     (dict(granularity="layer"), "granularity"),
 ])
 def test_bad_input_is_refused_before_work(kwargs, match):
     model = _model(2)
     args = dict(k=3, target=TARGET, foil=FOIL)
     args.update(kwargs)
-    with pytest.raises((ValueError, TypeError), match=match):
+    with pytest.raises((ValueError, TypeError, IndexError), match=match):
         top_paths(model, IDS, **args)
 
 

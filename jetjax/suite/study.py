@@ -68,7 +68,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jetjax.attribution import EXPLAINED_WARNING
+from jetjax.attribution_result import EXPLAINED_WARNING
 from jetjax.checks import json_safe
 
 KINDS = ("factual", "agreement", "induction", "arithmetic", "code", "antonym")
@@ -301,7 +301,7 @@ def validate_prompts(model, prompts: Sequence[Prompt]) -> list[np.ndarray]:
     Checked: unique ids, text or ids given (not both), the text tokenizes, the ids are valid for the
     model, target and foil are one token each (:func:`jetjax.attribution.token_id`) and differ.
     """
-    from jetjax.attribution import token_id
+    from jetjax.attribution_result import token_id
 
     problems, out, seen = [], [], set()
     for p in prompts:
@@ -345,7 +345,7 @@ def top_by_abs(labels, scores, n: int = TOP_N) -> list[tuple[str, float]]:
 def run_one(model, prompt: Prompt, ids, name: str, setting: Setting) -> dict:
     """Run one setting on one prompt; the record (measures, top-10 paths, seconds)."""
     import jetjax as jj
-    from jetjax.attribution import cancellation, remainder_ratio
+    from jetjax.attribution_result import cancellation, remainder_ratio
 
     opts = dict(setting.options)
     extra: dict = {}
