@@ -392,7 +392,7 @@ def cmd_bigrams(args) -> None:
     if args.top > v * args.top_k:
         raise CLIError(f"--top {args.top} is more than the table holds ({v} contexts x --top-k {args.top_k})")
     table = jet_bigrams(model, args.paths, top_k=args.top_k, order=args.order, out_dir=args.out,
-                        progress=not args.quiet, **_global_k(args.top))
+                        progress=not args.quiet, compute_dtype=args.compute_dtype, **_global_k(args.top))
     top = table.top(min(args.top, len(table.global_probs)))  # a table from --out may keep more
     _say(args, f"top jet bigrams of {' + '.join(args.paths)} (order {args.order}):",
          *(f"  {prob:.4f}  {ctx!r} -> {nxt!r}" for ctx, nxt, prob in
@@ -637,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many (context, next) pairs to print (above 100 the sweep keeps that many global "
                         "pairs: a table in --out swept for another number is not reused)")
     p.add_argument("--out", default=None, help="directory for the table (resumable)")
+    p.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="precision of the unembedding GEMM (bfloat16: float32 accumulation; faster only where "
+                        "the CPU multiplies bfloat16 natively)")
     p.set_defaults(fn=cmd_bigrams)
 
     for name, helptext, fn in (("paths", "exhaustive paths, ranked by logit norm", cmd_paths),

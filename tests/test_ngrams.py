@@ -154,6 +154,32 @@ def test_vocabulary_tiles_break_ties_like_one_top_k():
     np.testing.assert_allclose(probs, np.exp(np.asarray(want_v) - np.asarray(want_lse)[:, None]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("tile", [640, 1000, 2048])
+def test_grouped_prefilter_keeps_the_exact_top_k_with_ties(tile):
+    """Tiles large enough for the group prefilter (and one whose width is not a multiple of the
+    group, which goes without it): heavy ties across groups and tiles, all-equal rows, a -inf
+    padded tail; ids and values equal one lax.top_k over the whole row."""
+    from jetjax.ngrams.sweep import _candidate_group, _step, _tile_unembedding
+    from jetjax.parallel import path_mesh
+
+    v, d, kk = 2048 + 37, 6, 10
+    rng = np.random.default_rng(0)
+    w = rng.integers(-3, 4, size=(d, v)).astype(np.float32)    # few distinct logits: ties everywhere
+    w[0] = 0.0                                                     # a row of equal logits
+    w[1, ::97] = 9.0                                               # equal maxima spread over groups and tiles
+    b = np.zeros(v, np.float32)
+    x = jnp.asarray(np.eye(d, dtype=np.float32))
+    assert (_candidate_group(tile, kk) > 0) == (tile % 16 == 0)
+    step = _step(lambda params, ctx: params[ctx[:, 0]], kk, path_mesh(jax.devices()[:1], axis_name="rows"))
+    probs, ids, lse = step(x, *_tile_unembedding(jnp.asarray(w), jnp.asarray(b), tile), jnp.arange(d)[:, None])
+    logits = np.asarray(x) @ w + b
+    want_v, want_i = jax.lax.top_k(jnp.asarray(logits), kk)
+    assert np.asarray(ids).tolist() == np.asarray(want_i).tolist()
+    assert np.asarray(ids)[0].tolist() == list(range(kk)) and np.asarray(ids)[1].tolist() == list(range(0, 970, 97))
+    want_lse = jax.nn.logsumexp(jnp.asarray(logits), axis=-1)
+    np.testing.assert_allclose(probs, np.exp(np.asarray(want_v) - np.asarray(want_lse)[:, None]), rtol=1e-6)
+
+
 # ---- hand-built models with a known bigram matrix --------------------------------------------
 
 V_TOY, D_TOY = 13, 17

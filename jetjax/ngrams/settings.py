@@ -28,7 +28,7 @@ from typing import Any
 from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
 from jetjax.ngrams.scorer import check_paths
 
-__all__ = ["SweepSettings", "resolve_settings", "DEFAULT"]
+__all__ = ["SweepSettings", "resolve_settings", "DEFAULT", "COMPUTE_DTYPES", "check_compute_dtype"]
 
 
 class _Default:
@@ -48,6 +48,34 @@ DEFAULT: Any = _Default()
 # sweep never mixes chunks computed with different ones (see jetjax.ngrams.sweep).
 ROUNDING_KNOBS = ("block_rows", "vocab_tile")
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+"""Precisions of a sweep's unembedding GEMM (``compute_dtype``); accumulation, logsumexp and top-k
+are float32 under both."""
+
+
+def check_compute_dtype(value) -> str:
+    """``value`` (a name, a NumPy/JAX dtype or scalar type) as one of :data:`COMPUTE_DTYPES`, by name.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> check_compute_dtype("bfloat16"), check_compute_dtype(jnp.bfloat16), check_compute_dtype("float32")
+      ('bfloat16', 'bfloat16', 'float32')
+      >>> check_compute_dtype("float16")
+      Traceback (most recent call last):
+      ...
+      ValueError: compute_dtype must be one of float32, bfloat16, got 'float16'
+    """
+    name = value if isinstance(value, str) else None
+    if name is None and not isinstance(value, bool):
+        try:
+            import numpy as np
+            name = np.dtype(value).name
+        except TypeError:
+            name = None
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {value!r}")
+    return name
+
 
 @dataclasses.dataclass(frozen=True)
 class SweepSettings:
@@ -64,6 +92,10 @@ class SweepSettings:
       vocab_tile: vocabulary columns per GEMM tile inside a step (a speed knob; changes rounding).
       kind: what the rows are (``"bigrams"``, ``"trigrams"``, ``"skip_bigrams"``, ``"contexts"``);
         set by the entry point, recorded in the table's ``meta``.
+      compute_dtype: the precision of the unembedding GEMM, one of :data:`COMPUTE_DTYPES`:
+        ``"float32"`` (default) or ``"bfloat16"`` (the path's output and the unembedding rounded to
+        bfloat16, products accumulated in float32; logsumexp and top-k in float32). Recorded in a
+        manifest only when it is not float32, so directories written before it existed still resume.
 
     Construction raises ``ValueError`` naming the field and the value (``TypeError`` for a jet
     order that is not an int). Checks that need the model (layers of each path, ``top_k`` against
@@ -78,6 +110,7 @@ class SweepSettings:
     chunk_rows: int = 8192
     vocab_tile: int = 4096
     kind: str = "contexts"
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         def put(name, value):
@@ -92,6 +125,7 @@ class SweepSettings:
         if not isinstance(self.kind, str) or not self.kind or self.kind != "".join(self.kind.split()):
             raise ValueError(f"kind must be a non-empty word such as 'bigrams', got {self.kind!r}")
         put("kind", str(self.kind))
+        put("compute_dtype", check_compute_dtype(self.compute_dtype))
 
     def for_model(self, model, n_devices: int = 1) -> SweepSettings:
         """These settings as ``model`` on ``n_devices`` devices runs them.
@@ -122,7 +156,10 @@ class SweepSettings:
 
     def to_json(self) -> dict:
         """The settings as a JSON-able dict (what a manifest and a table's ``meta`` record)."""
-        return {**dataclasses.asdict(self), "paths": list(self.paths)}
+        out = {**dataclasses.asdict(self), "paths": list(self.paths)}
+        if out["compute_dtype"] == "float32":
+            del out["compute_dtype"]          # the default, and what every sweep before the field computed
+        return out
 
 
 def resolve_settings(settings: SweepSettings | None, **given) -> SweepSettings:

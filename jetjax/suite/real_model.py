@@ -54,10 +54,10 @@ import time
 from pathlib import Path
 
 from jetjax.bench import add_dtype_option, dtype_label, median_seconds, result_stem, results_dir, timed
+from jetjax.suite.machine import FLAGS, machine
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
 RESULTS = results_dir()
-FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2", "fma")
 TOP_K = 10
 FULL = dict(seq=64, orders="0,1,2", sweeps=30, repeats=5, load_repeats=3)
 QUICK = dict(seq=16, orders="0,1", sweeps=1, repeats=2, load_repeats=0)
@@ -83,31 +83,6 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def machine() -> dict:
-    cpu, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu == "unknown":
-                cpu = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    import jax
-    import jaxlib
-    import numpy as np
-
-    try:
-        import torch
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = None
-    return {"cpu": cpu, "isa": {f: f in flags for f in FLAGS}, "cores": os.cpu_count(),
-            "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-            "jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__, "torch": torch_version}
 
 
 # ---- 1. loading the GGUF file (child process) -------------------------------------------------
