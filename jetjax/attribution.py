@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -24,11 +23,11 @@ from tqdm.auto import tqdm
 from jetjax._compiled import per_model
 from jetjax.checks import check_nonnegative_int, check_position, check_positive_int, count_nonfinite, json_safe
 from jetjax.expand import count_paths, final_norm_jets, path_streams
-from jetjax.labels import DEC, EMB, extend_label, parse_label, parse_path
+from jetjax.labels import DEC, extend_label
 from jetjax.models.model import Model
 from jetjax.parallel import constrain_leading, fetch, mesh_axis, pad_leading, shard_leading
-from jetjax.attribution_result import (EXPLAINED_WARNING, PathAttribution, cancellation, explained_warning,
-                                       remainder_ratio, token_id)
+from jetjax.attribution_result import (EXPLAINED_WARNING, PathAttribution, attribution_from_scores, cancellation,
+                                       explained_warning, remainder_ratio, token_id)
 from jetjax.frozen import frozen_path_attribution
 from jetjax.search import top_paths
 from jetjax.spec import UNSET, PathSpec, resolve_spec
@@ -454,20 +453,10 @@ def _search_attribution(model: Model, ids, target, foil, position, granularity, 
                     beam=beam, mesh=mesh)
     target_id, target_str = token_id(model, target, "target")
     foil_id, foil_str = (None, None) if foil is None else token_id(model, foil, "foil")
-    scores = np.asarray(res.scores, np.float64)
-    remainder = res.total - float(scores.sum())
-    mass = abs(remainder) + float(np.abs(scores).sum())
-    components: dict[str, float] = {}
-    direct: dict[str, float] = {}
-    for label, sc in zip(res.labels, scores):
-        source, parts = parse_path(label)
-        for comp in parts:
-            components[str(comp)] = components.get(str(comp), 0.0) + float(sc)
-        if source == EMB and len(parts) == 1:
-            direct[str(parts[0])] = float(sc)
-    return PathAttribution(res.labels, scores, res.total, remainder, abs(remainder) / mass if mass else 0.0,
-                           components, direct, target_id, foil_id, res.position, 0, granularity, target_str,
-                           foil_str, semantics="frozen", method="search", search=res)
+    return attribution_from_scores(res.labels, np.asarray(res.scores, np.float64), res.total, target=target_id,
+                                   foil=foil_id, position=res.position, order=0, granularity=granularity,
+                                   target_str=target_str, foil_str=foil_str, semantics="frozen", method="search",
+                                   search=res)
 
 
 def _jet_attribution(model: Model, ids, target, foil=None, position: int = -1, order: int = UNSET, *,
@@ -499,22 +488,12 @@ def _jet_attribution(model: Model, ids, target, foil=None, position: int = -1, o
     # in the vocabulary into NaN (inf × 0).
     logits = np.asarray(res.logits, np.float64)
     total = float(logits[target] - (logits[foil] if foil is not None else 0.0))
-    remainder = total - float(res.scores.sum())
     bad = count_nonfinite(res.scores) + (0 if np.isfinite(total) else 1)
     if bad:
         warnings.warn(f"path_attribution: {count_nonfinite(res.scores)} of {len(res.scores)} path scores and "
                       f"{'the' if not np.isfinite(total) else 'not the'} model total are NaN or inf: the "
                       "weights or the jet overflowed (check the model's parameters, or lower the order)",
                       RuntimeWarning, stacklevel=2)
-    mass = abs(remainder) + float(np.abs(res.scores).sum())
-    components: dict[str, float] = {}
-    direct: dict[str, float] = {}
-    for label, sc in zip(res.labels, res.scores):
-        parts = [str(c) for c in parse_label(label)]
-        for name in parts:
-            components[name] = components.get(name, 0.0) + float(sc)
-        if len(parts) == 1:
-            direct[parts[0]] = float(sc)
-    return PathAttribution(res.labels, res.scores, total, remainder, abs(remainder) / mass if mass else 0.0,
-                           components, direct, target, foil, res.position, res.order, spec.granularity,
-                           target_str, foil_str)
+    return attribution_from_scores(res.labels, res.scores, total, target=target, foil=foil, position=res.position,
+                                   order=res.order, granularity=spec.granularity, target_str=target_str,
+                                   foil_str=foil_str)

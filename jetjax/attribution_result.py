@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from jetjax.checks import check_nonnegative_int, count_nonfinite, json_safe
+from jetjax.labels import EMB, SEP
 from jetjax.models.model import Model
 
 __all__ = ["EXPLAINED_WARNING", "remainder_ratio", "cancellation", "explained_warning", "PathAttribution",
-           "token_id"]
+           "attribution_from_scores", "token_id"]
 
 EXPLAINED_WARNING = 0.5   # warn when |remainder| > this × |model total|
 
@@ -203,6 +204,35 @@ class PathAttribution:
             "components": self.components, "direct": self.direct,
             "nonfinite": count_nonfinite(self.scores) + count_nonfinite([self.total]),
         }), allow_nan=False)
+
+
+def attribution_from_scores(labels, scores, total: float, **fields) -> PathAttribution:
+    """A :class:`PathAttribution` of decoded path labels and their scores against the model's ``total``.
+
+    Derives what every method reports the same way: ``remainder = total − Σ scores``, its share of
+    the absolute mass, and per component the sum of the scores of the paths through it
+    (``components``) and the score of its one-component embedding path (``direct``). ``fields``
+    are the remaining attributes (``target``, ``foil``, ``position``, ``order``, ``granularity``, ...).
+
+    Example:
+      >>> att = attribution_from_scores(("emb>attn0>dec", "emb>attn0>mlp1>dec", "bias>mlp1>dec"),
+      ...                               np.array([1.0, 0.5, -0.25]), 2.0, target=3, foil=None, position=0,
+      ...                               order=0, granularity="branch")
+      >>> att.remainder, att.components, att.direct
+      (0.75, {'attn0': 1.5, 'mlp1': 0.25}, {'attn0': 1.0})
+    """
+    remainder = total - float(scores.sum())
+    mass = abs(remainder) + float(np.abs(scores).sum())
+    components: dict[str, float] = {}
+    direct: dict[str, float] = {}
+    for label, sc in zip(labels, scores):
+        parts = label.split(SEP)             # source, components..., "dec"
+        for name in parts[1:-1]:
+            components[name] = components.get(name, 0.0) + float(sc)
+        if parts[0] == EMB and len(parts) == 3:
+            direct[parts[1]] = float(sc)
+    return PathAttribution(labels, scores, total, remainder, abs(remainder) / mass if mass else 0.0, components,
+                           direct, **fields)
 
 
 def token_id(model: Model, token, what: str) -> tuple[int, str | None]:

@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax._compiled import per_model
-from jetjax.attribution_result import PathAttribution, token_id
+from jetjax.attribution_result import PathAttribution, attribution_from_scores, token_id
 from jetjax.checks import check_nonnegative_int, check_position, count_nonfinite
-from jetjax.labels import BIAS, DEC, EMB, SEP, Component, check_granularity, extend_label, format_label
+from jetjax.labels import BIAS, DEC, EMB, Component, check_granularity, extend_label, format_label
 from jetjax.models.layers import freeze
 from jetjax.models.model import Model
 
@@ -347,20 +347,10 @@ def frozen_path_attribution(model: Model, ids, target, foil=None, position: int 
     own = model.logits(ids) if params is model.params else model.logits(ids, params=params)  # the first is jitted
     logits = np.asarray(own[position], np.float64)
     total = float(logits[target] - (logits[foil] if foil is not None else 0.0))
-    remainder = total - float(scores.sum())
-    mass = abs(remainder) + float(np.abs(scores).sum())
-    components: dict[str, float] = {}
-    direct: dict[str, float] = {}
-    for label, sc in zip(labels, scores):
-        parts = label.split(SEP)
-        for name in parts[1:-1]:
-            components[name] = components.get(name, 0.0) + float(sc)
-        if parts[0] == EMB and len(parts) == 3:
-            direct[parts[1]] = float(sc)
     if count_nonfinite(scores) or not np.isfinite(total):
         warnings.warn(f"frozen_path_attribution: {count_nonfinite(scores)} of {len(scores)} path scores and "
                       f"{'the' if not np.isfinite(total) else 'not the'} model total are NaN or inf",
                       RuntimeWarning, stacklevel=2)
-    return PathAttribution(labels, scores, total, remainder, abs(remainder) / mass if mass else 0.0,
-                           components, direct, target, foil, position, 0, granularity, target_str, foil_str,
-                           semantics="frozen", method="frozen")
+    return attribution_from_scores(labels, scores, total, target=target, foil=foil, position=position, order=0,
+                                   granularity=granularity, target_str=target_str, foil_str=foil_str,
+                                   semantics="frozen", method="frozen")
