@@ -33,7 +33,7 @@ from jetjax.search import top_paths
 from jetjax.spec import UNSET, PathSpec, resolve_spec
 
 __all__ = ["remainder_ratio", "cancellation", "PathScores", "reduce_paths", "PathAttribution", "path_attribution",
-           "METHODS", "EXPLAINED_WARNING", "token_id"]
+           "METHODS", "SEARCH_K", "EXPLAINED_WARNING", "token_id"]
 
 
 def _cached(model: Model, key, build: Callable):
@@ -348,6 +348,9 @@ def _direction_score(logits, direction):
 METHODS = ("auto", "jet", "frozen", "search")
 """How :func:`path_attribution` chooses and scores paths (see its docstring)."""
 
+SEARCH_K = 20
+"""How many paths ``method="search"`` lists when ``k`` is not given (the faithfulness study's setting)."""
+
 _JET_ONLY = ("order", "weights", "include", "exclude", "attention_free", "spec")
 
 
@@ -441,7 +444,8 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
         if max_length is not UNSET:
             raise ValueError("max_length= does not apply to method='search' (it searches paths of every length); "
                              "use method='frozen' with max_length=")
-        return _search_attribution(model, ids, target, foil, position, gran, 20 if k is None else k, beam, mesh)
+        k = SEARCH_K if k is None else k
+        return _search_attribution(model, ids, target, foil, position, gran, k, beam, mesh)
     return _jet_attribution(model, ids, target, foil, position, order, granularity=granularity, weights=weights,
                             chunk_size=chunk_size, mesh=mesh, include=include, exclude=exclude,
                             max_length=max_length, attention_free=attention_free, max_paths=max_paths,

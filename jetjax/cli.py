@@ -448,7 +448,9 @@ def cmd_attribute(args) -> None:
                        "use --method frozen --max-length N")
     if method != "search" and (args.k is not None or args.beam is not None):
         raise CLIError(f"--k and --beam belong to --method search, not --method {method}")
-    k = 20 if args.k is None else args.k
+    from jetjax.attribution import SEARCH_K
+
+    k = SEARCH_K if args.k is None else args.k
     if args.beam is not None and args.beam < k:
         raise CLIError(f"--beam {args.beam} is too small to return --k {k} paths (use --beam >= {k})")
     model = load_model(args.model)

@@ -54,13 +54,13 @@ import sys
 import time
 
 from jetjax.bench import add_dtype_option, dtype_label, result_stem, results_dir
+from jetjax.ngrams.settings import COMPUTE_DTYPES
 from jetjax.suite.machine import describe, gemm_rates, machine
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
 RESULTS = results_dir()
 D, LAYERS, HEADS, TOP_K, TORCH_BATCH, TILE = 768, 12, 12, 10, 2000, 4096
 PATHS = {"emb>dec": None, "emb>mlp5>dec": 5}
-COMPUTE_DTYPES = ("float32", "bfloat16")
 GEMM_LABELS = {"xla_float32": "XLA float32", "torch_float32": "torch float32",
                "xla_bfloat16": "XLA bf16×bf16→f32", "torch_bfloat16": "torch bf16"}
 
