@@ -26,6 +26,7 @@ from jetjax.expand import count_paths, final_norm_jets, path_streams
 from jetjax.labels import DEC, extend_label
 from jetjax.models.model import Model
 from jetjax.parallel import constrain_leading, fetch, mesh_axis, pad_leading, shard_leading
+from jetjax.precision import check_compute_dtype, unembed, unembedding_operands
 from jetjax.attribution_result import (EXPLAINED_WARNING, PathAttribution, attribution_from_scores, cancellation,
                                        explained_warning, remainder_ratio, token_id)
 from jetjax.frozen import frozen_path_attribution
@@ -118,29 +119,35 @@ def _path_stage(model: Model, spec: PathSpec, mesh):
     return compiled, labels
 
 
-def _decode_stage(model: Model, order: int, score: Callable, mesh):
-    """Jitted ``(centres chunk, mask, variate, weight, aux) -> (scores, norms, Σ masked logits)``."""
+def _unembed_as(model: Model, normed, params, unembedding):
+    """The paths' logits: the model's own unembedding, or ``(W, b)`` in a compute dtype."""
+    return model.unembed(normed, params=params) if unembedding is None else unembed(normed, *unembedding)
 
-    def chunk(params, centres, mask, variate, weight, aux):
+
+def _decode_stage(model: Model, order: int, score: Callable, mesh):
+    """Jitted ``(params, centres chunk, mask, variate, weight, aux, unembedding) -> (scores, norms,
+    Σ masked logits)``; ``unembedding`` is ``None`` or ``(W, b)`` in a compute dtype."""
+
+    def chunk(params, centres, mask, variate, weight, aux, unembedding):
         normed = weight * final_norm_jets(model, centres, variate, order, params=params)
-        logits = model.unembed(normed, params=params)
+        logits = _unembed_as(model, normed, params, unembedding)
         scores = jax.vmap(score, in_axes=(0, None))(logits, aux)
         norms = jnp.sqrt(jnp.sum(jnp.square(logits), axis=tuple(range(1, logits.ndim))))
         keep = mask.reshape((-1,) + (1,) * (logits.ndim - 1))
         return scores, norms, jnp.sum(jnp.where(keep, logits, 0.0), axis=0)
 
-    def run(params, centres, mask, variate, weight, aux):
-        sharded = shard_leading(lambda c, m, p, v, w, a: chunk(p, c, m, v, w, a), mesh, n_sharded=2,
+    def run(params, centres, mask, variate, weight, aux, unembedding):
+        sharded = shard_leading(lambda c, m, p, v, w, a, u: chunk(p, c, m, v, w, a, u), mesh, n_sharded=2,
                                 reduced=(False, False, True))
-        return sharded(centres, mask, params, variate, weight, aux)
+        return sharded(centres, mask, params, variate, weight, aux, unembedding)
 
     return jax.jit(run)
 
 
 def _decode_logits(model: Model, order: int):
-    def run(params, centres, variate, weight):
+    def run(params, centres, variate, weight, unembedding):
         normed = weight * final_norm_jets(model, centres, variate, order, params=params)
-        return model.unembed(normed, params=params)
+        return _unembed_as(model, normed, params, unembedding)
 
     return jax.jit(run)
 
@@ -217,7 +224,7 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
                  top_k: int = 10, chunk_size: int = 256, mesh=None, include: Sequence[str] | None = UNSET,
                  exclude: Sequence[str] = UNSET, max_length: int | None = UNSET, attention_free: bool = UNSET,
                  max_paths: int = 1 << 20, progress: bool | None = None,
-                 spec: PathSpec | None = None) -> PathScores:
+                 spec: PathSpec | None = None, compute_dtype: str = "float32") -> PathScores:
     """Every path of :func:`jetjax.expand_all`, decoded in chunks and reduced on the fly.
 
     Memory holds the paths' residual vectors (``P × T × d``), one chunk of logits
@@ -242,6 +249,11 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
       max_paths: refuse settings that would produce more paths than this (the count comes from
         :func:`jetjax.count_paths` before anything is computed).
       progress: show a progress bar over chunks (default: when there are more than 8 chunks).
+      compute_dtype: the precision of every vocabulary-sized product, ``"float32"`` (default) or
+        ``"bfloat16"`` (bfloat16 operands, float32 accumulation; :mod:`jetjax.precision`): the
+        paths' logits under a callable score, and the ``top_k`` paths' logits. Norm and direction
+        scores on an affine unembedding never decode to ``V`` logits (see ``score``) and stay
+        float32. The model's logits stay float32, so the remainder includes the rounding.
 
     Example:
       >>> import jetjax as jj
@@ -267,6 +279,7 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
                          "with max_length=, include=/exclude= or attention_free=True, or raise max_paths")
     top_k = check_nonnegative_int("top_k", top_k)
     chunk_size = check_positive_int("chunk_size", chunk_size)
+    compute_dtype = check_compute_dtype(compute_dtype)
     position = check_position(position, ids.shape[-1], optional=True)
     mesh, _, n_dev = mesh_axis(mesh)
     _check_score(score, model.config.vocab_size)
@@ -314,7 +327,7 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
             score_fn, aux = score, score_aux
         else:
             score_fn, aux = (_norm_score, None) if direction is None else (_direction_score, direction)
-        extra = (aux,)
+        extra = (aux, _operands(model, params, compute_dtype))
         step = _cached(model, ("decode", spec.order, score_fn, mesh),
                        lambda: _decode_stage(model, spec.order, score_fn, mesh))
     scores, norms = np.empty(p, np.float64), np.empty(p, np.float64)
@@ -336,9 +349,15 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
     k = min(top_k, p)
     top = np.argsort(-scores, kind="stable")[:k]
     top_logits = _cached(model, ("logits", spec.order), lambda: _decode_logits(model, spec.order))(
-        params, terms[jnp.asarray(top, jnp.int32)], variate, weight) if k else np.zeros((0,) + logits.shape)
+        params, terms[jnp.asarray(top, jnp.int32)], variate, weight,
+        _operands(model, params, compute_dtype)) if k else np.zeros((0,) + logits.shape)
     return PathScores(labels, scores, norms, top, fetch(top_logits), fetch(logits - total),
                       np.asarray(logits), spec.order, spec.granularity, position)
+
+
+def _operands(model: Model, params, compute_dtype: str):
+    """``None`` (the model's own unembedding) for float32, else ``(W, b)`` in ``compute_dtype``."""
+    return None if compute_dtype == "float32" else unembedding_operands(model, compute_dtype, params)
 
 
 def _direction_score(logits, direction):

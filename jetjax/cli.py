@@ -54,6 +54,8 @@ try:  # the jet operator's own bound (compile time roughly doubles every 4 order
 except ImportError:  # a jetjax.jet without the constant
     MAX_ORDER = 12
 
+from jetjax.precision import COMPUTE_DTYPES
+
 EXAMPLES = __doc__.split("\n\n")[2]  # the example block above
 
 # Subcommands whose arguments go, unparsed, to another module's own parser.
@@ -343,9 +345,10 @@ def cmd_lens(args) -> None:
     for order in orders:
         if args.joint:
             res = lenses.joint_jet_lens(model, ids, rows, order=order, granularity=args.granularity,
-                                        fit_steps=args.fit_steps or 0)
+                                        fit_steps=args.fit_steps or 0, compute_dtype=args.compute_dtype)
         else:
-            res = lenses.iterative_jet_lens(model, ids, rows, order=order, granularity=args.granularity)
+            res = lenses.iterative_jet_lens(model, ids, rows, order=order, granularity=args.granularity,
+                                            compute_dtype=args.compute_dtype)
         results[f"order {order}"] = res
     tokens = model.token_strings(ids)
     lines = []
@@ -614,6 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     top = _int_option("--top")
     top_k = _int_option("--top-k", 1)
 
+    def compute_dtype_opt(p, what):
+        p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
+                       help=f"precision of {what} (bfloat16: float32 accumulation; faster only where the "
+                            "hardware multiplies bfloat16 natively)")
+
     p = common(sub.add_parser("lens", help="logit / iterative / joint jet lens"))
     p.add_argument("--orders", type=_order_option("--orders"), nargs="+", default=[0, 1],
                    help=f"jet orders of the lenses, each in 0..{MAX_ORDER} (0: the logit lens)")
@@ -625,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --joint: steps fitting the lens weights (default 0)")
     p.add_argument("--top-k", type=top_k, default=5, help="top tokens per cell in the JSON")
     p.add_argument("--out", default=None, help="directory for PNGs")
+    compute_dtype_opt(p, "the rows' unembedding")
     p.set_defaults(fn=cmd_lens)
 
     def ngram_opts(p):
@@ -639,9 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many (context, next) pairs to print (above 100 the sweep keeps that many global "
                         "pairs: a table in --out swept for another number is not reused)")
     p.add_argument("--out", default=None, help="directory for the table (resumable)")
-    p.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="precision of the unembedding GEMM (bfloat16: float32 accumulation; faster only where "
-                        "the CPU multiplies bfloat16 natively)")
+    compute_dtype_opt(p, "the unembedding GEMM")
     p.set_defaults(fn=cmd_bigrams)
 
     for name, helptext, fn in (("paths", "exhaustive paths, ranked by logit norm", cmd_paths),

@@ -26,6 +26,7 @@ from jetjax.checks import check_order
 from jetjax.jet import jet
 from jetjax.labels import DEC, EMB, Component, check_granularity, extend_label, label_length
 from jetjax.models.model import Model
+from jetjax.precision import unembed
 from jetjax.spec import UNSET, PathSpec, resolve_spec
 
 __all__ = ["Expansion", "expand", "expand_block", "expand_decoder", "path_streams", "expand_all", "count_paths",
@@ -272,13 +273,18 @@ def expand_block(model: Model, ids, layer: int, centers, order: int = 0, weights
 
 
 def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
-                   labels: Sequence[str] | None = None, streams=None, params=None) -> Expansion:
+                   labels: Sequence[str] | None = None, streams=None, params=None,
+                   unembedding=None) -> Expansion:
     """Algorithm 1 at the decoder (the paper's ``l = L + 1``): ``w_i J^k Dec(x_i)(h_L)``.
 
     ``Dec = unembed ∘ final_norm``; since the unembedding is linear, the jet is taken of the final
     norm alone and the unembedding applied to each term (the same result, without Taylor series
     of vocabulary size). Terms are logits ``[C, ..., T, V]`` labelled ``"<label_i>>dec"``;
     ``remainder = logits − Σ terms``.
+
+    ``unembedding``: optional ``(W, b)`` from :func:`jetjax.precision.unembedding_operands`; the
+    terms are then ``n W + b`` in ``W``'s precision with float32 accumulation (``compute_dtype``),
+    while the model's logits (and so the remainder) stay those of its own unembedding.
 
     Example (order 0 at the stream ``h_1`` with weight 1 is the logit lens at layer 1):
       >>> h = model.residual_stream(ids)                                     # doctest: +SKIP
@@ -295,7 +301,7 @@ def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
     n = _n_centers(centers, variate)
     w = _weights(weights, n, variate.dtype)
     normed = _scale(w, final_norm_jets(model, centers, variate, order, params=params))
-    terms = model.unembed(normed, params=params)
+    terms = model.unembed(normed, params=params) if unembedding is None else unembed(normed, *unembedding)
     logits = model.decode(variate, params=params)
     labels_out = tuple(extend_label(lab, DEC) for lab in _labels(given, n))
     return Expansion(terms, logits - jnp.sum(terms, 0), w, labels_out, order)

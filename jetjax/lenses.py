@@ -52,6 +52,7 @@ from jetjax.checks import check_nonnegative_int, check_order, count_nonfinite, j
 from jetjax.expand import expand_decoder
 from jetjax.labels import EMB, check_granularity, model_components
 from jetjax.models.model import Model
+from jetjax.precision import check_compute_dtype, unembedding_operands
 
 __all__ = ["LensResult", "logit_lens", "iterative_jet_lens", "joint_jet_lens", "METRICS", "row_labels", "token_texts"]
 
@@ -167,34 +168,45 @@ def _streams(model: Model, params, ids, granularity: str) -> jax.Array:
     return jnp.concatenate([h[:1], between.reshape((-1,) + h.shape[1:])], axis=0)
 
 
-def _iterative_core(model_ref, order, granularity, params, ids, rows, *, last_pos=None):
+def _iterative_core(model_ref, order, granularity, params, ids, rows, unembedding, *, last_pos=None):
     TRACE_COUNTS[("iterative", order, granularity)] += 1
     model = model_ref()
     streams = _streams(model, params, ids, granularity)
-    exp = expand_decoder(model, ids, streams[rows], order, weights="unit", streams=streams, params=params)
-    if last_pos is not None:
+    exp = expand_decoder(model, ids, streams[rows], order, weights="unit", streams=streams, params=params,
+                         unembedding=unembedding)
+    if last_pos is not None and unembedding is None:
         # The row of h_L is J^k Dec(h_L)(h_L): every term past the primal multiplies a zero
         # increment, so it is Dec(h_L) itself; reuse it instead of a 14th vocabulary-sized GEMM.
         return exp.terms, exp.terms[last_pos]
     return exp.terms, model.decode(streams[-1], params=params)
 
 
-def _joint_core(model_ref, order, granularity, params, ids, rows):
+def _joint_core(model_ref, order, granularity, params, ids, rows, unembedding):
     TRACE_COUNTS[("joint", order, granularity)] += 1
     model = model_ref()
     streams = _streams(model, params, ids, granularity)
     picked = streams[rows]
     centres = picked - jnp.concatenate([jnp.zeros_like(picked[:1]), picked[:-1]])
-    exp = expand_decoder(model, ids, centres, order, weights="unit", streams=streams, params=params)
+    exp = expand_decoder(model, ids, centres, order, weights="unit", streams=streams, params=params,
+                         unembedding=unembedding)
     return exp.terms, model.decode(streams[-1], params=params)
 
 
-def _core(model: Model, kind: str, order: int, granularity: str, last_pos: int | None = None) -> Callable:
-    """``last_pos``: where the last stream ``h_L`` sits among the chosen rows (iterative lens), if it does."""
+def _core(model: Model, kind: str, order: int, granularity: str, last_pos: int | None = None,
+          compute_dtype: str = "float32") -> Callable:
+    """``(params, ids, rows) -> (row logits, model logits)``, compiled once per settings.
+
+    ``last_pos``: where the last stream ``h_L`` sits among the chosen rows (iterative lens), if it
+    does. ``compute_dtype``: the precision of the rows' unembedding (:mod:`jetjax.precision`); the
+    model's own logits, which the metrics compare against, are always its float32 ones.
+    """
     body = {"iterative": functools.partial(_iterative_core, last_pos=last_pos), "joint": _joint_core}[kind]
     # A weak reference, so that the per-model cache does not keep the model alive.
-    return per_model(model, "lenses", (kind, order, granularity, last_pos),
-                     lambda: jax.jit(functools.partial(body, weakref.ref(model), order, granularity)))
+    fn = per_model(model, "lenses", (kind, order, granularity, last_pos, compute_dtype),
+                   lambda: jax.jit(functools.partial(body, weakref.ref(model), order, granularity)))
+    if compute_dtype == "float32":
+        return lambda params, ids, rows: fn(params, ids, rows, None)
+    return lambda params, ids, rows: fn(params, ids, rows, unembedding_operands(model, compute_dtype, params))
 
 
 @module_jit
@@ -306,6 +318,7 @@ class LensResult:
     weights: jax.Array | None = None
     fit_losses: np.ndarray | None = None
     model: Model | None = dataclasses.field(default=None, repr=False)
+    compute_dtype: str = "float32"
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -396,6 +409,7 @@ class LensResult:
         model_ids, model_probs = self.top_k(top_k, which="model")
         out: dict[str, Any] = {
             "kind": self.kind, "order": self.order, "granularity": self.granularity,
+            "compute_dtype": self.compute_dtype,
             "rows": list(self.rows), "row_indices": list(self.row_indices),
             "nonfinite_rows": list(self.nonfinite_rows),
             "model_logits_finite": count_nonfinite(self.model_logits) == 0,
@@ -421,16 +435,17 @@ class LensResult:
 # ---------------------------------------------------------------------------------------------
 # Public lenses
 
-def _prepare(model: Model, ids, rows, order, granularity):
+def _prepare(model: Model, ids, rows, order, granularity, compute_dtype):
     if not isinstance(model, Model):
         raise TypeError(f"expected a jetjax Model, got {type(model).__name__}")
     order = check_order(order)
     rows = _check_rows(rows, _n_rows(model, granularity), granularity)
-    return model.check_ids(ids), rows, order
+    return model.check_ids(ids), rows, order, check_compute_dtype(compute_dtype)
 
 
 def iterative_jet_lens(model: Model, ids, rows=None, order: int = 1, *,
-                       granularity: str = "block", layers=_NOT_GIVEN) -> LensResult:
+                       granularity: str = "block", compute_dtype: str = "float32",
+                       layers=_NOT_GIVEN) -> LensResult:
     """The iterative jet lens: ``J^k Dec(h_l)(h_L)`` for each chosen row, each one standalone.
 
     Args:
@@ -440,6 +455,10 @@ def iterative_jet_lens(model: Model, ids, rows=None, order: int = 1, *,
       layers: the old name of ``rows`` (deprecated).
       order: the jet order ``k`` (0 is the logit lens).
       granularity: ``"block"`` (rows ``h_0..h_L``) or ``"branch"`` (adds the mid-block streams).
+      compute_dtype: the precision of the rows' unembedding, ``"float32"`` (default) or
+        ``"bfloat16"`` (bfloat16 operands, float32 accumulation; see :mod:`jetjax.precision`). The
+        model's logits the metrics compare against stay float32. Measured fidelity (GPT-2-small
+        shape, ``benchmarks/results/lenses.md``): see the ``compute_dtype`` rows there.
 
     Returns:
       a :class:`LensResult` with ``logits`` ``[n_rows, ..., T, V]``.
@@ -457,21 +476,23 @@ def iterative_jet_lens(model: Model, ids, rows=None, order: int = 1, *,
       True
     """
     rows = _rows_argument("iterative_jet_lens", rows, layers)
-    ids, rows, order = _prepare(model, ids, rows, order, granularity)
+    ids, rows, order, compute_dtype = _prepare(model, ids, rows, order, granularity, compute_dtype)
     last = _n_rows(model, granularity) - 1
     last_pos = rows.index(last) if last in rows else None
-    logits, model_logits = _core(model, "iterative", order, granularity, last_pos)(
+    logits, model_logits = _core(model, "iterative", order, granularity, last_pos, compute_dtype)(
         model.params, ids, jnp.asarray(rows, jnp.int32))
     labels = row_labels(model, granularity)
     return LensResult("logit" if order == 0 else "iterative", order, granularity,
                       tuple(labels[r] for r in rows), rows, np.asarray(ids), logits, model_logits,
-                      model=model)
+                      model=model, compute_dtype=compute_dtype)
 
 
-def logit_lens(model: Model, ids, rows=None, *, granularity: str = "block", layers=_NOT_GIVEN) -> LensResult:
+def logit_lens(model: Model, ids, rows=None, *, granularity: str = "block", compute_dtype: str = "float32",
+               layers=_NOT_GIVEN) -> LensResult:
     """The logit lens, ``Dec(h_l)`` per row: the iterative jet lens of order 0.
 
     The final norm is recomputed at each stream (not borrowed from the last layer).
+    ``compute_dtype`` as in :func:`iterative_jet_lens`.
 
     Example:
       >>> import jetjax.lenses as lenses
@@ -484,12 +505,12 @@ def logit_lens(model: Model, ids, rows=None, *, granularity: str = "block", laye
       ('logit', ('h0', 'h2'), (2, 2, 3, 11))
     """
     rows = _rows_argument("logit_lens", rows, layers)
-    return iterative_jet_lens(model, ids, rows, order=0, granularity=granularity)
+    return iterative_jet_lens(model, ids, rows, order=0, granularity=granularity, compute_dtype=compute_dtype)
 
 
 def joint_jet_lens(model: Model, ids, rows=None, order: int = 1, *, granularity: str = "block",
                    weights=None, fit_steps: int = 0, learning_rate: float = 0.05,
-                   layers=_NOT_GIVEN) -> LensResult:
+                   compute_dtype: str = "float32", layers=_NOT_GIVEN) -> LensResult:
     """The joint jet lens: one decoder expansion at ``h_L`` centred at each component's contribution.
 
     For chosen rows ``r_0 < r_1 < ...`` (default: all) the centres are ``c_0 = stream[r_0]`` and
@@ -508,6 +529,7 @@ def joint_jet_lens(model: Model, ids, rows=None, order: int = 1, *, granularity:
         starting from uniform) to minimise the squared remainder norm in logit space, i.e. under
         the ``UᵀU`` metric after the final norm, as in the paper.
       learning_rate: Adam's step size for the fit.
+      compute_dtype: the precision of the centres' unembedding, as in :func:`iterative_jet_lens`.
 
     Returns:
       a :class:`LensResult` with per-centre ``logits`` ``[n, ..., T, V]`` (unweighted jets),
@@ -526,7 +548,7 @@ def joint_jet_lens(model: Model, ids, rows=None, order: int = 1, *, granularity:
       True
     """
     rows = _rows_argument("joint_jet_lens", rows, layers)
-    ids, rows, order = _prepare(model, ids, rows, order, granularity)
+    ids, rows, order, compute_dtype = _prepare(model, ids, rows, order, granularity, compute_dtype)
     if any(b <= a for a, b in zip(rows, rows[1:])):
         raise ValueError(f"joint_jet_lens needs strictly increasing rows (after resolving negative "
                          f"indices), got {list(rows)}")
@@ -536,7 +558,8 @@ def joint_jet_lens(model: Model, ids, rows=None, order: int = 1, *, granularity:
     if not _positive_number(learning_rate):
         raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}")
 
-    terms, model_logits = _core(model, "joint", order, granularity)(model.params, ids, jnp.asarray(rows, jnp.int32))
+    terms, model_logits = _core(model, "joint", order, granularity, compute_dtype=compute_dtype)(
+        model.params, ids, jnp.asarray(rows, jnp.int32))
     n, token_shape = len(rows), tuple(ids.shape)
     losses = None
     if weights is None and fit_steps:
@@ -548,7 +571,7 @@ def joint_jet_lens(model: Model, ids, rows=None, order: int = 1, *, granularity:
         w = _check_weights(weights, n, token_shape, terms.dtype)
     return LensResult("joint", order, granularity, _joint_labels(model, rows, granularity), rows, np.asarray(ids),
                       terms, model_logits, combined=_combine(w, terms), weights=w, fit_losses=losses,
-                      model=model)
+                      model=model, compute_dtype=compute_dtype)
 
 
 def _positive_number(x) -> bool:

@@ -106,3 +106,95 @@ def test_four_devices_give_the_one_device_bfloat16_table():
                        devices=jax.devices()[:4])
     np.testing.assert_array_equal(one.ids, four.ids)
     np.testing.assert_allclose(one.probs, four.probs, rtol=1e-6, atol=1e-7)
+
+
+# ---- lenses and path reductions -------------------------------------------------------------
+
+def _deep_model(vocab=97, d=32):
+    cfg = ModelConfig(arch="gpt2", n_layers=3, d_model=d, n_heads=2, d_head=d // 2, d_mlp=2 * d, vocab_size=vocab,
+                      n_positions=8, norm_eps=1e-5, activation="gelu_new")
+    return random_model(cfg, seed=5, scale=0.5)
+
+
+def _w(model):
+    """The tied unembedding ``W [d, V]`` straight from the parameters (GPT-2: ``wte`` transposed, no bias)."""
+    return np.asarray(model.params["wte"], np.float64).T
+
+
+def _rounding_bound(logits32, w):
+    """Bound on ``|bf16 logits − float32 logits|`` for ``logits = n W``: each operand off by at most half an ulp
+    of bfloat16 (2⁻⁹ relative), so ``|Δ| ≤ (2·2⁻⁹ + 2⁻¹⁸) Σ_i |n_i W_ij|``; ``n`` is recovered from the float32
+    logits by least squares (``W`` has full row rank), plus float32 slack."""
+    n = np.asarray(logits32, np.float64) @ np.linalg.pinv(w)
+    return (2 * 2.0**-9 + 2.0**-18) * (np.abs(n) @ np.abs(w)) * 1.01 + 1e-5
+
+
+IDS = [3, 14, 15, 92, 65, 35]
+
+
+def test_bfloat16_logit_lens_is_the_rounded_product():
+    from jetjax import lenses
+
+    model = _deep_model()
+    lens = lenses.logit_lens(model, IDS, compute_dtype="bfloat16")
+    # reference: each stream's final norm, rounded with W to bfloat16, multiplied exactly
+    normed = np.asarray(model.final_norm(model.residual_stream(np.asarray(IDS))), np.float64)
+    w = _w(model)
+    ref16, ref32 = _bf16(normed) @ _bf16(w), normed @ w
+    got = np.asarray(lens.logits, np.float64)
+    assert lens.logits.dtype == jnp.float32 and lens.compute_dtype == "bfloat16"
+    np.testing.assert_allclose(got, ref16, atol=2e-5 * np.abs(ref16).max(), rtol=0)
+    assert np.abs(got - ref32).max() > 20 * np.abs(got - ref16).max()
+    # the model's logits, which the metrics compare against, stay float32
+    np.testing.assert_allclose(lens.model_logits, model.logits(np.asarray(IDS)), atol=1e-6, rtol=0)
+    assert 0.999 < float(lens.metrics["cosine"][-1].min()) < 1.0
+    assert '"compute_dtype": "bfloat16"' in lens.to_json()
+
+
+@pytest.mark.parametrize("kind", ["iterative", "joint"])
+def test_bfloat16_jet_lenses_stay_within_the_rounding_bound(kind):
+    from jetjax import lenses
+
+    model = _deep_model()
+    fn = lenses.iterative_jet_lens if kind == "iterative" else lenses.joint_jet_lens
+    a = fn(model, IDS, order=1, granularity="branch")
+    b = fn(model, IDS, order=1, granularity="branch", compute_dtype="bfloat16")
+    diff = np.abs(np.asarray(b.logits, np.float64) - np.asarray(a.logits, np.float64))
+    assert (diff <= _rounding_bound(a.logits, _w(model))).all()
+    assert diff.max() > 1e-4                     # the rounding is really there
+    assert a.compute_dtype == "float32" and b.rows == a.rows
+    np.testing.assert_array_equal(np.asarray(a.model_logits), np.asarray(b.model_logits))
+    with pytest.raises(ValueError, match="compute_dtype must be one of float32, bfloat16, got 'float16'"):
+        fn(model, IDS, compute_dtype="float16")
+
+
+def test_bfloat16_path_reduction_stays_within_the_rounding_bound():
+    import jetjax as jj
+
+    model = _deep_model()
+    score = lambda logits, aux: jnp.max(logits)      # a callable score: every path is decoded to V logits
+    kw = dict(score=score, top_k=3, chunk_size=4, granularity="branch", max_length=2)
+    a = jj.reduce_paths(model, IDS, **kw)
+    b = jj.reduce_paths(model, IDS, compute_dtype="bfloat16", **kw)
+    np.testing.assert_array_equal(a.top, b.top)
+    diff = np.abs(np.asarray(b.top_logits, np.float64) - np.asarray(a.top_logits, np.float64))
+    assert (diff <= _rounding_bound(a.top_logits, _w(model))).all() and diff.max() > 1e-4
+    assert np.abs(a.scores - b.scores).max() < 0.05 * np.abs(a.scores).max()
+    np.testing.assert_array_equal(a.logits, b.logits)
+    # norm scores never decode to V logits: only the top paths' logits are rounded
+    c, d = jj.reduce_paths(model, IDS, top_k=2), jj.reduce_paths(model, IDS, top_k=2, compute_dtype="bfloat16")
+    np.testing.assert_array_equal(c.scores, d.scores)
+    assert 0 < np.abs(c.top_logits - d.top_logits).max() < 0.05 * np.abs(c.top_logits).max()
+    with pytest.raises(ValueError, match="compute_dtype must be one of"):
+        jj.reduce_paths(model, IDS, compute_dtype="int8")
+
+
+def test_cli_lens_compute_dtype(tmp_path):
+    from jetjax.train import shipped_model_path
+
+    out = tmp_path / "lens.json"
+    assert cli.main(["lens", "--model", str(shipped_model_path()), "--text", "To be, or not", "--orders", "1",
+                     "--compute-dtype", "bfloat16", "--json", str(out)]) == 0
+    import json
+
+    assert json.loads(out.read_text())["lenses"]["order 1"]["compute_dtype"] == "bfloat16"

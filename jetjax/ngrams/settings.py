@@ -27,6 +27,7 @@ from typing import Any
 
 from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
 from jetjax.ngrams.scorer import check_paths
+from jetjax.precision import COMPUTE_DTYPES, check_compute_dtype
 
 __all__ = ["SweepSettings", "resolve_settings", "DEFAULT", "COMPUTE_DTYPES", "check_compute_dtype"]
 
@@ -47,35 +48,6 @@ DEFAULT: Any = _Default()
 # Fields that change float rounding but not the maths: recorded in a manifest, so that a resumed
 # sweep never mixes chunks computed with different ones (see jetjax.ngrams.sweep).
 ROUNDING_KNOBS = ("block_rows", "vocab_tile")
-
-COMPUTE_DTYPES = ("float32", "bfloat16")
-"""Precisions of a sweep's unembedding GEMM (``compute_dtype``); accumulation, logsumexp and top-k
-are float32 under both."""
-
-
-def check_compute_dtype(value) -> str:
-    """``value`` (a name, a NumPy/JAX dtype or scalar type) as one of :data:`COMPUTE_DTYPES`, by name.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> check_compute_dtype("bfloat16"), check_compute_dtype(jnp.bfloat16), check_compute_dtype("float32")
-      ('bfloat16', 'bfloat16', 'float32')
-      >>> check_compute_dtype("float16")
-      Traceback (most recent call last):
-      ...
-      ValueError: compute_dtype must be one of float32, bfloat16, got 'float16'
-    """
-    name = value if isinstance(value, str) else None
-    if name is None and not isinstance(value, bool):
-        try:
-            import numpy as np
-            name = np.dtype(value).name
-        except TypeError:
-            name = None
-    if name not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {value!r}")
-    return name
-
 
 @dataclasses.dataclass(frozen=True)
 class SweepSettings:
