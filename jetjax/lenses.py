@@ -457,8 +457,9 @@ def iterative_jet_lens(model: Model, ids, rows=None, order: int = 1, *,
       granularity: ``"block"`` (rows ``h_0..h_L``) or ``"branch"`` (adds the mid-block streams).
       compute_dtype: the precision of the rows' unembedding, ``"float32"`` (default) or
         ``"bfloat16"`` (bfloat16 operands, float32 accumulation; see :mod:`jetjax.precision`). The
-        model's logits the metrics compare against stay float32. Measured fidelity (GPT-2-small
-        shape, ``benchmarks/results/lenses.md``): see the ``compute_dtype`` rows there.
+        model's logits the metrics compare against stay float32. Measured on a GPT-2-small-shaped
+        model (``benchmarks/results/lenses.md``): a cell's top-10 tokens overlap float32's by
+        99.4-99.6% on average; faster only where the hardware multiplies bfloat16 natively.
 
     Returns:
       a :class:`LensResult` with ``logits`` ``[n_rows, ..., T, V]``.

@@ -71,17 +71,29 @@ def unembedding_operands(model, compute_dtype: str, params=None):
 
     ``W`` is read off the model's own (affine) unembedding, once per model and precision when
     ``params`` is the model's own (the read is a ``d × d × V`` product; later calls reuse it).
+    The read assumes an affine unembedding (every family jetjax ships has one); it is checked on
+    two random vectors, and a model whose unembedding is not affine (e.g. with logit soft-capping)
+    is refused with a ``ValueError`` rather than given wrong logits.
     """
     compute_dtype = check_compute_dtype(compute_dtype)
 
     def build(p):
         w, b = model.unembedding_matrix(params=p)
-        return w.astype(compute_dtype), b.astype(jnp.float32)
+        probe = jax.random.normal(jax.random.key(0), (2, w.shape[0]), jnp.float32)
+        ref = model.unembed(probe, params=p).astype(jnp.float32)
+        err = jnp.max(jnp.abs(probe @ w.astype(jnp.float32) + b.astype(jnp.float32) - ref)) / (1.0 + jnp.max(jnp.abs(ref)))
+        return w.astype(compute_dtype), b.astype(jnp.float32), err
+
+    def checked(p):
+        w, b, err = jax.jit(build)(p)
+        if not float(err) <= 1e-4:
+            raise ValueError(f"compute_dtype={compute_dtype!r} needs an affine unembedding (x W + b); this model's "
+                             f"differs from its affine read by {float(err):.3g} (relative): use compute_dtype='float32'")
+        return w, b
 
     if params is None or params is model.params:
-        return per_model(model, "precision", ("unembedding", compute_dtype),
-                         lambda: jax.jit(build)(model.params))
-    return jax.jit(build)(params)
+        return per_model(model, "precision", ("unembedding", compute_dtype), lambda: checked(model.params))
+    return checked(params)
 
 
 def unembed(x, w, b):

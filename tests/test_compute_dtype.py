@@ -198,3 +198,14 @@ def test_cli_lens_compute_dtype(tmp_path):
     import json
 
     assert json.loads(out.read_text())["lenses"]["order 1"]["compute_dtype"] == "bfloat16"
+
+
+def test_bfloat16_refuses_a_unembedding_that_is_not_affine():
+    from jetjax import lenses
+
+    model = _deep_model()
+    own = model.unembed
+    model.unembed = lambda x, params=None: 3.0 * jnp.tanh(own(x, params=params) / 3.0)   # logit soft-capping
+    with pytest.raises(ValueError, match=r"compute_dtype='bfloat16' needs an affine unembedding"):
+        lenses.iterative_jet_lens(model, IDS, compute_dtype="bfloat16")
+    lenses.iterative_jet_lens(model, IDS)          # float32 uses the model's own unembedding as it is

@@ -117,7 +117,15 @@ def torch_iterative_lens(p, cfg: ModelConfig, ids, order):
 def _fidelity(a, b, k: int = 10) -> dict:
     """bfloat16 lens ``b`` against float32 lens ``a`` (both ``[rows, T, V]``): per cell, the share of
     float32's top-``k`` ids also in bfloat16's top-``k`` (mean and worst cell), max |Δ probability|,
-    max |Δ logit| and the largest |logit|."""
+    max |Δ logit| and the largest |logit|.
+
+    Example (one row, two positions, V = 12, top 10; position 1 swaps the 10th and 11th tokens):
+      >>> a = np.arange(24, dtype=np.float32).reshape(1, 2, 12)
+      >>> b = a.copy(); b[0, 1, 1] += 1.5
+      >>> f = _fidelity(a, b)
+      >>> f["top10_overlap"], f["top10_overlap_min"], f["max_abs_dlogit"], f["max_abs_logit"]
+      (0.95, 0.9, 1.5, 23.0)
+    """
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     top_a = np.argpartition(-a, k, axis=-1)[..., :k]
     top_b = np.argpartition(-b, k, axis=-1)[..., :k]
@@ -215,13 +223,16 @@ def main():
     one_unembed = 2.0 * t * d * cfg.vocab_size
     forward_flops = n_layers * (2.0 * t * 12 * d * d + 4.0 * t * t * d) + one_unembed
     lens_flops = forward_flops + n_layers * one_unembed
-    best32 = gemm["best"]["float32"]
+    # the best float32 rate seen in this run: gemm_rates' best, or the rows' unembedding itself when
+    # that ran faster (the rate of this shared machine moves from minute to minute)
+    best32 = max([tuple(gemm["best"]["float32"]), ("the rows' unembedding", unembed_gflop / (unembed_ms / 1e3))],
+                 key=lambda item: item[1])
     bound_ms = 1e3 * lens_flops / (best32[1] * 1e9)   # every GEMM of the lens at the best float32 rate
     meta = dict(machine=info, gemm=gemm, forward_ms=forward_ms, streams_ms=streams_ms, unembed_all_rows_ms=unembed_ms,
                 unembed_all_rows_bf16_ms=unembed16_ms, unembed_gflop=unembed_gflop,
                 unembed_gflops_achieved=unembed_gflop / (unembed_ms / 1e3),
                 forward_gflop=forward_flops / 1e9, lens_gflop=lens_flops / 1e9,
-                lens_over_forward_flops=lens_flops / forward_flops, arithmetic_bound_ms=bound_ms,
+                lens_over_forward_flops=lens_flops / forward_flops, arithmetic_bound_ms=bound_ms, best_float32_gemm=list(best32),
                 backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), jax=jax.__version__,
                 torch=torch.__version__, torch_threads=torch.get_num_threads(), platform=platform.machine(),
                 cpu_count=os.cpu_count(), n_layers=cfg.n_layers, d_model=d, vocab_size=cfg.vocab_size, seq=t,
@@ -242,7 +253,7 @@ def main():
              f"({unembed_gflop:.1f} GFLOP at {meta['unembed_gflops_achieved']:.0f} GFLOP/s), {unembed16_ms:.1f} ms in "
              f"bfloat16; the jets of the final norm: the `jets ms` column. One forward pass: {forward_ms:.1f} ms. "
              f"The floor for any lens returning every row's logits is streams + unembeddings = "
-             f"{streams_ms + unembed_ms:.1f} ms; at this machine's best float32 GEMM on the rows' unembedding "
+             f"{streams_ms + unembed_ms:.1f} ms; at the best float32 GEMM rate seen in this run on the rows' unembedding "
              f"({best32[1]:.0f} GFLOP/s, {best32[0]}) all of the lens's {lens_flops / 1e9:.1f} GFLOP of GEMMs take "
              f"{bound_ms:.1f} ms at least.",
              "", f"GEMM rates in this run on [{n_rows * t}, {d}] @ [{d}, {cfg.vocab_size}], GFLOP/s: XLA float32 "

@@ -85,7 +85,16 @@ GEMM_LABELS = {"xla_float32": "XLA float32", "torch_float32": "torch float32",
 
 
 def mlp_layer(path: str):
-    """The MLP layer of ``emb>mlp{l}>dec``, ``None`` for ``emb>dec``; other paths are refused."""
+    """The MLP layer of ``emb>mlp{l}>dec``, ``None`` for ``emb>dec``; other paths are refused.
+
+    Example:
+      >>> mlp_layer("emb>mlp12>dec"), mlp_layer("emb>dec")
+      (12, None)
+      >>> mlp_layer("emb>attn0>dec")
+      Traceback (most recent call last):
+      ...
+      SystemExit: the benchmark sweeps emb>dec or emb>mlp{l}>dec, got 'emb>attn0>dec'
+    """
     if path == "emb>dec":
         return None
     m = re.fullmatch(r"emb>mlp(\d+)>dec", path)
@@ -96,7 +105,13 @@ def mlp_layer(path: str):
 
 def flops(shape: dict, vocab: int, layer) -> float:
     """GEMM FLOPs of one sweep: the unembedding ``2 V² d``, plus the MLP on every row (GPT-2: two
-    ``d × 4d`` matrices; SwiGLU: three ``d × d_mlp`` ones)."""
+    ``d × 4d`` matrices; SwiGLU: three ``d × d_mlp`` ones).
+
+    Example (SmolLM2: 2 · 49152² · 576 for the unembedding, 6 · 576 · 1536 per row for the MLP):
+      >>> sm = SHAPES["smollm2"]
+      >>> flops(sm, 49152, None) == 2 * 49152**2 * 576, flops(sm, 49152, 3) - flops(sm, 49152, None) == 49152 * 6 * 576 * 1536
+      (True, True)
+    """
     d, h = shape["d"], shape["d_mlp"]
     per_row = 0.0 if layer is None else (4.0 if shape["arch"] == "gpt2" else 6.0) * d * h
     return 2.0 * vocab * vocab * d + vocab * per_row
