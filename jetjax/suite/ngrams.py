@@ -23,7 +23,7 @@ SwiGLU MLP). Measured, each in its own subprocess so that its peak resident memo
   the GEMM measurements (torch loaded, about 0.25 GB).
 * ``torch PATH``: the public PyTorch reference's ``eval_over_vocab`` recipe in float32 (batches of
   2000 rows, full softmax over the vocabulary, ``topk``), written here from its description.
-* with ``--all-mlp`` (``--shape smollm2``): every ``emb>mlp{l}>dec`` sweep of the model, one after
+* with ``--all-mlp`` (``--shape smollm2`` or ``gpt2-small``): every ``emb>mlp{l}>dec`` sweep of the model, one after
   the other in one process, per compute dtype: the wall time of the whole job (compilation of each
   path's step included, and reported apart), set against the sum of the sweeps' FLOPs at the best
   GEMM rate of the same run.
@@ -348,7 +348,7 @@ def main(argv=None) -> None:
     ap.add_argument("--paths", nargs="+", default=None,
                     help="emb>dec and/or emb>mlp{l}>dec (default: the shape's two, see SHAPES)")
     ap.add_argument("--all-mlp", action="store_true",
-                    help="also time every emb>mlp{l}>dec sweep of the model in one job (--shape smollm2)")
+                    help="also time every emb>mlp{l}>dec sweep of the model in one job (smollm2, gpt2-small)")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shape = SHAPES[args.shape]
@@ -356,8 +356,9 @@ def main(argv=None) -> None:
         args.vocab = shape["vocab"]
     elif args.shape == "smollm2" and args.vocab != shape["vocab"]:
         ap.error(f"--vocab {args.vocab}: the real SmolLM2 has V={shape['vocab']}")
-    if args.all_mlp and args.shape != "smollm2":
-        ap.error("--all-mlp sweeps a real model's every MLP path: use it with --shape smollm2")
+    if args.all_mlp and shape["built_layers"] != shape["layers"]:
+        ap.error(f"--all-mlp sweeps every MLP path of the model, but the {args.shape} model is built with "
+                 f"{shape['built_layers']} of its {shape['layers']} layers: use --shape smollm2 or gpt2-small")
     args.paths = list(dict.fromkeys(args.paths or shape["paths"]))
     for path in args.paths:
         layer = mlp_layer(path)
