@@ -26,7 +26,7 @@ from jetjax.expand import count_paths, final_norm_jets, path_streams
 from jetjax.labels import DEC, extend_label
 from jetjax.models.model import Model
 from jetjax.parallel import constrain_leading, fetch, mesh_axis, pad_leading, shard_leading
-from jetjax.precision import check_compute_dtype, unembed, unembedding_operands
+from jetjax.precision import AFFINE_TOL, affine_read, check_compute_dtype, unembed, unembedding_operands
 from jetjax.attribution_result import (EXPLAINED_WARNING, PathAttribution, attribution_from_scores, cancellation,
                                        explained_warning, remainder_ratio, token_id)
 from jetjax.frozen import frozen_path_attribution
@@ -181,12 +181,8 @@ def _affine_stage(model: Model, order: int, mesh):
 
 def _affine_unembedding(model: Model, params, d: int, dtype):
     """``(W [d, V], b [V], W Wᵀ, W b, b·b)`` with ``unembed(x) = x W + b``; ``None`` if not affine."""
-    w, b = model.unembedding_matrix(params=params)
-    w, b = w.astype(dtype), b.astype(dtype)
-    probe = jax.random.normal(jax.random.key(0), (2, d), dtype)
-    ref = model.unembed(probe, params=params)
-    err = float(jnp.max(jnp.abs(probe @ w + b - ref)))
-    if err > 1e-4 * (1.0 + float(jnp.max(jnp.abs(ref)))):
+    w, b, err = affine_read(model, params, dtype)
+    if err > AFFINE_TOL:
         return None
     return w, b, w @ w.T, w @ b, b @ b
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from jetjax._compiled import per_model
 
-__all__ = ["COMPUTE_DTYPES", "check_compute_dtype", "unembedding_operands", "unembed"]
+__all__ = ["COMPUTE_DTYPES", "AFFINE_TOL", "check_compute_dtype", "affine_read", "unembedding_operands", "unembed"]
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 """Precisions of a vocabulary-sized GEMM (``compute_dtype``); accumulation, logsumexp, top-k and
@@ -66,30 +66,42 @@ def check_compute_dtype(value) -> str:
     return name
 
 
+AFFINE_TOL = 1e-4
+"""Largest relative error (against ``1 + max |logit|``) at which a unembedding counts as affine."""
+
+
+def affine_read(model, params, dtype):
+    """``(W [d, V], b [V], error)`` in ``dtype``: the unembedding read as ``x W + b``, and how far that
+    read is from the model's own unembedding on two random vectors (relative to ``1 + max |logit|``).
+
+    Every family jetjax ships has an affine unembedding (error at rounding level); one with logit
+    soft-capping would not. Callers compare ``error`` with :data:`AFFINE_TOL`.
+    """
+    w, b = model.unembedding_matrix(params=params)
+    w, b = w.astype(dtype), b.astype(dtype)
+    probe = jax.random.normal(jax.random.key(0), (2, w.shape[0]), dtype)
+    ref = model.unembed(probe, params=params).astype(dtype)
+    err = float(jnp.max(jnp.abs(probe @ w + b - ref))) / (1.0 + float(jnp.max(jnp.abs(ref))))
+    return w, b, err
+
+
 def unembedding_operands(model, compute_dtype: str, params=None):
     """``(W [d, V] in compute_dtype, b [V] float32)`` with ``model.unembed(x) == x W + b``.
 
     ``W`` is read off the model's own (affine) unembedding, once per model and precision when
     ``params`` is the model's own (the read is a ``d × d × V`` product; later calls reuse it).
     The read assumes an affine unembedding (every family jetjax ships has one); it is checked on
-    two random vectors, and a model whose unembedding is not affine (e.g. with logit soft-capping)
-    is refused with a ``ValueError`` rather than given wrong logits.
+    two random vectors (:func:`affine_read`), and a model whose unembedding is not affine (e.g. with
+    logit soft-capping) is refused with a ``ValueError`` rather than given wrong logits.
     """
     compute_dtype = check_compute_dtype(compute_dtype)
 
-    def build(p):
-        w, b = model.unembedding_matrix(params=p)
-        probe = jax.random.normal(jax.random.key(0), (2, w.shape[0]), jnp.float32)
-        ref = model.unembed(probe, params=p).astype(jnp.float32)
-        err = jnp.max(jnp.abs(probe @ w.astype(jnp.float32) + b.astype(jnp.float32) - ref)) / (1.0 + jnp.max(jnp.abs(ref)))
-        return w.astype(compute_dtype), b.astype(jnp.float32), err
-
     def checked(p):
-        w, b, err = jax.jit(build)(p)
-        if not float(err) <= 1e-4:
+        w, b, err = affine_read(model, p, jnp.float32)
+        if not err <= AFFINE_TOL:
             raise ValueError(f"compute_dtype={compute_dtype!r} needs an affine unembedding (x W + b); this model's "
-                             f"differs from its affine read by {float(err):.3g} (relative): use compute_dtype='float32'")
-        return w, b
+                             f"differs from its affine read by {err:.3g} (relative): use compute_dtype='float32'")
+        return w.astype(compute_dtype), b
 
     if params is None or params is model.params:
         return per_model(model, "precision", ("unembedding", compute_dtype), lambda: checked(model.params))
