@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from jetjax._compiled import per_model
 from jetjax.checks import check_nonnegative_int, check_position, check_positive_int, count_nonfinite, json_safe
-from jetjax.expand import count_paths, final_norm_jets, path_streams
+from jetjax.expand import count_paths, decoder_terms, final_norm_jets, path_streams
 from jetjax.labels import DEC, extend_label
 from jetjax.models.model import Model
 from jetjax.parallel import constrain_leading, fetch, mesh_axis, pad_leading, shard_leading
-from jetjax.precision import AFFINE_TOL, affine_read, check_compute_dtype, unembed, unembedding_operands
+from jetjax.precision import AFFINE_TOL, affine_read, check_compute_dtype, unembedding_operands
 from jetjax.attribution_result import (EXPLAINED_WARNING, PathAttribution, attribution_from_scores, cancellation,
                                        explained_warning, remainder_ratio, token_id)
 from jetjax.frozen import frozen_path_attribution
@@ -119,18 +119,12 @@ def _path_stage(model: Model, spec: PathSpec, mesh):
     return compiled, labels
 
 
-def _unembed_as(model: Model, normed, params, unembedding):
-    """The paths' logits: the model's own unembedding, or ``(W, b)`` in a compute dtype."""
-    return model.unembed(normed, params=params) if unembedding is None else unembed(normed, *unembedding)
-
-
 def _decode_stage(model: Model, order: int, score: Callable, mesh):
     """Jitted ``(params, centres chunk, mask, variate, weight, aux, unembedding) -> (scores, norms,
     Σ masked logits)``; ``unembedding`` is ``None`` or ``(W, b)`` in a compute dtype."""
 
     def chunk(params, centres, mask, variate, weight, aux, unembedding):
-        normed = weight * final_norm_jets(model, centres, variate, order, params=params)
-        logits = _unembed_as(model, normed, params, unembedding)
+        logits = decoder_terms(model, centres, variate, order, weight, params=params, unembedding=unembedding)
         scores = jax.vmap(score, in_axes=(0, None))(logits, aux)
         norms = jnp.sqrt(jnp.sum(jnp.square(logits), axis=tuple(range(1, logits.ndim))))
         keep = mask.reshape((-1,) + (1,) * (logits.ndim - 1))
@@ -146,8 +140,7 @@ def _decode_stage(model: Model, order: int, score: Callable, mesh):
 
 def _decode_logits(model: Model, order: int):
     def run(params, centres, variate, weight, unembedding):
-        normed = weight * final_norm_jets(model, centres, variate, order, params=params)
-        return _unembed_as(model, normed, params, unembedding)
+        return decoder_terms(model, centres, variate, order, weight, params=params, unembedding=unembedding)
 
     return jax.jit(run)
 

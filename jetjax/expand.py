@@ -30,7 +30,7 @@ from jetjax.precision import unembed
 from jetjax.spec import UNSET, PathSpec, resolve_spec
 
 __all__ = ["Expansion", "expand", "expand_block", "expand_decoder", "path_streams", "expand_all", "count_paths",
-           "jets", "final_norm_jets"]
+           "jets", "final_norm_jets", "decoder_terms"]
 
 BRANCHES = ("block", "attn", "mlp", "branches")
 
@@ -151,11 +151,29 @@ def jets(fn: Callable, centers, variate, order: int):
 def final_norm_jets(model: Model, centers, variate, order: int, *, params=None):
     """``J^k final_norm(centers[c])(variate)`` per centre: the decoder's jets before the unembedding.
 
-    ``Dec = unembed ∘ final_norm`` and the unembedding is linear, so a decoder term is the
-    unembedding of one of these (times its weight): :func:`expand_decoder` and the chunked
-    reductions of :mod:`jetjax.attribution` share this.
+    ``Dec = unembed ∘ final_norm``; where the unembedding is affine, a decoder term is the
+    unembedding of one of these (times its weight): :func:`decoder_terms` and the affine
+    reductions of :mod:`jetjax.attribution` use this.
     """
     return jets(lambda x: model.final_norm(x, params=params), centers, variate, order)
+
+
+def decoder_terms(model: Model, centers, variate, order: int, weight, *, params=None, unembedding=None):
+    """The decoder terms' logits ``weight · J^k Dec(centers[c])(variate)`` (``weight`` scalar or ``[C]``).
+
+    An affine unembedding commutes with the jet and the weight, so the jet is taken of the final norm
+    alone and each term unembedded (no Taylor series of vocabulary size); ``unembedding=(W, b)``
+    (:func:`jetjax.precision.unembedding_operands`) unembeds in ``W``'s precision. A soft-capped
+    unembedding (Gemma 2) is not affine: the jet is then taken of the whole decoder, cap included.
+    """
+    weight = jnp.asarray(weight)
+    if not model.config.unembedding_is_affine:
+        if unembedding is not None:
+            raise ValueError("a compute_dtype unembedding needs an affine unembedding; this model soft-caps its "
+                             "logits")
+        return _scale(weight, jets(lambda x: model.decode(x, params=params), centers, variate, order))
+    normed = _scale(weight, final_norm_jets(model, centers, variate, order, params=params))
+    return model.unembed(normed, params=params) if unembedding is None else unembed(normed, *unembedding)
 
 
 def _subtract(a, b):
@@ -277,9 +295,7 @@ def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
                    unembedding=None) -> Expansion:
     """Algorithm 1 at the decoder (the paper's ``l = L + 1``): ``w_i J^k Dec(x_i)(h_L)``.
 
-    ``Dec = unembed ∘ final_norm``; since the unembedding is linear, the jet is taken of the final
-    norm alone and the unembedding applied to each term (the same result, without Taylor series
-    of vocabulary size). Terms are logits ``[C, ..., T, V]`` labelled ``"<label_i>>dec"``;
+    ``Dec = unembed ∘ final_norm``, expanded by :func:`decoder_terms`. Terms are logits ``[C, ..., T, V]`` labelled ``"<label_i>>dec"``;
     ``remainder = logits − Σ terms``.
 
     ``unembedding``: optional ``(W, b)`` from :func:`jetjax.precision.unembedding_operands`; the
@@ -300,8 +316,7 @@ def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
     variate = h[-1]
     n = _n_centers(centers, variate)
     w = _weights(weights, n, variate.dtype)
-    normed = _scale(w, final_norm_jets(model, centers, variate, order, params=params))
-    terms = model.unembed(normed, params=params) if unembedding is None else unembed(normed, *unembedding)
+    terms = decoder_terms(model, centers, variate, order, w, params=params, unembedding=unembedding)
     logits = model.decode(variate, params=params)
     labels_out = tuple(extend_label(lab, DEC) for lab in _labels(given, n))
     return Expansion(terms, logits - jnp.sum(terms, 0), w, labels_out, order)

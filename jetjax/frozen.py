@@ -221,8 +221,8 @@ def _attribution_fn(model: Model, granularity: str, max_length: int | None):
     def run(params, ids, direction):
         m = ref()
         terms, h_last = _frozen_terms(m, granularity, max_length, params, ids)
-        with freeze.record() as tape:
-            m.final_norm(h_last, params=params)
+        with freeze.record() as tape:   # the whole decoder: a soft-capped unembedding has a factor too
+            m.decode(h_last, params=params)
 
         def score(v):   # logit(target) − logit(foil) at the last position, frozen decoder: affine in v
             with freeze.replay(tape):

@@ -77,6 +77,8 @@ def affine_read(model, params, dtype):
     Every family jetjax ships has an affine unembedding (error at rounding level); one with logit
     soft-capping would not. Callers compare ``error`` with :data:`AFFINE_TOL`.
     """
+    if not model.config.unembedding_is_affine:   # soft-capped logits: known not to be affine
+        return None, None, float("inf")
     w, b = model.unembedding_matrix(params=params)
     w, b = w.astype(dtype), b.astype(dtype)
     probe = jax.random.normal(jax.random.key(0), (2, w.shape[0]), dtype)
@@ -95,6 +97,7 @@ def unembedding_operands(model, compute_dtype: str, params=None):
     logit soft-capping) is refused with a ``ValueError`` rather than given wrong logits.
     """
     compute_dtype = check_compute_dtype(compute_dtype)
+    model.require_affine_unembedding(f"compute_dtype={compute_dtype!r}")
 
     def checked(p):
         w, b, err = affine_read(model, p, jnp.float32)

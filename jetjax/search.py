@@ -189,8 +189,8 @@ def _search_fn(model: Model, granularity: str, beam: int, k: int, by: str, prior
                 ci += 1
             h = h + sum(outs[1:], outs[0])
             steps.append(parts)
-        with freeze.record() as tape:
-            m.final_norm(h, params=params)
+        with freeze.record() as tape:   # the whole decoder: a soft-capped unembedding has a factor too
+            m.decode(h, params=params)
 
         def score(v):   # the frozen decoder's score at the last position: affine in v
             with freeze.replay(tape):

@@ -35,6 +35,19 @@ FAMILY_CONFIGS = {
     "gemma_mqa": ("GemmaConfig", "GemmaForCausalLM", dict(
         hidden_size=18, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1, head_dim=8,
         intermediate_size=23, vocab_size=29)),
+    # Gemma 2: post-norms, local/global alternation (window 4 < SEQ), query_pre_attn_scalar, both
+    # soft-caps set low enough to bend the scores and logits of these wide random weights
+    "gemma2_softcap": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        hidden_size=21, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1, head_dim=10,
+        intermediate_size=27, vocab_size=31, sliding_window=4, query_pre_attn_scalar=13,
+        attn_logit_softcapping=2.5, final_logit_softcapping=4.0)),
+    # Gemma 3: q/k norms, a local rope (base 1e4) and a linearly scaled global one (base 1e6)
+    "gemma3_local_global": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        hidden_size=20, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=6,
+        intermediate_size=23, vocab_size=37, sliding_window=3, query_pre_attn_scalar=7,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
     "gpt_neo_local": ("GPTNeoConfig", "GPTNeoForCausalLM", dict(
         hidden_size=20, num_layers=3, num_heads=4, intermediate_size=33, vocab_size=31, max_position_embeddings=19,
         attention_types=[[["global", "local"], 1], [["local"], 1]], window_size=3, bos_token_id=0, eos_token_id=0)),

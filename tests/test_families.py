@@ -24,8 +24,9 @@ from tests.family_checkpoints import FAMILY_CONFIGS, SEQ, make_family_checkpoint
 from tests.test_jet import nested_jvp_terms
 
 NAMES = list(FAMILY_CONFIGS)
-# partial rotary + parallel residual; GQA + llama3 rope; clipped qkv + non-parametric norm
-ROTARY = ["neox_parallel", "llama_gqa_llama3", "olmo_clip"]
+# partial rotary + parallel residual; GQA + llama3 rope; clipped qkv + non-parametric norm; post-norms,
+# soft-capped scores and logits; q/k norms with a local and a global rope
+ROTARY = ["neox_parallel", "llama_gqa_llama3", "olmo_clip", "gemma2_softcap", "gemma3_local_global"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,10 @@ def _hf_run(hf, ids):
     handles = []
     for i, layer in enumerate(layers):
         attn = next(getattr(layer, n) for n in ("self_attn", "attention", "attn") if hasattr(layer, n))
-        handles += [attn.register_forward_hook(hook(("attn", i))), layer.mlp.register_forward_hook(hook(("mlp", i))),
+        mlp = layer.mlp
+        if hasattr(layer, "post_feedforward_layernorm"):   # Gemma 2/3: each branch ends in its post-norm
+            attn, mlp = layer.post_attention_layernorm, layer.post_feedforward_layernorm
+        handles += [attn.register_forward_hook(hook(("attn", i))), mlp.register_forward_hook(hook(("mlp", i))),
                     layer.register_forward_hook(hook(("layer", i)))]
     try:
         with torch.no_grad():
@@ -123,7 +127,13 @@ def test_configs_cover_the_variants(checkpoints):
     assert cfg["gemma_mqa"].norm == "rmsnorm_plus_one" and cfg["gemma_mqa"].embed_scale == pytest.approx(18 ** 0.5)
     assert cfg["olmo_clip"].norm == "layernorm_no_affine" and cfg["olmo_clip"].clip_qkv == 0.8
     tied = {n for n in NAMES if cfg[n].tie_embeddings}
-    assert tied == {"neox_sequential", "qwen2_sliding_tied", "gemma_mqa", "gpt_neo_local"}
+    assert tied == {"neox_sequential", "qwen2_sliding_tied", "gemma_mqa", "gpt_neo_local", "gemma2_softcap",
+                    "gemma3_local_global"}
+    g2, g3 = cfg["gemma2_softcap"], cfg["gemma3_local_global"]
+    assert g2.attn_windows == (4, None) and g2.attn_softcap == 2.5 and g2.final_softcap == 4.0 and not g2.qk_norm
+    assert g2.query_pre_attn_scalar == 13.0 and g2.post_norms and not g2.unembedding_is_affine
+    assert g3.attn_windows == (3, None, 3) and g3.qk_norm and g3.post_norms and g3.final_softcap is None
+    assert (g3.rope_at(0), g3.rope_at(1)) == ((1e4, ()), (1e6, (("rope_type", "linear"), ("factor", 8.0))))
     assert all(w is None or w < SEQ for c in cfg.values() for w in (c.attn_windows or ()))
 
 
@@ -133,12 +143,33 @@ def test_configs_cover_the_variants(checkpoints):
     ("llama_gqa_llama3", dict(rope_scaling=())),
     ("neox_parallel", dict(rope_dim=2)),
     ("olmo_clip", dict(clip_qkv=None)),
+    ("gemma2_softcap", dict(attn_windows=None)),            # a wrong window
+    ("gemma2_softcap", dict(attn_softcap=None)),
+    ("gemma2_softcap", dict(final_softcap=None)),
+    ("gemma2_softcap", dict(query_pre_attn_scalar=None)),   # the usual 1/sqrt(d_head)
+    ("gemma2_softcap", dict(post_norms=False)),
+    ("gemma3_local_global", dict(post_norms=False)),
+    ("gemma3_local_global", dict(local_rope_theta=None)),   # the global rope on the local layers
+    ("gemma3_local_global", dict(rope_theta=1e4, rope_scaling=())),  # the local rope on the global layer
+    ("gemma3_local_global", dict(attn_windows=(3, 3, 3))),
 ])
 def test_the_checks_can_fail(checkpoints, ids, name, change):
     """Dropping a feature moves the logits far beyond the 1e-4 tolerance: the parity test has teeth."""
     _, hf, model = checkpoints[name]
     config = dataclasses.replace(model.config, **change)
     wrong = Model(nnx.eval_shape(lambda: FAMILIES[config.arch].module(config)), model.params)
+    logits, _, _ = _hf_run(hf, ids)
+    assert np.abs(np.asarray(wrong.logits(ids)) - logits).max() > 1e-2
+
+
+def test_gemma3_qk_norms_matter(checkpoints, ids):
+    """Without its per-head query/key norms the Gemma 3 checkpoint's logits move beyond the tolerance."""
+    _, hf, model = checkpoints["gemma3_local_global"]
+    config = dataclasses.replace(model.config, qk_norm=False)
+    params = jax.tree_util.tree_map(lambda x: x, model.params)   # a copy of the nesting, arrays shared
+    for layer in params["layers"].values():
+        del layer["self_attn"]["q_norm"], layer["self_attn"]["k_norm"]
+    wrong = Model(nnx.eval_shape(lambda: FAMILIES[config.arch].module(config)), params)
     logits, _, _ = _hf_run(hf, ids)
     assert np.abs(np.asarray(wrong.logits(ids)) - logits).max() > 1e-2
 
@@ -155,7 +186,7 @@ def _final_norm_reference(hf, x):
         mu = x.mean(-1, keepdims=True)
         return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5)
     w = norm.weight.detach().numpy()
-    if kind == "GemmaRMSNorm":                               # gain 1 + w
+    if kind in ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm"):   # gain 1 + w
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + norm.eps) * (1.0 + w)
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + norm.variance_epsilon) * w  # Llama-style RMSNorm
 
@@ -168,6 +199,9 @@ def test_emb_dec_bigram_rows_match_formula_from_hf_weights(checkpoints, name):
     U = hf.get_output_embeddings().weight.detach().numpy().astype(np.float64)
     scale = np.sqrt(E.shape[1]) if name.startswith("gemma") else 1.0
     want = _final_norm_reference(hf, E[z] * scale) @ U.T
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap is not None:                                       # Gemma 2 caps its logits
+        want = cap * np.tanh(want / cap)
     got = np.asarray(jax.jit(lambda t: model.decode(model.token_embed(t)))(z))
     assert got.shape == (len(z), model.config.vocab_size)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
@@ -272,6 +306,13 @@ _DROP = object()
      "unsupported layer_types"),
     ("gpt_neo_local", dict(attention_layers=["global", "sparse", "local"]), "unsupported attention layers"),
     ("olmo_clip", dict(clip_qkv=-1.0), "config key .clip_qkv. must be a finite number > 0, got -1.0"),
+    ("gemma3_local_global", dict(use_bidirectional_attention=True), "unsupported feature use_bidirectional_attention"),
+    ("gemma3_local_global", dict(layer_types=["sliding_attention", "chunked_attention", "full_attention"]),
+     "unsupported layer_types"),
+    ("gemma3_local_global", dict(rope_parameters={"full_attention": {"rope_type": "yarn", "rope_theta": 1e6,
+                                                                     "factor": 8.0}}), "unsupported rope_type 'yarn'"),
+    ("gemma2_softcap", dict(final_logit_softcapping=0.0), "final_logit_softcapping. must be a finite number > 0"),
+    ("gemma2_softcap", dict(altup_num_inputs=4), r"unsupported config key\(s\) for gemma2: \['altup_num_inputs'\]"),
 ])
 def test_unsupported_variants_raise(checkpoints, tmp_path, name, changes, match):
     path = _copy_with_config(checkpoints, name, tmp_path, **changes)

@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jetjax.models import gpt2, gpt_neo, gpt_neox, llama, olmo
+from jetjax.models import gemma3, gpt2, gpt_neo, gpt_neox, llama, olmo
 from jetjax.models.config import ModelConfig
 from jetjax.models.layers import ACTIVATIONS
 from jetjax.models.family import FAMILIES, Family, register
 from jetjax.models.model import Model, ResidualModule, nest
 
-for _family in (gpt2.FAMILY, gpt_neox.FAMILY, llama.FAMILY, gpt_neo.FAMILY, olmo.FAMILY):
+for _family in (gpt2.FAMILY, gpt_neox.FAMILY, llama.FAMILY, gpt_neo.FAMILY, olmo.FAMILY, gemma3.FAMILY):
     register(_family)
 del _family
 
@@ -40,7 +40,7 @@ def random_model(config: ModelConfig, *, seed: int = 0, scale: float = 0.02, dty
         raise ValueError(f"unknown arch {config.arch!r}; known: {sorted(FAMILIES)}")
     if config.activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {config.activation!r}; known: {sorted(ACTIVATIONS)}")
-    if config.arch not in ("llama", "mistral", "qwen2", "gemma") and config.n_heads * config.d_head != config.d_model:
+    if config.arch not in ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text") and config.n_heads * config.d_head != config.d_model:
         raise ValueError(f"{config.arch} needs n_heads × d_head == d_model, got {config.n_heads} × {config.d_head} != "
                          f"{config.d_model}")
     module = FAMILIES[config.arch].module(config, dtype=dtype)

@@ -37,6 +37,18 @@ class ModelConfig:
         ``"rmsnorm_plus_one"`` (gain stored as ``w`` and applied as ``1 + w``, Gemma).
       embed_scale: the token embedding is multiplied by this (Gemma: ``sqrt(d_model)``).
       clip_qkv: clip queries, keys and values to ``[-clip_qkv, clip_qkv]`` (OLMo option).
+      post_norms: each branch normalises its own output too (Gemma 2/3: RMS norm after the
+        attention and after the MLP, inside the branch, so the delta γ adds includes it).
+      qk_norm: RMS norm over each query and key head before the rotary embedding (Gemma 3).
+      query_pre_attn_scalar: attention scores are scaled by ``query_pre_attn_scalar ** -0.5``
+        instead of ``d_head ** -0.5`` (Gemma 2/3); ``None``: the usual scale.
+      attn_softcap: attention scores ``s`` become ``attn_softcap · tanh(s / attn_softcap)`` before
+        the mask (Gemma 2); ``None``: no capping.
+      final_softcap: the logits ``z`` become ``final_softcap · tanh(z / final_softcap)`` (Gemma 2):
+        the unembedding is then *not* affine (see :attr:`unembedding_is_affine`); ``None``: none.
+      local_rope_theta, local_rope_scaling: the rotary embedding of the sliding-window layers when
+        it differs from the global layers' (Gemma 3: base 10k locally, 1M globally); ``None``: the
+        same rope on every layer.
     """
 
     arch: str
@@ -64,6 +76,13 @@ class ModelConfig:
     norm: str = "layernorm"
     embed_scale: float = 1.0
     clip_qkv: float | None = None
+    post_norms: bool = False
+    qk_norm: bool = False
+    query_pre_attn_scalar: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    local_rope_theta: float | None = None
+    local_rope_scaling: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "vocab_size"):
@@ -75,8 +94,11 @@ class ModelConfig:
         _check_number("norm_eps", self.norm_eps, minimum=0.0)
         _check_number("rope_theta", self.rope_theta, positive=True)
         _check_number("embed_scale", self.embed_scale, positive=True)
-        if self.clip_qkv is not None:
-            _check_number("clip_qkv", self.clip_qkv, positive=True)
+        for name in ("clip_qkv", "query_pre_attn_scalar", "attn_softcap", "final_softcap", "local_rope_theta"):
+            if getattr(self, name) is not None:
+                _check_number(name, getattr(self, name), positive=True)
+        if self.local_rope_scaling and self.local_rope_theta is None:
+            raise ValueError("local_rope_scaling needs local_rope_theta (the local layers' own rope)")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.n_heads % self.kv_heads:
@@ -93,6 +115,25 @@ class ModelConfig:
     @property
     def kv_heads(self) -> int:
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def unembedding_is_affine(self) -> bool:
+        """Whether ``unembed(x) == x @ W + b`` (false when the logits are soft-capped)."""
+        return self.final_softcap is None
+
+    @property
+    def attn_score_scale(self) -> float:
+        """The factor attention scores are multiplied by (before any soft-capping)."""
+        if self.query_pre_attn_scalar is not None:
+            return float(self.query_pre_attn_scalar) ** -0.5
+        return float(self.d_head) ** -0.5 if self.attn_scale else 1.0
+
+    def rope_at(self, layer: int) -> tuple[float, tuple]:
+        """``(rope_theta, rope_scaling)`` of layer ``layer``: the local rope on sliding-window layers
+        when the model has one, the global rope elsewhere."""
+        if self.local_rope_theta is not None and self.window(layer) is not None:
+            return self.local_rope_theta, self.local_rope_scaling
+        return self.rope_theta, self.rope_scaling
 
     def window(self, layer: int) -> int | None:
         """The sliding-window length of layer ``layer`` (``None``: global causal attention)."""

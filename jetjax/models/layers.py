@@ -18,7 +18,9 @@ decomposition on this). The factors:
   at the actual input;
 * gated MLPs: the gate ``act(gate(x*))`` itself, a constant multiplier of ``up(x)``;
 * clipping (OLMo's ``clip_qkv`` on values): the entries clipped in the actual pass become those
-  constants, the others pass through unchanged.
+  constants, the others pass through unchanged;
+* logit soft-capping (Gemma 2's ``c · tanh(z / c)`` on the logits): the ratio ``c·tanh(z*/c)/z*`` per
+  logit (1 where ``z* == 0``, its limit), so the frozen decoder stays linear in its input.
 """
 
 from __future__ import annotations
@@ -208,6 +210,19 @@ class Freezing:
         """``ACTIVATIONS[name](g)``, the gate of a gated MLP; frozen: the recorded ``act(g*)`` itself."""
         return self.factor(f"gate:{name}", lambda: ACTIVATIONS[name](g))
 
+    def softcap(self, z: Array, cap: float) -> Array:
+        """``cap · tanh(z / cap)``; frozen: ``ratio · z`` with ``ratio = cap·tanh(z*/cap)/z*`` (1 where ``z* == 0``)."""
+        capped = lambda v: cap * jnp.tanh(v / cap)  # noqa: E731
+        state = _FREEZE.get()
+        if state is None:
+            return capped(z)
+        if isinstance(state, Tape):
+            y = capped(z)
+            zero = z == 0
+            state.entries.append(("softcap", jnp.where(zero, jnp.ones_like(y), y / jnp.where(zero, jnp.ones_like(z), z))))
+            return y
+        return _fitted(state.pop("softcap"), z.shape, z.dtype, "softcap") * z
+
     def clip(self, y: Array, bound: float) -> Array:
         """``clip(y, -bound, bound)``; frozen: the entries clipped in the recorded pass keep their
         clipped value (constants), the others are ``y`` (identity)."""
@@ -266,13 +281,15 @@ def rms_norm(x: Array, scale: Array, eps: float) -> Array:
     return x * freeze.factor("rms_norm", lambda: jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)) * scale
 
 
-def causal_attention(q: Array, k: Array, v: Array, *, scale: float, window: int | None = None) -> Array:
+def causal_attention(q: Array, k: Array, v: Array, *, scale: float, window: int | None = None,
+                     softcap: float | None = None) -> Array:
     """Softmax attention with a causal (optionally sliding-window) mask.
 
     ``q``: ``[..., T, heads, d_head]``; ``k, v``: ``[..., T, kv_heads, d_head]`` where ``kv_heads``
     divides ``heads`` (grouped-query attention: query head ``i`` reads key/value head
     ``i // (heads // kv_heads)``, Hugging Face's ``repeat_kv`` order). With ``window = w`` query
-    ``t`` sees keys ``t - w + 1 .. t``.
+    ``t`` sees keys ``t - w + 1 .. t``. With ``softcap = c`` the scaled scores ``s`` become
+    ``c · tanh(s / c)`` before the mask (Gemma 2).
 
     Example (uniform scores: each query averages the values it may see):
       >>> q = jnp.zeros((4, 2, 1)); k = jnp.zeros((4, 1, 1)); v = jnp.arange(4.0).reshape(4, 1, 1)
@@ -289,6 +306,8 @@ def causal_attention(q: Array, k: Array, v: Array, *, scale: float, window: int 
     def pattern():
         grouped = q.reshape(*q.shape[:-2], n_kv, n_heads // n_kv, d_head)       # '...TKGH'
         scores = jnp.einsum("...qkgd,...skd->...kgqs", grouped, k) * scale
+        if softcap is not None:
+            scores = softcap * jnp.tanh(scores / softcap)
         scores = jnp.where(visible, scores, jnp.finfo(scores.dtype).min)
         return jax.nn.softmax(scores, axis=-1)
 

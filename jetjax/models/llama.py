@@ -33,8 +33,8 @@ from jetjax.models.config import ModelConfig
 from jetjax.models.family import Family
 from jetjax.models.hf_config import (ConfigKeys, activation_from_hf, get_bool, get_float, get_int, rope_from_hf,
                                      windows_for)
-from jetjax.models.layers import (GatedMLP, Linear, causal_attention, compute_dtype_for, embedding_lookup, freeze,
-                                  make_norm)
+from jetjax.models.layers import (GatedMLP, Linear, RMSNorm, causal_attention, compute_dtype_for, embedding_lookup,
+                                  freeze, make_norm)
 from jetjax.models.model import ResidualModule
 from jetjax.models.rope import apply_rotary, rotary_tables
 
@@ -121,6 +121,26 @@ class Attention(nnx.Module):
         self.k_proj = Linear(c.d_model, kv, bias=c.qkv_bias, dtype=dtype)
         self.v_proj = Linear(c.d_model, kv, bias=c.qkv_bias, dtype=dtype)
         self.o_proj = Linear(q, c.d_model, bias=c.out_bias, dtype=dtype)
+        if c.qk_norm:   # per-head norms of queries and keys (Gemma 3)
+            plus_one = c.norm == "rmsnorm_plus_one"
+            self.q_norm = RMSNorm(c.d_head, eps=c.norm_eps, plus_one=plus_one, dtype=dtype)
+            self.k_norm = RMSNorm(c.d_head, eps=c.norm_eps, plus_one=plus_one, dtype=dtype)
+
+    def __call__(self, c: ModelConfig, layer: int, x):
+        """The attention of layer ``layer`` on its (already normed) input ``x``, through ``o_proj``."""
+        heads = lambda y, n: y.reshape(*y.shape[:-1], n, c.d_head)
+        q, k, v = heads(self.q_proj(x), c.n_heads), heads(self.k_proj(x), c.kv_heads), heads(self.v_proj(x), c.kv_heads)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if c.clip_qkv is not None:
+            # q and k only shape the attention pattern (a frozen factor of its own); v is clipped
+            # through the freezing hook, so a frozen pass keeps the clipped entries as constants
+            q, k = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k))
+            v = freeze.clip(v, c.clip_qkv)
+        cos, sin = rotary_tables(c, x.shape[-2], x.dtype, layer)
+        out = causal_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, scale=c.attn_score_scale,
+                               window=c.window(layer), softcap=c.attn_softcap)
+        return self.o_proj(out.reshape(*out.shape[:-2], c.n_heads * c.d_head))
 
 
 class DecoderLayer(nnx.Module):
@@ -132,10 +152,12 @@ class DecoderLayer(nnx.Module):
 
 
 class Llama(ResidualModule):
+    layer_class = DecoderLayer
+
     def __init__(self, config: ModelConfig, dtype=jnp.float32):
         c = self.config = config
         self.embed_tokens = nnx.Param(jnp.zeros((c.vocab_size, c.d_model), dtype))  # 'VD'
-        self.layers = nnx.List([DecoderLayer(c, dtype) for _ in range(c.n_layers)])
+        self.layers = nnx.List([self.layer_class(c, dtype) for _ in range(c.n_layers)])
         self.norm = make_norm(c, dtype)
         self.lm_head = None if c.tie_embeddings else Linear(c.d_model, c.vocab_size, bias=False, dtype=dtype)
 
@@ -151,20 +173,8 @@ class Llama(ResidualModule):
         return self.token_embed(ids)
 
     def attn(self, layer, h):
-        c, block = self.config, self.layers[layer]
-        x = block.input_layernorm(h)
-        att = block.self_attn
-        heads = lambda y, n: y.reshape(*y.shape[:-1], n, c.d_head)
-        q, k, v = heads(att.q_proj(x), c.n_heads), heads(att.k_proj(x), c.kv_heads), heads(att.v_proj(x), c.kv_heads)
-        if c.clip_qkv is not None:
-            # q and k only shape the attention pattern (a frozen factor of its own); v is clipped
-            # through the freezing hook, so a frozen pass keeps the clipped entries as constants
-            q, k = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k))
-            v = freeze.clip(v, c.clip_qkv)
-        cos, sin = rotary_tables(c, h.shape[-2], h.dtype)
-        out = causal_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
-                               scale=1.0 / np.sqrt(c.d_head), window=c.window(layer))
-        return att.o_proj(out.reshape(*out.shape[:-2], c.n_heads * c.d_head))
+        block = self.layers[layer]
+        return block.self_attn(self.config, layer, block.input_layernorm(h))
 
     def mlp(self, layer, h):
         block = self.layers[layer]

@@ -195,13 +195,21 @@ class Model:
         return (streams, jnp.stack(mids)) if mid else streams
 
     def unembedding_matrix(self, *, params=None) -> tuple[Array, Array]:
-        """``(W [d, V], b [V])`` with ``unembed(x) == x @ W + b``, read off the model's own unembed
-        (every family's unembedding is affine). Unembedding the identity gives ``W + b`` row by row,
-        each entry one product, so the read is exact."""
+        """``(W [d, V], b [V])`` with ``unembed(x) == x @ W + b``, read off the model's own unembed.
+        Unembedding the identity gives ``W + b`` row by row, each entry one product, so the read is
+        exact. A model whose logits are soft-capped (Gemma 2) has no such ``W``: ``ValueError``."""
+        self.require_affine_unembedding("unembedding_matrix")
         d = self.config.d_model
         dtype = self.token_embed(jnp.zeros((1,), jnp.int32), params=params).dtype
         bias = self.unembed(jnp.zeros((1, d), dtype), params=params)[0]
         return self.unembed(jnp.eye(d, dtype=dtype), params=params) - bias, bias
+
+    def require_affine_unembedding(self, what: str) -> None:
+        """A ``ValueError`` naming ``what`` when the unembedding is not ``x @ W + b`` (soft-capped logits)."""
+        if not self.config.unembedding_is_affine:
+            raise ValueError(f"{what} needs an affine unembedding (logits = x @ W + b), but this {self.config.arch} "
+                             f"model soft-caps its logits (final_logit_softcapping={self.config.final_softcap}). "
+                             "Lenses, expansions and path attribution take the cap into account; this does not.")
 
     def _block_delta(self, m: ResidualModule, layer: int, h: Array):
         """(whole-block delta, attention delta) of layer ``layer`` at stream ``h``."""

@@ -16,11 +16,13 @@ ROPE_PARAMETERS = {"default": (), "linear": ("factor",),
                    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 
 
-def rope_frequencies(c: ModelConfig) -> np.ndarray:
-    """Inverse frequencies (float64, ``[rope_dim // 2]``) of ``c``'s rotary embedding."""
+def rope_frequencies(c: ModelConfig, layer: int | None = None) -> np.ndarray:
+    """Inverse frequencies (float64, ``[rope_dim // 2]``) of ``c``'s rotary embedding (of layer
+    ``layer``'s where layers differ, :meth:`ModelConfig.rope_at`)."""
     dim = c.rope_dim
-    inv = 1.0 / c.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
-    s = dict(c.rope_scaling)
+    theta, scaling = (c.rope_theta, c.rope_scaling) if layer is None else c.rope_at(layer)
+    inv = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    s = dict(scaling)
     kind = s.get("rope_type", "default")
     if kind == "linear":
         inv = inv / s["factor"]
@@ -39,9 +41,10 @@ def rope_frequencies(c: ModelConfig) -> np.ndarray:
     return inv
 
 
-def rotary_tables(c: ModelConfig, t: int, dtype) -> tuple[Array, Array]:
-    """``(cos, sin)``, each ``[T, rope_dim]``, for positions ``0..T-1``: constants, not traced."""
-    angles = np.arange(t, dtype=np.float64)[:, None] * rope_frequencies(c)[None, :]
+def rotary_tables(c: ModelConfig, t: int, dtype, layer: int | None = None) -> tuple[Array, Array]:
+    """``(cos, sin)``, each ``[T, rope_dim]``, for positions ``0..T-1`` (of layer ``layer``'s rope):
+    constants, not traced."""
+    angles = np.arange(t, dtype=np.float64)[:, None] * rope_frequencies(c, layer)[None, :]
     angles = np.concatenate([angles, angles], axis=-1)
     return jnp.asarray(np.cos(angles), dtype), jnp.asarray(np.sin(angles), dtype)
 

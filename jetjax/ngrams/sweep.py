@@ -185,6 +185,7 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a jetjax Model (jj.from_pretrained(...)), got {type(model).__name__}")
+    model.require_affine_unembedding("jet n-gram sweeps (one GEMM against the unembedding matrix)")
     settings = resolve_settings(settings, paths=paths, top_k=top_k, order=order, global_k=global_k,
                                 block_rows=block_rows, chunk_rows=chunk_rows, vocab_tile=vocab_tile, kind=kind,
                                 compute_dtype=compute_dtype)
