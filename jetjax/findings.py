@@ -284,7 +284,11 @@ def _scores(normed, w, b):
 _scores_jit = module_jit(jax.jit(_scores))
 
 
-def bigram_study(model: Model, text: str, *, n_contexts: int = 500, bos_token: str | None = "<|endoftext|>",
+# document-start tokens tried in turn when bigram_study is not told which (GPT-2/SmolLM2, Gemma, Llama 2)
+BOS_CANDIDATES = ("<|endoftext|>", "<bos>", "<s>")
+
+
+def bigram_study(model: Model, text: str, *, n_contexts: int = 500, bos_token: str | None = "auto",
                  with_attention: bool = True, n_top: int = 8) -> BigramStudy:
     """Agreement of every length-≤1 bigram path, their means, and the model itself with ``text``'s
     bigrams on its ``n_contexts`` most frequent contexts.
@@ -294,7 +298,8 @@ def bigram_study(model: Model, text: str, *, n_contexts: int = 500, bos_token: s
     the layer's value-output map); ``mean: attention-free`` (the ``L + 1`` paths above without
     attention) and ``mean: all length <= 1`` (with attention). References: ``model [z]`` (the model
     on the context token alone: all paths plus the remainder of its expansion add up to exactly
-    this) and ``model [bos z]`` with ``bos_token`` (when it is in the vocabulary) before it.
+    this) and ``model [bos z]`` with ``bos_token`` (when it is in the vocabulary) before it;
+    ``"auto"``: the first of :data:`BOS_CANDIDATES` in the vocabulary.
     """
     from jetjax.ngrams.analysis import corpus_bigrams
 
@@ -314,6 +319,8 @@ def bigram_study(model: Model, text: str, *, n_contexts: int = 500, bos_token: s
 
     one = np.asarray(model.logits(ctx[:, None]))[:, -1]
     refs = {"model [z]": one}
+    if bos_token == "auto":
+        bos_token = next((t for t in BOS_CANDIDATES if model.tokenizer.token_to_id(t) is not None), None)
     bos_id = model.tokenizer.token_to_id(bos_token) if bos_token else None
     if bos_id is not None:
         pair = np.stack([np.full_like(ctx, bos_id), ctx], axis=1)

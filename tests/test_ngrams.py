@@ -385,3 +385,24 @@ def test_bad_input_errors(tmp_path):
         keyword_mass(table, kw, model=known)
     with pytest.raises(ValueError, match="other weights"):
         keyword_mass(table, ["w4"], model=_bigram_model(_known_table(0), seed=3))
+
+
+def test_fingerprint_is_hashed_once_per_set_of_weights(monkeypatch):
+    """The sha256 of all weights is reused while the params are the same JAX arrays, redone otherwise."""
+    import hashlib
+    import types
+
+    from jetjax.ngrams import sweep
+
+    model = _tiny(0)
+    first = sweep.model_fingerprint(model)
+    calls = []
+    monkeypatch.setattr(sweep, "hashlib", types.SimpleNamespace(sha256=lambda: calls.append(1) or hashlib.sha256()))
+    assert sweep.model_fingerprint(model) == first and calls == []
+    model.params = jax.tree_util.tree_map(lambda x: x + 0, model.params)          # new arrays, same values
+    assert sweep.model_fingerprint(model) == first and len(calls) == 1
+    model.params = jax.tree_util.tree_map(lambda x: x * 1.001, model.params)      # other weights
+    assert sweep.model_fingerprint(model) != first and len(calls) == 2
+    model.params = jax.tree_util.tree_map(np.array, model.params)                # NumPy leaves: mutable, rehashed
+    digest = sweep.model_fingerprint(model)
+    assert sweep.model_fingerprint(model) == digest and len(calls) == 4

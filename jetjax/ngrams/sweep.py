@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import json
 import warnings
+import weakref
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -55,13 +56,25 @@ __all__ = ["jet_bigrams", "sweep_contexts", "model_fingerprint"]
 
 
 def model_fingerprint(model: Model) -> str:
-    """sha256 of the model's parameters (paths, dtypes, shapes and bytes): which weights made a table."""
+    """sha256 of the model's parameters (paths, dtypes, shapes and bytes): which weights made a table.
+
+    Hashing every weight takes ~1 s per GB, once per set of parameter arrays: the digest is kept
+    with weak references to the arrays it was computed from and reused while ``model.params`` holds
+    exactly those (immutable) JAX arrays; new params, or any NumPy leaf (mutable in place), rehash.
+    """
+    leaves = sorted(jax.tree_util.tree_flatten_with_path(model.params)[0], key=lambda kv: jax.tree_util.keystr(kv[0]))
+    memo = per_model(model, "ngrams", ("fingerprint",), dict)
+    refs = memo.get("refs")
+    if refs is not None and len(refs) == len(leaves) and all(r() is leaf for r, (_, leaf) in zip(refs, leaves)):
+        return memo["digest"]
     digest = hashlib.sha256()
-    leaves = jax.tree_util.tree_flatten_with_path(model.params)[0]
-    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    for path, leaf in leaves:
         arr = np.ascontiguousarray(np.asarray(leaf))
         digest.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}".encode())
         digest.update(arr.tobytes())
+    memo.clear()
+    if all(isinstance(leaf, jax.Array) for _, leaf in leaves):
+        memo.update(refs=tuple(weakref.ref(leaf) for _, leaf in leaves), digest=digest.hexdigest())
     return digest.hexdigest()
 
 

