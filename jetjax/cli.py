@@ -605,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, text=True):
         debug(p)
         p.add_argument("--model", default=None,
-                       help="smollm2, shakespeare, a GGUF file, an HF directory or a hub id "
+                       help="smollm2, gemma3-270m, shakespeare, a GGUF file, an HF directory or a hub id "
                             "(default: smollm2 when its wheel is installed, else shakespeare)")
         p.add_argument("--json", default=None, metavar="PATH", help="write results as JSON (- for stdout)")
         if text:

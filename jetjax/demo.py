@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="jetjax demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None,
-                    help="smollm2, shakespeare, a GGUF file or an HF directory (default: smollm2 when installed)")
+                    help="smollm2, gemma3-270m, shakespeare, a GGUF file or an HF directory (default: smollm2 when installed)")
     ap.add_argument("--out", default="jetjax-demo", help="directory for PNGs and summary.json")
     ap.add_argument("--width", type=int, default=8, help="token columns shown in the printed lens table")
     ap.add_argument("--contexts", type=int, default=500, help="most frequent corpus contexts for the bigram study")

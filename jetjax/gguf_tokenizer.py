@@ -219,8 +219,10 @@ def _sentencepiece(meta, tokens, scores, merges, source):
                      fuse_unk=True, byte_fallback=True)
     tok = Tokenizer(bpe)
     # llama.cpp puts a space before the start of the text and after every special or user-defined
-    # token, then writes spaces as ▁ and runs BPE over the whole stretch (no split on spaces). A
-    # normalizer runs on each stretch between added tokens, which is exactly that.
+    # token (unless tokenizer.ggml.add_space_prefix is false, as in Gemma's files), then writes spaces
+    # as ▁ and runs BPE over the whole stretch (no split on spaces). A normalizer runs on each stretch
+    # between added tokens, which is exactly that. Gemma's runs of 2-31 spaces are user-defined tokens
+    # stored with real spaces, so like "\n" they are matched whole in the raw text, longest first.
     space_prefix = _flag(meta, "add_space_prefix", True, source)
     steps = [normalizers.Prepend("▁")] if space_prefix else []
     tok.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "▁")])
@@ -238,7 +240,8 @@ def _merges_from_scores(tokens, scores) -> list[tuple[str, str]]:
     llama.cpp merges, at each step, the adjacent pair whose concatenation is the best-scoring token, so
     ranking pairs by that score reproduces it. Ties are broken as transformers' GGUF loader breaks them
     (longer left part, then longer right part, then the merged token's id, then the parts' ids), so the
-    two agree merge for merge.
+    two agree merge for merge. (Gemma's normal tokens score strictly lower the later they come in the
+    file, so for Gemma this is also the file order that transformers ranks its merges by.)
     """
     index = {t: i for i, t in enumerate(tokens)}
     ranked = []

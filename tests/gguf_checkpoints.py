@@ -27,6 +27,26 @@ GGUF_CONFIGS = {
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", "gpt2", dict(
         # transformers' GGUF reader sizes the position table by its default (1024), not by the file
         n_embd=64, n_layer=2, n_head=4, vocab_size=59, n_positions=1024, bos_token_id=0, eos_token_id=0)),
+    # Gemma: windows shorter than SEQ, head sizes that are neither d/heads nor 256 (so the query
+    # scale has to come from the file), soft-caps small enough to bite on random weights
+    "gemma2_capped": ("Gemma2Config", "Gemma2ForCausalLM", "gemma2", dict(
+        hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+        intermediate_size=96, vocab_size=61, rms_norm_eps=1e-6, sliding_window=5, query_pre_attn_scalar=12,
+        attn_logit_softcapping=7.0, final_logit_softcapping=11.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    # 7 layers: five local, one global, one local again (llama.cpp's fixed 5:1 pattern)
+    "gemma3_local": ("Gemma3TextConfig", "Gemma3ForCausalLM", "gemma3", dict(
+        hidden_size=64, num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=2, head_dim=10,
+        intermediate_size=96, vocab_size=67, rms_norm_eps=1e-6, sliding_window=4, query_pre_attn_scalar=10,
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    # linear rope scaling on the global layers, a final soft-cap, an untied output matrix
+    "gemma3_scaled": ("Gemma3TextConfig", "Gemma3ForCausalLM", "gemma3", dict(
+        hidden_size=64, num_hidden_layers=6, num_attention_heads=2, num_key_value_heads=1, head_dim=14,
+        intermediate_size=64, vocab_size=53, rms_norm_eps=1e-6, sliding_window=3, query_pre_attn_scalar=14,
+        final_logit_softcapping=5.0, tie_word_embeddings=False,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 50000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
 }
 
 SEQ = 13
@@ -91,6 +111,53 @@ def _gpt2_tensors(sd, cfg):
     return out
 
 
+def _gemma_tensors(sd, cfg, arch):
+    """llama.cpp's Gemma layout: HF's tensors under GGUF names, every RMS norm gain stored as 1 + w,
+    Q/K rows in HF's order."""
+    out = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"] + 1}
+    if not cfg.tie_word_embeddings:
+        out["output.weight"] = sd["lm_head.weight"]
+    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+             "post_feedforward_layernorm": "post_ffw_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+    if arch == "gemma3":
+        names.update({"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"})
+    for i in range(cfg.num_hidden_layers):
+        for hf, g in names.items():
+            w = sd[f"model.layers.{i}.{hf}.weight"]
+            out[f"blk.{i}.{g}.weight"] = w + 1 if hf.endswith(("layernorm", "_norm")) else w
+    return out
+
+
+def _gemma_metadata(w, cfg, arch):
+    """The keys llama.cpp's converter (Gemma2Model / Gemma3Model) writes."""
+    from gguf import RopeScalingType
+
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(256)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_sliding_window(cfg.sliding_window)
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
+        w.add_final_logit_softcapping(cfg.final_logit_softcapping)
+        return
+    full = cfg.rope_parameters["full_attention"]
+    w.add_rope_freq_base(full["rope_theta"])
+    if full.get("rope_type") == "linear":
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(full["factor"])
+    if cfg.final_logit_softcapping:
+        w.add_final_logit_softcapping(cfg.final_logit_softcapping)
+
+
 def write_gguf(path, model, arch, qtype="F32", *, tokenizer=None, extra_metadata=None, drop=(), rename=None):
     """Write ``model`` (an HF torch model) to ``path`` as GGUF.
 
@@ -114,6 +181,9 @@ def write_gguf(path, model, arch, qtype="F32", *, tokenizer=None, extra_metadata
         w.add_feed_forward_length(cfg.n_inner or 4 * cfg.n_embd)
         w.add_head_count(cfg.n_head)
         w.add_layer_norm_eps(cfg.layer_norm_epsilon)
+    elif arch in ("gemma2", "gemma3"):
+        tensors = _gemma_tensors(sd, cfg, arch)
+        _gemma_metadata(w, cfg, arch)
     else:
         tensors = _llama_tensors(sd, cfg, permute=arch == "llama")
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

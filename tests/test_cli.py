@@ -141,7 +141,8 @@ def test_shipped_model_findings(shipped):
 
 @pytest.mark.parametrize("argv,message", [
     (["lens", "--model", "/no/such/dir", "--text", "a"], "no such file or directory"),
-    (["lens", "--model", "missing.gguf", "--text", "a"], "no such file or directory (model names: shakespeare, smollm2)"),
+    (["lens", "--model", "missing.gguf", "--text", "a"],
+     "no such file or directory (model names: gemma3-270m, shakespeare, smollm2)"),
     (["diff", "--model", "shakespeare", "--model-b", "./nope"], "--model-b './nope': no such file"),
     (["lens", "--text", TEXT, "--layers", "99"], "out of range"),
     (["lens", "--text", TEXT, "--layers", "one"], "comma-separated integers"),

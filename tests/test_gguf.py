@@ -140,7 +140,8 @@ def test_unknown_architecture(tmp_path):
     w = GGUFWriter(str(p), "rwkv6")
     w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
     finish(w, p)
-    with pytest.raises(ValueError, match="architecture 'rwkv6' is not supported; supported: gpt2, llama"):
+    with pytest.raises(ValueError, match="architecture 'rwkv6' is not supported; "
+                                         "supported: gemma2, gemma3, gpt2, llama, qwen2"):
         jj.from_pretrained(p)
 
 

@@ -219,14 +219,20 @@ class Model:
         return a + m.mlp(layer, h + a), a
 
     # -- tokens -------------------------------------------------------------------------------
-    def tokenize(self, text: str) -> np.ndarray:
-        """Token ids (``int32 [T]``) of ``text`` with the checkpoint's tokenizer."""
+    def tokenize(self, text: str, *, special_tokens: bool = True) -> np.ndarray:
+        """Token ids (``int32 [T]``) of ``text`` with the checkpoint's tokenizer.
+
+        ``special_tokens``: add what the tokenizer adds to every text, as the model was trained to see
+        it: a GGUF file's ``add_bos_token`` (Gemma: ``<bos>`` first, without which its predictions
+        fall apart), a ``tokenizer.json``'s post-processor; GPT-2 and SmolLM2 add nothing.
+        ``False``: the text's own tokens only.
+        """
         if self.tokenizer is None:
             raise ValueError(f"{self.source or 'this model'} has no tokenizer files (tokenizer.json or "
                              "vocab.json + merges.txt); pass token ids instead of text")
         if not isinstance(text, str):
             raise TypeError(f"tokenize expects a str, got {type(text).__name__}")
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        ids = self.tokenizer.encode(text, add_special_tokens=bool(special_tokens)).ids
         if not ids:
             raise ValueError("tokenize: the text produced no tokens")
         return np.asarray(ids, dtype=np.int32)
