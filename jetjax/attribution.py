@@ -21,7 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jetjax._compiled import per_model
-from jetjax.checks import check_nonnegative_int, check_position, check_positive_int, count_nonfinite, json_safe
+from jetjax.checks import (check_nonnegative_int, check_path_memory, check_position, check_positive_int, count_nonfinite,
+                           json_safe)
 from jetjax.expand import count_paths, decoder_terms, final_norm_jets, path_streams
 from jetjax.labels import DEC, extend_label
 from jetjax.models.model import Model
@@ -266,6 +267,10 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
     if n_paths > max_paths:
         raise ValueError(f"these settings give {n_paths} paths, more than max_paths={max_paths}; narrow them "
                          "with max_length=, include=/exclude= or attention_free=True, or raise max_paths")
+    if jax.default_backend() == "cpu":
+        check_path_memory(n_paths, int(np.prod(ids.shape)), model.config.d_model,
+                          "narrow the paths with max_length=, include=/exclude= or attention_free=True, or use "
+                          "path_attribution(..., method='search'), which never holds them all")
     top_k = check_nonnegative_int("top_k", top_k)
     chunk_size = check_positive_int("chunk_size", chunk_size)
     compute_dtype = check_compute_dtype(compute_dtype)
@@ -354,6 +359,8 @@ def _direction_score(logits, direction):
 
 
 METHODS = ("auto", "jet", "frozen", "search")
+AUTO_JET_BYTES = 1 << 30
+"""``method="auto"`` enumerates jet paths only when their streams take at most this many bytes."""
 """How :func:`path_attribution` chooses and scores paths (see its docstring)."""
 
 SEARCH_K = 20
@@ -386,8 +393,9 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
       (``unexplored``), and ``search`` holds the search's own report (certificate included).
     * ``"auto"`` (default) — ``"jet"`` when any jet setting (``order``, ``weights``, filters,
       ``max_length``, ``spec``) is given or when the model has at most ``max_paths`` paths at the
-      granularity (so every result jetjax gave before stays the same); otherwise (a deep model:
-      SmolLM2's 30 layers have ``2^30`` block paths) ``"search"`` at ``granularity="branch"``,
+      granularity whose streams take at most :data:`AUTO_JET_BYTES` (1 GiB; so every result jetjax
+      gave before stays the same); otherwise (a deep model: SmolLM2's 30 layers have ``2^30`` block
+      paths, Gemma-3-270M's 18 have ``2^18``, 4 GiB of streams on a 6-token prompt) ``"search"`` at ``granularity="branch"``,
       ``k=20``, beam 256. That is the setting that explained SmolLM2 best in the faithfulness study
       (``docs/faithfulness.md``: median ``|unexplored| / |total|`` 0.60 on the prompts it was chosen
       on, 0.71 on held-out prompts; every jet setting left remainders 1 to 1000 times the total).
@@ -437,7 +445,10 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
         else:
             c = model.config
             n = count_paths(c.n_layers, granularity, parallel_residual=c.parallel_residual)
-            method = "jet" if n <= max_paths else "search"
+            # enumerate only what fits comfortably in memory (Gemma-3-270M's 2^18 block paths do not)
+            n_tokens = len(model.tokenize(ids)) if isinstance(ids, str) else int(np.prod(np.shape(ids)))
+            fits = n * n_tokens * c.d_model * 4 <= AUTO_JET_BYTES
+            method = "jet" if n <= max_paths and fits else "search"
     if method != "search" and (k is not None or beam is not None):
         raise ValueError(f"k= and beam= belong to method='search' (method={method!r} lists every path of its "
                          "settings)")

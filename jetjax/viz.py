@@ -6,11 +6,20 @@ are built without pyplot, so nothing here touches global plotting state.
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from jetjax.lenses import METRICS, LensResult, token_texts
+
+
+def _save(fig, path, **kwargs) -> None:
+    """``fig.savefig``, without one warning per token whose script the font lacks (Gemma's vocabulary
+    holds every script; such a token is drawn as boxes, which the picture's reader sees anyway)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        fig.savefig(path, **kwargs)
 
 __all__ = ["show_token", "lens_table", "metric_curves", "joint_weights", "study_curves", "bigram_layers"]
 
@@ -128,7 +137,7 @@ def lens_table(result: LensResult, path, *, batch: int = 0, positions: slice | N
     kind = "logit lens" if result.kind == "logit" else f"{result.kind} jet lens, order {result.order}"
     ax.set_title(title or f"{kind} ({result.granularity}): top token per cell; bold = model's top token")
     fig.colorbar(image, ax=ax, label="probability", shrink=0.9, pad=0.01)
-    fig.savefig(path, dpi=dpi)
+    _save(fig, path, dpi=dpi)
     return str(path)
 
 
@@ -192,7 +201,7 @@ def metric_curves(results: Sequence[LensResult] | Mapping[str, LensResult], path
         ax.set_xlabel("lens row (layer)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.savefig(path, dpi=dpi)
+    _save(fig, path, dpi=dpi)
     return str(path)
 
 
@@ -239,7 +248,7 @@ def joint_weights(result: LensResult, path, *, batch: int = 0, dpi: int = 110) -
         loss_ax.set_xlabel("Adam step")
         loss_ax.set_title("mean squared remainder norm", fontsize=10)
         loss_ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=dpi)
+    _save(fig, path, dpi=dpi)
     return str(path)
 
 
@@ -280,7 +289,7 @@ def study_curves(study, path, *, dpi: int = 110) -> str:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"lens faithfulness per stream: mean over {study.n_prompts} prompts, {study.n_positions} positions",
                  fontsize=10)
-    fig.savefig(path, dpi=dpi)
+    _save(fig, path, dpi=dpi)
     return str(path)
 
 
@@ -308,5 +317,5 @@ def bigram_layers(study, path, *, dpi: int = 110) -> str:
     right.legend(fontsize=7)
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=dpi)
+    _save(fig, path, dpi=dpi)
     return str(path)

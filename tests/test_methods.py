@@ -136,3 +136,21 @@ def test_cli_method_errors_before_loading(capsys, monkeypatch, args, message):
     rc = cli.main(["attribute", "--model", "/nonexistent/model", "--text", "x", "--target", "1"] + args)
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+def test_auto_searches_when_the_path_streams_would_not_fit(monkeypatch):
+    """``auto`` enumerates jet paths only when their streams fit AUTO_JET_BYTES; otherwise it searches,
+    and an explicit ``method="jet"`` past the machine's memory is refused before any work."""
+    from jetjax import attribution, checks
+    from jetjax.models import ModelConfig, random_model
+
+    cfg = ModelConfig(arch="gpt2", n_layers=3, d_model=16, n_heads=2, d_head=8, d_mlp=32, vocab_size=19,
+                      n_positions=8, norm_eps=1e-5, activation="gelu_new")
+    model = random_model(cfg, scale=0.5)
+    ids = [3, 1, 4, 1]
+    assert jj.path_attribution(model, ids, target=7, foil=2).method == "jet"      # 8 paths x 4 x 16 floats
+    monkeypatch.setattr(attribution, "AUTO_JET_BYTES", 8 * 4 * 16 * 4 - 1)        # one byte short
+    assert jj.path_attribution(model, ids, target=7, foil=2).method == "search"
+    monkeypatch.setattr(checks, "available_memory", lambda: 4 * 8 * 4 * 16 * 4 - 1)
+    with pytest.raises(MemoryError, match=r"8 paths × 4 positions × d=16 .* method='search'"):
+        jj.path_attribution(model, ids, target=7, foil=2, method="jet")

@@ -406,3 +406,16 @@ def test_fingerprint_is_hashed_once_per_set_of_weights(monkeypatch):
     model.params = jax.tree_util.tree_map(np.array, model.params)                # NumPy leaves: mutable, rehashed
     digest = sweep.model_fingerprint(model)
     assert sweep.model_fingerprint(model) == digest and len(calls) == 4
+
+
+def test_corpus_kl_stays_finite_for_predictions_far_below_float64():
+    """A peaked path gives observed successors log-probabilities like -900 (exp() underflows to 0):
+    the KL over the observed successors is still the renormalised one, computed in log space."""
+    from jetjax.ngrams.analysis import _agreement
+
+    counts = {5: (np.array([1, 2]), np.array([3.0, 1.0]))}
+    hit, rho, kl = _agreement(counts, lambda z1: 1, lambda z1, nxt: np.array([-900.0, -901.0]))
+    q = np.array([1.0, np.exp(-1.0)]) / (1.0 + np.exp(-1.0))          # the renormalised prediction
+    p = np.array([0.75, 0.25])
+    assert kl == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-12)
+    assert hit == 1.0 and rho == pytest.approx(1.0)   # predicts 1, the most frequent successor

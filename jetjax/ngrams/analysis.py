@@ -341,17 +341,22 @@ class CorpusAgreement:
         return dataclasses.asdict(self)
 
 
-def _agreement(counts_by_ctx, predict_top1, probs_by_ctx) -> tuple[float, float, float]:
+def _agreement(counts_by_ctx, predict_top1, logq_by_ctx) -> tuple[float, float, float]:
+    """(hit@1, mean rank correlation, mean KL) over the contexts. ``logq_by_ctx(z1, nxt)``: the
+    predicted log-probabilities of the observed successors; the KL renormalises them over those
+    successors in log space, so a prediction far below float64's smallest probability (a peaked
+    path puts -800 nats on a successor) stays finite instead of underflowing to 0 (KL = inf)."""
+    from scipy.special import logsumexp
     from scipy.stats import spearmanr
 
     hits, rhos, kls = [], [], []
     for z1, (nxt, c) in counts_by_ctx.items():
         hits.append(predict_top1(z1) in set(nxt[c == c.max()].tolist()))
-        q = probs_by_ctx(z1, nxt)
-        if len(nxt) > 1 and np.ptp(c) > 0 and np.ptp(q) > 0:
-            rhos.append(spearmanr(c, q).statistic)
-        p_hat, q_tilde = c / c.sum(), q / q.sum()
-        kls.append(float(np.sum(p_hat * np.log(p_hat / q_tilde))))
+        logq = np.asarray(logq_by_ctx(z1, nxt), np.float64)
+        if len(nxt) > 1 and np.ptp(c) > 0 and np.ptp(logq) > 0:
+            rhos.append(spearmanr(c, logq).statistic)   # ranks: the same for log-probabilities
+        p_hat = c / c.sum()
+        kls.append(float(np.sum(p_hat * (np.log(p_hat) - (logq - logsumexp(logq))))))
     return float(np.mean(hits)), float(np.mean(rhos)) if rhos else float("nan"), float(np.mean(kls))
 
 
@@ -382,12 +387,11 @@ class CorpusBigrams:
         if top1.shape != (n,) or logprobs.ndim != 2 or logprobs.shape[0] != n:
             raise ValueError(f"expected top1 [{n}] and logprobs [{n}, V], got {top1.shape} and {logprobs.shape}")
         row = {int(z): r for r, z in enumerate(self.contexts)}
-        jet = _agreement(self.successors, lambda z1: int(top1[row[z1]]),
-                         lambda z1, nxt: np.exp(logprobs[row[z1], nxt].astype(np.float64)))
+        jet = _agreement(self.successors, lambda z1: int(top1[row[z1]]), lambda z1, nxt: logprobs[row[z1], nxt])
         support = float(np.mean([np.exp(logprobs[row[z1], nxt].astype(np.float64)).sum()
                                  for z1, (nxt, _) in self.successors.items()]))
         u = self.unigram
-        base = _agreement(self.successors, lambda z1: int(np.argmax(u)), lambda z1, nxt: u[nxt] / u.sum())
+        base = _agreement(self.successors, lambda z1: int(np.argmax(u)), lambda z1, nxt: np.log(u[nxt] / u.sum()))
         return CorpusAgreement(n_tokens=self.n_tokens, n_contexts=n, min_count=self.min_count,
                                top1_hit_rate=jet[0], rank_correlation=jet[1], kl=jet[2], support_mass=support,
                                unigram={"top1_hit_rate": base[0], "rank_correlation": base[1], "kl": base[2]})
