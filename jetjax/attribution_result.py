@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -174,7 +175,8 @@ class PathAttribution:
             lines.append(f"  {res.n_paths:,} frozen paths, {res.n_prefixes:,} prefixes explored (beam {res.beam}); "
                          + ("certified: these are the top paths of full enumeration" if res.certified else
                             "not certified: an unexplored path could outscore the listed ones "
-                            f"(bound {res.bound:.3g}; raise beam=)"))
+                            + (f"(bound {res.bound:.3g}; raise beam=)" if math.isfinite(res.bound) else
+                               "(no finite bound: the product of operator norms overflows float32 at this depth)")))
         lines.append("top paths:")
         lines += [f"  {score:+10.4f}  {label}" for label, score in self.top(n)]
         lines.append("bottom paths:")
@@ -240,7 +242,7 @@ def token_id(model: Model, token, what: str) -> tuple[int, str | None]:
     if isinstance(token, str):
         if not token:
             raise ValueError(f"{what} '' is the empty string; give a one-token string (e.g. ' Paris') or a token id")
-        ids = model.tokenize(token)
+        ids = model.tokenize(token, special_tokens=False)   # the token itself, no <bos>
         if ids.size != 1:
             raise ValueError(f"{what} {token!r} is {ids.size} tokens, expected exactly one "
                              "(words usually need their leading space, e.g. ' the')")

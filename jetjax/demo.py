@@ -50,7 +50,7 @@ def _every(rows, n_layers: int):
 
 def _attribution_pair(model, ids) -> tuple[int, int]:
     """``(target, foil)``: " Paris" / " London" when both are single tokens, else the model's top two."""
-    pair = [model.tokenize(w) for w in ATTRIBUTION_PAIR]
+    pair = [model.tokenize(w, special_tokens=False) for w in ATTRIBUTION_PAIR]
     if all(len(t) == 1 for t in pair):
         return int(pair[0][0]), int(pair[1][0])
     logits = np.asarray(model.logits(ids))[-1]

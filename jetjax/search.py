@@ -127,8 +127,10 @@ class TopPaths:
                  f"{self.n_paths:,} paths; {self.n_prefixes:,} prefixes explored, {self.n_scored:,} paths scored "
                  f"(beam {self.beam}); " + (f"certified: no unexplored path scores above {self.bound:.4g}"
                                              if self.certified else
-                                             f"NOT certified: an unexplored path could score up to {self.bound:.4g} "
-                                             f"(raise beam=)")]
+                                             (f"NOT certified: an unexplored path could score up to {self.bound:.4g} "
+                                              "(raise beam=)" if math.isfinite(self.bound) else
+                                              "NOT certified: no finite bound (the product of operator norms "
+                                              "overflows float32 at this depth)"))]
         lines += [f"{s:+10.4f}  {lab}" for lab, s in self.top(n)]
         return "\n".join(lines)
 
@@ -257,7 +259,10 @@ def _search_fn(model: Model, granularity: str, beam: int, k: int, by: str, prior
             explored += jnp.sum(jnp.where(dropped, stop, 0))
             unexplored += jnp.sum(jnp.where(dropped, subtree - stop, 0))
             n_scored += jnp.sum(dropped)
-            bound = jnp.maximum(bound, jnp.max(jnp.where(dropped, norm, 0)) * gamma_after[s])
+            # a step that drops nothing adds nothing (0, even where γ overflowed to inf on a deep model
+            # with large operator norms: 0 · inf would make the whole bound NaN)
+            widest_dropped = jnp.max(jnp.where(dropped, norm, 0))
+            bound = jnp.maximum(bound, jnp.where(widest_dropped > 0, widest_dropped * gamma_after[s], 0))
             top = merge(top, stop, c_mask, c_src, dropped)
             vec, mask, src, ok = constrain(c_vec[keep]), c_mask[keep], c_src[keep], c_ok[keep]
         final = dots(vec, u)
