@@ -277,8 +277,8 @@ class TokenizerOnly:
         self.tokenizer = tokenizer
         self.config = types.SimpleNamespace(vocab_size=vocab_size or tokenizer.get_vocab_size(), n_positions=None)
 
-    def tokenize(self, text: str) -> np.ndarray:
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+    def tokenize(self, text: str, *, special_tokens: bool = True) -> np.ndarray:   # as Model.tokenize
+        ids = self.tokenizer.encode(text, add_special_tokens=bool(special_tokens)).ids
         if not ids:
             raise ValueError("tokenize: the text produced no tokens")
         return np.asarray(ids, dtype=np.int32)
