@@ -22,10 +22,12 @@ from jetjax.models.config import ModelConfig
 from jetjax.models.model import Model
 from jetjax.assets import load_default, load_shipped
 from jetjax._compiled import clear_caches
+from jetjax.adapters import LoraAdapter, init_lora, load_adapter, merge_adapter, save_adapter
 
 
 __all__ = ["clear_caches", "load_default", "load_shipped", "jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "NGramTable", "diff_tables", "keyword_mass",
            "corpus_agreement", "logit_lens", "iterative_jet_lens", "joint_jet_lens", "LensResult", "expand", "expand_all", "path_streams", "PathSpec", "reduce_paths", "PathScores", "path_attribution",
            "PathAttribution", "frozen_path_attribution", "frozen_path_streams", "count_frozen_paths", "FrozenPaths", "top_paths", "TopPaths",
-           "SweepSettings", "count_paths", "expand_block", "expand_decoder", "Expansion", "jet", "JetRuleError", "from_pretrained", "supported_model_types", "Model", "ModelConfig"]
+           "SweepSettings", "count_paths", "expand_block", "expand_decoder", "Expansion", "jet", "JetRuleError", "from_pretrained", "supported_model_types", "Model", "ModelConfig",
+           "LoraAdapter", "init_lora", "load_adapter", "merge_adapter", "save_adapter"]
 __version__ = "0.1.0"

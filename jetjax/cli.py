@@ -510,13 +510,45 @@ def _check_same_vocabulary(model_a, model_b) -> None:
                        "that share a tokenizer")
 
 
+def _load_adapter_option(value: str):
+    """``--adapter``: a shipped adapter's name or a file, read and checked before any model loads."""
+    from jetjax.adapters import load_adapter
+    from jetjax.assets import adapter_path
+
+    try:
+        return str(adapter_path(value)), load_adapter(adapter_path(value))
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(f"--adapter: {e}") from None
+
+
+def _with_adapter(model, adapter, path: str):
+    from jetjax.adapters import merge_adapter
+
+    try:
+        tuned = merge_adapter(model, adapter)
+    except ValueError as e:
+        raise CLIError(f"--adapter {path}: {e}") from None
+    tuned.source = f"{model.source} + LoRA {path}"
+    return tuned
+
+
 def cmd_diff(args) -> None:
     from jetjax.ngrams import diff_tables, jet_bigrams
 
+    if (args.model_b is None) == (args.adapter is None):
+        raise CLIError("diff needs exactly one of --model-b (another model) and --adapter (the model with a LoRA "
+                       "adapter merged, e.g. --adapter shakespeare)")
     _check_source(args.model, "--model")
-    _check_source(args.model_b, "--model-b")
-    model_a = load_model(args.model)
-    model_b = load_model(args.model_b, "--model-b")
+    if args.png is not None and not args.png.endswith(".png"):
+        raise CLIError(f"--png must name a .png file, got {args.png!r}")
+    if args.adapter is not None:
+        where, adapter = _load_adapter_option(args.adapter)
+        model_a = load_model(args.model)
+        model_b = _with_adapter(model_a, adapter, where)
+    else:
+        _check_source(args.model_b, "--model-b")
+        model_a = load_model(args.model)
+        model_b = load_model(args.model_b, "--model-b")
     for model, name in ((model_a, "--model"), (model_b, "--model-b")):
         _check_paths(model, args.paths, name)
         _check_top_k(model, args.top_k, name=name)
@@ -524,6 +556,12 @@ def cmd_diff(args) -> None:
     tables = [jet_bigrams(m, args.paths, top_k=args.top_k, progress=not args.quiet) for m in (model_a, model_b)]
     diff = diff_tables(*tables, n=args.top, models=(model_a, model_b))
     _say(args, diff.to_markdown())
+    if args.png is not None:
+        from jetjax import viz
+
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+        title = f"{' + '.join(args.paths)}: b = {'the adapter' if args.adapter else args.model_b} vs a = the base"
+        _say(args, f"wrote {viz.diff_bars(diff, args.png, n=min(args.top, 15) or 15, title=title)}")
     _emit(args, json.loads(diff.to_json()))
 
 
@@ -541,13 +579,21 @@ def cmd_index(args) -> None:
     sources = [(args.model, "--model")] + [(src, "--compare") for src in args.compare or []]
     for src, option in sources:
         _check_source(src, option)
-    out = {}
+    adapter = _load_adapter_option(args.adapter) if args.adapter is not None else None
+    if adapter is not None:
+        sources.insert(1, (args.model, "--adapter"))
+    out, tuned = {}, None
     for src, option in sources:
-        model = load_model(src, option)
+        if option == "--adapter":
+            model = tuned
+        else:
+            model = load_model(src, option)
+            if option == "--model" and adapter is not None:   # a wrong base is refused before any sweep
+                tuned = _with_adapter(model, adapter[1], adapter[0])
         _check_paths(model, args.paths, f"{option} {src}")
         _check_top_k(model, args.top_k, name=f"{option} {src}")
         table = jet_bigrams(model, args.paths, top_k=args.top_k, progress=not args.quiet)
-        name = src or "default"
+        name = (src or "default") + (f" + {args.adapter}" if option == "--adapter" else "")
         out[name] = {f: keyword_mass(table, f, model=model).to_dict() for f in args.keywords}
         for f, km in out[name].items():
             _say(args, f"{name}  {f}: all contexts {km['all_contexts']}, keyword contexts {km['keyword_contexts']}, "
@@ -701,14 +747,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_search)
 
     p = common(sub.add_parser("diff", help="bigram changes between two models sharing a tokenizer"), text=False)
-    p.add_argument("--model-b", required=True, help="the other model (e.g. the fine-tuned one)")
+    p.add_argument("--model-b", default=None, help="the other model (e.g. the fine-tuned one)")
+    p.add_argument("--adapter", default=None,
+                   help="instead of --model-b: --model with this LoRA adapter merged (a .safetensors file, or "
+                        "'shakespeare': the SmolLM2 adapter jetjax ships)")
     ngram_opts(p)
     p.add_argument("--top", type=top, default=20, help="how many changes to list per kind")
+    p.add_argument("--png", default=None, help="also draw the most gained and lost bigrams as bars into this PNG")
     p.set_defaults(fn=cmd_diff)
 
     p = common(sub.add_parser("index", help="keyword-mass index of jet bigrams"), text=False)
     p.add_argument("--keywords", nargs="+", required=True, help="keyword files, one word or phrase per line")
     p.add_argument("--compare", nargs="*", help="more models to index")
+    p.add_argument("--adapter", default=None,
+                   help="also index --model with this LoRA adapter merged (file, or 'shakespeare')")
     ngram_opts(p)
     p.set_defaults(fn=cmd_index)
 

@@ -253,7 +253,7 @@ def _one_component(kind: str, layer: int) -> str:
     return format_label([Component(kind, layer)])
 
 
-def _normed_outputs(model: Model, with_attention: bool):
+def bigram_path_outputs(model: Model, with_attention: bool):
     """A jitted ``fn(params, ctx [N]) -> {name: final_norm(path output) [N, d]}`` for every length-≤1
     bigram path (one compiled function for all of them, cached per model)."""
     return per_model(model, "findings", ("normed", with_attention), lambda: _build_normed(model, with_attention))
@@ -310,7 +310,7 @@ def bigram_study(model: Model, text: str, *, n_contexts: int = 500, bos_token: s
     ctx = corpus.contexts.astype(np.int32)
     w, b = per_model(model, "findings", ("unembedding",),
                      lambda: jax.jit(lambda p: model.unembedding_matrix(params=p)))(model.params)
-    normed = _normed_outputs(model, with_attention)(model.params, jnp.asarray(ctx))
+    normed = bigram_path_outputs(model, with_attention)(model.params, jnp.asarray(ctx))
     free = [format_label([])] + [_one_component("mlp", l) for l in range(model.config.n_layers)]
     sets = {name: (x, "path") for name, x in normed.items()}
     sets["mean: attention-free"] = (sum(normed[n] for n in free) / len(free), "mean")

@@ -45,7 +45,7 @@ def supported_model_types() -> list[str]:
 
 
 def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None = None,
-                    check_finite: bool = True) -> Model:
+                    check_finite: bool = True, adapter: str | os.PathLike | None = None) -> Model:
     """Load a causal LM from a GGUF file, a local Hugging Face directory or a hub id.
 
     Args:
@@ -65,6 +65,9 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
         (as in transformers' ``from_pretrained(..., gguf_file=...)``).
       check_finite: refuse weights holding NaN or ±inf, naming the tensors (one pass over the
         weights; ``False`` loads them anyway, and every result computed from them may be NaN).
+      adapter: a LoRA adapter file (``.safetensors``, :mod:`jetjax.adapters`) to merge into the
+        loaded weights; it is read and checked before the model loads, and refused if it was
+        trained on other base weights (their sha256 fingerprint differs) or another architecture.
 
     Returns:
       a :class:`~jetjax.models.model.Model`.
@@ -88,6 +91,14 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
     if not str(src).strip():
         raise ValueError(f"src {str(src)!r} is empty; give a GGUF file, a model directory or a hub id")
     dtype = _check_dtype(dtype)
+    if adapter is not None:
+        from jetjax.adapters import load_adapter, merge_adapter
+
+        lora = load_adapter(adapter)   # a bad adapter file fails before the base loads
+        base = from_pretrained(src, dtype=dtype, gguf_file=gguf_file, check_finite=check_finite)
+        merged = merge_adapter(base, lora)
+        merged.source = f"{base.source} + LoRA {adapter}"
+        return merged
     gguf_path = _gguf_source(src, gguf_file)
     if gguf_path is not None:
         from jetjax.gguf import load_gguf

@@ -21,7 +21,8 @@ def _save(fig, path, **kwargs) -> None:
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
         fig.savefig(path, **kwargs)
 
-__all__ = ["show_token", "lens_table", "metric_curves", "joint_weights", "study_curves", "bigram_layers"]
+__all__ = ["show_token", "lens_table", "metric_curves", "joint_weights", "study_curves", "bigram_layers",
+           "diff_bars"]
 
 _METRIC_TITLES = {
     "cosine": "cosine with model logits",
@@ -317,5 +318,25 @@ def bigram_layers(study, path, *, dpi: int = 110) -> str:
     right.legend(fontsize=7)
     for ax in (left, right):
         ax.grid(alpha=0.3)
+    _save(fig, path, dpi=dpi)
+    return str(path)
+
+
+def diff_bars(diff, path, *, n: int = 15, title: str = "", dpi: int = 110) -> str:
+    """The ``n`` jet bigrams that gained and lost most probability from table ``a`` to ``b``, as two
+    horizontal bar charts (from :func:`jetjax.ngrams.diff_tables`; bars are ``p_b − p_a``)."""
+    fig = _figure(11.0, 0.32 * n + 1.4)
+    axes = fig.subplots(1, 2)
+    for ax, records, color, name in ((axes[0], diff.gained_prob[:n], "tab:green", "gained"),
+                                     (axes[1], diff.lost_prob[:n], "tab:red", "lost")):
+        labels = [f"{_show(''.join(r['context']), 14)} → {_show(r['next'], 14)}" for r in records]
+        y = np.arange(len(records))[::-1]
+        ax.barh(y, [r["delta"] for r in records], color=color)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_xlabel("Δ probability (b − a)")
+        ax.set_title(f"most {name}", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     _save(fig, path, dpi=dpi)
     return str(path)

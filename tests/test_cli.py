@@ -90,6 +90,39 @@ def test_diff_index_agree(capsys, tmp_path):
     assert {"top1_hit_rate", "rank_correlation", "kl", "unigram", "n_contexts"} <= set(data)
 
 
+def test_diff_and_index_with_an_adapter(capsys, tmp_path, shipped):
+    """--adapter compares the model with itself plus a LoRA adapter: an MLP-only adapter changes
+    emb>mlp0>dec and leaves emb>dec (no MLP on it) exactly as it was."""
+    from jetjax.adapters import init_lora, merge_adapter, save_adapter
+
+    adapter = init_lora(shipped, rank=2, targets=("c_fc",), layers=[0])
+    rng = np.random.default_rng(0)
+    adapter = adapter.with_weights(adapter.a, {k: rng.standard_normal(b.shape).astype(np.float32)
+                                               for k, b in adapter.b.items()})
+    path = save_adapter(adapter, tmp_path / "mlp0.safetensors")
+    png = tmp_path / "pics" / "bars.png"
+    data, out = run_json(capsys, tmp_path, "diff", "--adapter", str(path), "--paths", "emb>mlp0>dec", "--top", "5",
+                         "--top-k", "3", "--png", str(png), "--quiet")
+    top = data["gained_prob"][0]
+    assert top["delta"] > 0.05 and png.stat().st_size > 10_000
+    tuned = merge_adapter(shipped, adapter)
+    ctx, nxt = top["context_ids"][0], top["next_id"]
+    for model, key in ((shipped, "p_a"), (tuned, "p_b")):   # the path composed by hand: U·LN_f(MLP_0(E[z]))
+        logits = np.asarray(model.decode(model.mlp(0, model.token_embed(np.array([[ctx]])))))[0, -1]
+        p = np.exp(logits - logits.max())
+        assert top[key] == pytest.approx(p[nxt] / p.sum(), abs=1e-5)
+    data, _ = run_json(capsys, tmp_path, "diff", "--adapter", str(path), "--paths", "emb>dec", "--top", "3",
+                       "--top-k", "2", "--quiet")
+    assert all(r["delta"] == 0.0 for r in data["gained_prob"] + data["lost_prob"])
+
+    words = tmp_path / "kw.txt"
+    words.write_text("king\nlord\n")
+    data, _ = run_json(capsys, tmp_path, "index", "--keywords", str(words), "--adapter", str(path),
+                       "--paths", "emb>mlp0>dec", "--quiet")
+    a, b = data["models"]["shakespeare"][str(words)], data["models"][f"shakespeare + {path}"][str(words)]
+    assert a["all_contexts"] != b["all_contexts"] and a["uniform"] == b["uniform"]
+
+
 def test_passthrough_commands(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--help"])

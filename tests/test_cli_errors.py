@@ -138,6 +138,11 @@ BEFORE_LOADING = [
     (["agree", "--corpus", "{d}/empty.txt"], "--corpus {d}/empty.txt is empty"),
     (["agree", "--corpus", "{d}/latin1.txt"], "--corpus {d}/latin1.txt is not UTF-8 text (byte 0xf6 at offset 1)"),
     (["agree", "--corpus", "{d}/adir"], "--corpus {d}/adir is a directory"),
+    (["diff"], "diff needs exactly one of --model-b (another model) and --adapter"),
+    (["diff", "--model-b", "shakespeare", "--adapter", "shakespeare"], "diff needs exactly one of --model-b"),
+    (["diff", "--adapter", "{d}/nope.safetensors"], "--adapter: no adapter file '{d}/nope.safetensors'"),
+    (["diff", "--adapter", "{d}/afile"], "--adapter: {d}/afile is not a readable safetensors file"),
+    (["diff", "--model-b", "shakespeare", "--png", "{d}/bars.jpg"], "--png must name a .png file"),
     # argparse's own errors, one line too
     (["lens", "--text", TEXT, "--bogus"], "jetjax lens: error: unrecognized arguments: --bogus"),
     (["lens", "--text", TEXT, "--granularity", "foo"], "invalid choice: 'foo'"),
@@ -203,6 +208,22 @@ def test_diff_refuses_other_tokenizer_before_sweeping(capsys, no_work, tmp_path)
     assert code == 2
     assert "--model and --model-b have different tokenizers: 2 of 4096 token ids map to different strings" in line
     assert f"300: {by_id[300]!r} vs {by_id[301]!r}" in line
+
+
+def test_adapter_for_another_base_is_refused_before_sweeping(capsys, no_work, tmp_path):
+    import dataclasses
+
+    import jetjax as jj
+    from jetjax.adapters import init_lora, save_adapter
+
+    adapter = init_lora(jj.load_shipped(), rank=2, targets=("c_fc",))
+    path = save_adapter(dataclasses.replace(adapter, base_fingerprint="0" * 64), tmp_path / "other.safetensors")
+    for argv in (["diff", "--adapter", str(path)], ["index", "--keywords", str(WORDS), "--adapter", str(path)]):
+        code, line = one_line_error(capsys, argv + SHAKESPEARE)
+        assert code == 2 and f"--adapter {path}: this adapter was trained on other weights" in line
+
+
+WORDS = shipped_model_path().parent / "keywords" / "archaic.txt"
 
 
 def test_debug_after_the_command(capsys):
