@@ -76,10 +76,12 @@ class BigramDiff:
                 f"{r['delta']:+.4f} |" for r in self.diff.lost_prob[:n]]
         if self.keywords:
             ka, kb = self.keywords["a"], self.keywords["b"]
-            out += ["", f"Keyword mass of `{self.keywords['file']}` ({len(ka['token_ids'])} tokens; uniform "
-                        f"{ka['uniform']:.5f}): all contexts **{ka['all_contexts']:.5f} → {kb['all_contexts']:.5f}**"
-                        f" (×{kb['all_contexts'] / ka['all_contexts']:.2f}); keyword contexts "
-                        f"{ka['keyword_contexts']:.5f} → {kb['keyword_contexts']:.5f}."]
+            kwc = (f"{ka['keyword_contexts']:.3e} → {kb['keyword_contexts']:.3e}"
+                   if ka["keyword_contexts"] is not None else "none of the contexts is a keyword")
+            out += ["", f"Keyword mass of `{self.keywords['file']}` ({self.keywords['a']['n_words']} words, "
+                        f"{len(ka['token_ids'])} one-token forms; uniform {ka['uniform']:.3e}): all contexts "
+                        f"**{ka['all_contexts']:.3e} → {kb['all_contexts']:.3e}** "
+                        f"(×{kb['all_contexts'] / ka['all_contexts']:.2f}); keyword contexts {kwc}."]
         return "\n".join(out)
 
 
@@ -128,6 +130,7 @@ class DataCheck:
     n_pairs: int
     min_count: int
     n_top: int
+    n_shuffles: int
     spearman_dlogp: float
     spearman_dp: float
     top_overlap: float
@@ -140,13 +143,14 @@ class DataCheck:
         return "\n".join([
             f"{self.n_pairs} observed bigrams of the {self.n_contexts} most frequent contexts of held-out text "
             f"({self.n_tokens} tokens); jet path set `{' + '.join(self.paths)}`:", "",
-            "| | jet Δ vs model Δ | shuffled: mean | shuffled: 95th pct |", "|---|---:|---:|---:|",
+            "| | jet Δ vs model Δ | jet Δ shuffled: mean | 95th percentile |", "|---|---:|---:|---:|",
             f"| Spearman ρ, Δ log p | **{self.spearman_dlogp:.3f}** | {s['spearman_dlogp'][0]:.3f} | "
             f"{s['spearman_dlogp'][1]:.3f} |",
             f"| Spearman ρ, Δ p | **{self.spearman_dp:.3f}** | {s['spearman_dp'][0]:.3f} | {s['spearman_dp'][1]:.3f} |",
             f"| top-{self.n_top} gained overlap | **{self.top_overlap:.3f}** | {s['top_overlap'][0]:.3f} | "
             f"{s['top_overlap'][1]:.3f} |", "",
-            f"Best single path: `{best[0]}` ρ = {best[1]:.3f}."])
+            f"(Shuffled correlations are |ρ|, over {self.n_shuffles} permutations of the jet Δ across pairs.) "
+            f"Best single attention-free path: `{best[0]}`, ρ(Δ log p) = {best[1]:.3f}."])
 
 
 def _rank(x: np.ndarray) -> np.ndarray:
@@ -246,5 +250,77 @@ def data_check(base: Model, tuned: Model, text: str, paths: Sequence[str] = ("em
     per_path = {k: (float(_rank(d) @ rm) if np.any(d != 0) else None)
                 for k, d in d_logp.items() if k not in ("jet", "model")}
     return DataCheck(paths=paths, n_tokens=corpus.n_tokens, n_contexts=len(ctx), n_pairs=len(rows),
-                     min_count=min_count, n_top=n_top, spearman_dlogp=float(rj @ rm), spearman_dp=float(pj @ pm),
+                     min_count=min_count, n_top=n_top, n_shuffles=n_shuffles,
+                     spearman_dlogp=float(rj @ rm), spearman_dp=float(pj @ pm),
                      top_overlap=overlap(d_p["jet"]), shuffled=shuffled, per_path=per_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's study of the shipped adapter
+
+HEADLINE_PATHS = ("emb>mlp0>dec",)   # SmolLM2's bigram-carrying path (README, "Which MLPs carry bigrams")
+
+
+def adapter_report(base: Model, adapter="shakespeare", *, text: str | None = None, out_dir=None,
+                   checkpoints: Sequence = (), progress: bool = True) -> dict:
+    """The README's figures for a base model and a LoRA adapter of it: :func:`bigram_diff` of
+    :data:`HEADLINE_PATHS` with the archaic-English keyword mass, :func:`data_check` on ``text``
+    (default: the shipped held-out Shakespeare), and, given adapter ``checkpoints`` (files, in
+    training order), :func:`~jetjax.ngrams.ngram_dynamics` over base, checkpoints and the adapter.
+    With ``out_dir``, writes ``report.md``, ``report.json`` and ``gained_lost.png`` there.
+    Returns ``{"markdown", "diff", "check", "dynamics"}``."""
+    import json
+    from pathlib import Path
+
+    from jetjax.adapters import load_adapter, merge_adapter
+    from jetjax.assets import adapter_path, shipped_text
+
+    keywords = Path(__file__).parent / "assets" / "keywords" / "archaic.txt"
+    path = adapter_path(adapter)
+    tuned = merge_adapter(base, load_adapter(path))
+    steps = [merge_adapter(base, load_adapter(c)) for c in checkpoints]   # every file checked before any sweep
+    text = shipped_text("validation.txt") if text is None else text
+    diff = bigram_diff(base, tuned, HEADLINE_PATHS, n=10, keywords=keywords, progress=progress)
+    check = data_check(base, tuned, text, HEADLINE_PATHS)
+    parts = [diff.to_markdown(), "", check.to_markdown()]
+    dynamics = None
+    if checkpoints:
+        from jetjax import jet_bigrams
+        from jetjax.ngrams import ngram_dynamics
+
+        models = [base] + steps + [tuned]
+        tables = [jet_bigrams(m, HEADLINE_PATHS, top_k=10, global_k=1000, progress=progress) for m in models]
+        labels = ["base"] + [load_adapter(c).card.get("steps_done", Path(c).stem) for c in checkpoints] + ["final"]
+        dynamics = ngram_dynamics(tables, k=1000, models=models, labels=[str(x) for x in labels])
+        parts += ["", "| step | " + " | ".join(dynamics.labels) + " |", "|---|" + "---:|" * len(dynamics.labels),
+                  "| hit ratio (top 1000) | " + " | ".join(f"{x:.3f}" for x in dynamics.hit_ratio) + " |",
+                  "| own top-1000 mass | " + " | ".join(f"{x:.3f}" for x in dynamics.own_mass) + " |",
+                  "| mass on the final top 1000 | " + " | ".join(f"{x:.3f}" for x in dynamics.final_mass) + " |"]
+    markdown = "\n".join(parts) + "\n"
+    if out_dir is not None:
+        from jetjax import viz
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(markdown)
+        record = {"diff": json.loads(diff.diff.to_json()), "top1_changed": diff.top1_changed,
+                  "keywords": diff.keywords, "check": dataclasses.asdict(check),
+                  "dynamics": None if dynamics is None else dynamics.to_dict()}
+        (out / "report.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        viz.diff_bars(diff.diff, out / "gained_lost.png", n=10,
+                      title=f"{' + '.join(HEADLINE_PATHS)}: SmolLM2 + Shakespeare LoRA vs SmolLM2")
+    return {"markdown": markdown, "diff": diff, "check": check, "dynamics": dynamics}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m jetjax.diffing",
+                                 description="The README's diff of SmolLM2 and its Shakespeare LoRA adapter.")
+    ap.add_argument("--out", required=True, help="directory for report.md, report.json and gained_lost.png")
+    ap.add_argument("--adapter", default="shakespeare", help="adapter file or shipped name (default shakespeare)")
+    ap.add_argument("--checkpoints", nargs="*", default=(), help="intermediate adapters, in training order")
+    args = ap.parse_args()
+    from jetjax.assets import load
+
+    print(adapter_report(load("smollm2"), args.adapter, out_dir=args.out, checkpoints=args.checkpoints)["markdown"])

@@ -241,8 +241,27 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 train_loss=[round(x, 4) for x in history])
     out = save_adapter(dataclasses.replace(adapter, card=card), args.out)
     args.out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(adapter_card(card))
     print(f"saved {out} ({adapter.n_params} parameters)", flush=True)
     return out
+
+
+def adapter_card(card: dict) -> str:
+    """A readable card (markdown) from the adapter's JSON card."""
+    st = card["settings"]
+    return "\n".join([
+        f"# LoRA adapter: {card['base_model']} fine-tuned on Shakespeare", "",
+        f"- base: `{card['base_model']}` (weights sha256 fingerprint `{card['base_fingerprint'][:16]}…`; "
+        "jetjax refuses to merge it into other weights)",
+        f"- data: {card['data']}; {card['train_tokens']} training tokens (the base's tokenizer)",
+        f"- adapter: rank {card['rank']}, alpha {card['alpha']}, on {', '.join(card['targets'])} of every layer",
+        f"- training: {card['steps_done']} steps of {st['batch_size']} × {st['seq_len']} tokens "
+        f"({card['tokens_seen']} tokens seen), AdamW lr {st['lr']} (warmup {st['warmup']}, cosine to "
+        f"{st['lr'] * st['min_lr_ratio']:g}), clip {st['clip_norm']}, seed {card['seed']}; "
+        f"{card['train_seconds']:.0f} s on {card['machine']}",
+        f"- held-out loss ({card['eval_recipe']}): **{card['held_out_loss_before']:.4f} → "
+        f"{card['held_out_loss_after']:.4f}** nats/token",
+        "", "Recipe: `python -m jetjax.finetune --out smollm2-shakespeare.safetensors` (defaults).", ""])
 
 
 if __name__ == "__main__":

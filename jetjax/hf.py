@@ -65,7 +65,8 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
         (as in transformers' ``from_pretrained(..., gguf_file=...)``).
       check_finite: refuse weights holding NaN or ±inf, naming the tensors (one pass over the
         weights; ``False`` loads them anyway, and every result computed from them may be NaN).
-      adapter: a LoRA adapter file (``.safetensors``, :mod:`jetjax.adapters`) to merge into the
+      adapter: a LoRA adapter file (``.safetensors``, :mod:`jetjax.adapters`), or the name of one
+        jetjax ships (``"shakespeare"``: SmolLM2 fine-tuned on Shakespeare), to merge into the
         loaded weights; it is read and checked before the model loads, and refused if it was
         trained on other base weights (their sha256 fingerprint differs) or another architecture.
 
@@ -93,7 +94,9 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
     dtype = _check_dtype(dtype)
     if adapter is not None:
         from jetjax.adapters import load_adapter, merge_adapter
+        from jetjax.assets import adapter_path
 
+        adapter = adapter_path(adapter)
         lora = load_adapter(adapter)   # a bad adapter file fails before the base loads
         base = from_pretrained(src, dtype=dtype, gguf_file=gguf_file, check_finite=check_finite)
         merged = merge_adapter(base, lora)

@@ -69,7 +69,7 @@ TIERS = {
                "test_hf_errors.py", "test_lenses.py", "test_paths.py", "test_shipped_model.py", "test_frozen.py",
                "test_gguf_gemma.py", "test_gemma.py", "test_adapters.py"},
     # the product on real models: SmolLM2 (its wheel) and the CLI end to end
-    "product": {"test_real_model.py", "test_cli.py", "test_multiprocess.py", "test_gemma3_real.py"},
+    "product": {"test_real_model.py", "test_cli.py", "test_multiprocess.py", "test_gemma3_real.py", "test_lora_real.py"},
     "notebooks": {"test_notebooks.py"},
 }
 

@@ -88,3 +88,22 @@ def test_bigram_diff_against_full_tables_by_hand(pair):
     same = bigram_diff(base, tuned, ("emb>dec",), n=3, top_k=2, progress=False)
     assert same.top1_changed == 0.0 and all(r["delta"] == 0 for r in same.diff.gained_prob)
     assert "top-1 next token changed" in res.to_markdown()
+
+
+def test_ngram_dynamics_by_hand(pair):
+    import jetjax as jj
+    from jetjax.ngrams import ngram_dynamics
+
+    base, tuned = pair
+    k = 12
+    tables = [jj.jet_bigrams(m, "emb>mlp1>dec", top_k=2, global_k=k, progress=False) for m in (base, tuned)]
+    dyn = ngram_dynamics(tables, k=k, models=[base, tuned], labels=["base", "tuned"])
+    pa, pb = np.exp(_jet_logp(base, 1)), np.exp(_jet_logp(tuned, 1))
+    top = lambda p: set(np.argsort(-p.reshape(-1), kind="stable")[:k].tolist())  # noqa: E731
+    assert dyn.hit_ratio == [len(top(pa) & top(pb)) / k, 1.0]
+    assert dyn.own_mass[0] == pytest.approx(np.sort(pa.reshape(-1))[-k:].sum() / k, abs=1e-5)
+    final_top = np.array(sorted(top(pb)))
+    assert dyn.final_mass[0] == pytest.approx(pa.reshape(-1)[final_top].sum() / k, abs=1e-5)
+    assert dyn.final_mass[1] == pytest.approx(dyn.own_mass[1], abs=1e-5)
+    with pytest.raises(ValueError, match="keep fewer than k=13 global pairs"):
+        ngram_dynamics(tables, k=13)

@@ -10,7 +10,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 
 def test_there_are_notebooks():
-    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "ngrams", "paths"}
+    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "ngrams", "paths", "diffing"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -7,7 +7,8 @@ with a corpus).
 """
 
 from jetjax.ngrams.analysis import (CorpusAgreement, CorpusBigrams, KeywordMass, TableDiff, corpus_agreement,
-                                    corpus_bigrams, diff_tables, keyword_mass, load_keywords, read_keywords)
+                                    corpus_bigrams, diff_tables, keyword_mass, load_keywords, ngram_dynamics,
+                                    NGramDynamics, read_keywords)
 from jetjax.ngrams.scorer import PATH_FORMS, check_paths, parse_path
 from jetjax.ngrams.settings import SweepSettings
 from jetjax.ngrams.store import SweepLockedError
@@ -18,4 +19,5 @@ from jetjax.ngrams.trigrams import bigram_candidates, candidate_contexts, jet_sk
 __all__ = ["jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "candidate_contexts", "bigram_candidates",
            "sweep_contexts", "SweepSettings", "SweepLockedError", "NGramTable", "diff_tables", "TableDiff",
            "keyword_mass", "KeywordMass", "read_keywords", "load_keywords", "corpus_agreement", "CorpusAgreement",
-           "corpus_bigrams", "CorpusBigrams", "parse_path", "check_paths", "PATH_FORMS", "model_fingerprint"]
+           "corpus_bigrams", "CorpusBigrams", "parse_path", "check_paths", "PATH_FORMS", "model_fingerprint",
+           "ngram_dynamics", "NGramDynamics"]

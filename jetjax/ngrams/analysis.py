@@ -25,7 +25,7 @@ from jetjax.ngrams.table import NGramTable
 
 __all__ = ["diff_tables", "TableDiff", "read_keywords", "load_keywords", "keyword_mass", "KeywordMass",
            "corpus_agreement",
-           "CorpusAgreement", "corpus_bigrams", "CorpusBigrams"]
+           "CorpusAgreement", "corpus_bigrams", "CorpusBigrams", "ngram_dynamics", "NGramDynamics"]
 
 
 def _check_model(model: Model, table: NGramTable) -> None:
@@ -470,3 +470,69 @@ def corpus_agreement(table: NGramTable, text: str, model: Model, *, tokenizer=No
     rows = np.asarray([row_of[int(z1)] for z1 in corpus.contexts])
     logp = np.concatenate([lp for _, lp in _logprob_blocks(model, table, rows)])
     return corpus.agreement(table.ids[rows, 0], logp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamics over checkpoints
+
+@dataclasses.dataclass(frozen=True)
+class NGramDynamics:
+    """Jet bigram tables of successive checkpoints against the last one (see :func:`ngram_dynamics`)."""
+
+    labels: list[str]
+    k: int
+    hit_ratio: list[float]
+    own_mass: list[float]
+    final_mass: list[float]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def ngram_dynamics(tables: "list[NGramTable]", *, k: int = 100, models: "list[Model] | None" = None,
+                   labels: "list[str] | None" = None) -> NGramDynamics:
+    """How the jet bigrams of checkpoints approach the final ones (the paper's hit ratio and mass).
+
+    ``tables``: bigram tables of the same contexts, one per checkpoint, the final one last (each
+    swept with ``global_k >= k``). With ``T_c`` the global top ``k`` ``(z1, z2)`` pairs of checkpoint
+    ``c`` by ``P_c(z2 | z1)`` and ``F`` the last checkpoint's:
+
+    * ``hit_ratio[c] = |T_c ∩ F| / k``;
+    * ``own_mass[c] = Σ_{T_c} P_c(z2 | z1) / k``: how peaked checkpoint ``c``'s strongest bigrams are;
+    * ``final_mass[c] = Σ_{F} P_c(z2 | z1) / k``: the probability checkpoint ``c`` already gives the
+      final model's strongest bigrams (exact with ``models``, the checkpoints' models in order; else
+      0 for pairs outside ``c``'s stored top-k per row, a lower bound).
+
+    The paper plots a hit ratio w.r.t. the final checkpoint and a "total mass" without printing
+    their formulas; these are ours.
+    """
+    if not tables or not all(isinstance(t, NGramTable) for t in tables):
+        raise TypeError("ngram_dynamics takes a non-empty list of NGramTables (final checkpoint last)")
+    k = check_positive_int("k", k)
+    short = [i for i, t in enumerate(tables) if len(t.global_probs) < k]
+    if short:
+        raise ValueError(f"tables {short} keep fewer than k={k} global pairs; sweep them with global_k >= {k}")
+    if models is not None and len(models) != len(tables):
+        raise ValueError(f"models: {len(models)} given for {len(tables)} tables")
+    labels = list(labels) if labels is not None else [f"checkpoint {i}" for i in range(len(tables))]
+    if len(labels) != len(tables):
+        raise ValueError(f"labels: {len(labels)} given for {len(tables)} tables")
+    final = tables[-1]
+    for t in tables[:-1]:
+        if t.contexts.shape != final.contexts.shape or not np.array_equal(t.contexts, final.contexts):
+            raise ValueError("the tables have different contexts; sweep every checkpoint over the same ones")
+    v = int(final.meta.get("model", {}).get("config", {}).get("vocab_size") or final.ids.max() + 1)
+    row_of = {tuple(c): r for r, c in enumerate(final.contexts.tolist())}
+
+    def top_keys(t):
+        return np.array([row_of[tuple(p[:-1])] * v + p[-1] for p in t.global_pairs[:k].tolist()], np.int64)
+
+    final_keys = top_keys(final)
+    hit, own, fin = [], [], []
+    for i, t in enumerate(tables):
+        mine = top_keys(t)
+        hit.append(len(np.intersect1d(mine, final_keys)) / k)
+        own.append(float(np.sum(t.global_probs[:k], dtype=np.float64)) / k)
+        probs, _ = _entry_probs(t, final_keys, v, None if models is None else models[i])
+        fin.append(float(probs.sum()) / k)
+    return NGramDynamics(labels=labels, k=k, hit_ratio=hit, own_mass=own, final_mass=fin)

