@@ -45,7 +45,7 @@ import numpy as np
 
 from jetjax.models.model import Model
 
-__all__ = ["LoraAdapter", "layer_matrices", "init_lora", "merge_adapter", "merged_params", "save_adapter",
+__all__ = ["ADAPTERS", "adapter_path", "LoraAdapter", "layer_matrices", "init_lora", "merge_adapter", "merged_params", "save_adapter",
            "load_adapter", "check_adapter"]
 
 FORMAT = "jetjax-lora"
@@ -96,6 +96,22 @@ class LoraAdapter:
     def with_weights(self, a, b) -> "LoraAdapter":
         """The same adapter with other ``A``/``B`` (e.g. after a training step)."""
         return dataclasses.replace(self, a=dict(a), b=dict(b))
+
+
+# LoRA adapters shipped in the package: name -> (file under jetjax/assets/lora, the base model's name)
+ADAPTERS = {
+    "shakespeare": ("smollm2-shakespeare.safetensors", "smollm2"),
+}
+
+
+def adapter_path(name_or_path: str | os.PathLike) -> Path:
+    """The file of a shipped adapter (a name of :data:`ADAPTERS`) or the path given."""
+    if isinstance(name_or_path, str) and name_or_path in ADAPTERS:
+        return Path(__file__).parent / "assets" / "lora" / ADAPTERS[name_or_path][0]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no adapter file {str(path)!r} (shipped adapters: {', '.join(sorted(ADAPTERS))})")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,22 +51,6 @@ MODELS = {
 }
 
 
-# LoRA adapters shipped in the package: name -> (file under jetjax/assets/lora, the base model's name)
-ADAPTERS = {
-    "shakespeare": ("smollm2-shakespeare.safetensors", "smollm2"),
-}
-
-
-def adapter_path(name_or_path: str | os.PathLike) -> Path:
-    """The file of a shipped adapter (a name of :data:`ADAPTERS`) or the path given."""
-    if isinstance(name_or_path, str) and name_or_path in ADAPTERS:
-        return Path(__file__).parent / "assets" / "lora" / ADAPTERS[name_or_path][0]
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no adapter file {str(path)!r} (shipped adapters: {', '.join(sorted(ADAPTERS))})")
-    return path
-
-
 def shipped_model_path() -> Path:
     """Directory of the Shakespeare GPT-2 shipped in the package (load it with ``jj.from_pretrained``)."""
     if not (SHIPPED_MODEL_DIR / "config.json").is_file():
@@ -230,4 +214,4 @@ def load_shipped(**kwargs):
 
 __all__ = ["MODELS", "load", "load_model", "looks_local", "load_default", "load_shipped", "model_path",
            "default_model_name", "smollm2_path", "gemma3_270m_path", "cache_dir", "shipped_model_path", "shipped_text",
-           "SMOLLM2_WHEEL", "GEMMA3_INSTALL", "ADAPTERS", "adapter_path"]
+           "SMOLLM2_WHEEL", "GEMMA3_INSTALL"]

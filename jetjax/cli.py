@@ -512,8 +512,7 @@ def _check_same_vocabulary(model_a, model_b) -> None:
 
 def _load_adapter_option(value: str):
     """``--adapter``: a shipped adapter's name or a file, read and checked before any model loads."""
-    from jetjax.adapters import load_adapter
-    from jetjax.assets import adapter_path
+    from jetjax.adapters import adapter_path, load_adapter
 
     try:
         return str(adapter_path(value)), load_adapter(adapter_path(value))

@@ -272,8 +272,8 @@ def adapter_report(base: Model, adapter="shakespeare", *, text: str | None = Non
     import json
     from pathlib import Path
 
-    from jetjax.adapters import load_adapter, merge_adapter
-    from jetjax.assets import adapter_path, shipped_text
+    from jetjax.adapters import adapter_path, load_adapter, merge_adapter
+    from jetjax.assets import shipped_text
 
     keywords = Path(__file__).parent / "assets" / "keywords" / "archaic.txt"
     path = adapter_path(adapter)

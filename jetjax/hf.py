@@ -93,8 +93,7 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
         raise ValueError(f"src {str(src)!r} is empty; give a GGUF file, a model directory or a hub id")
     dtype = _check_dtype(dtype)
     if adapter is not None:
-        from jetjax.adapters import load_adapter, merge_adapter
-        from jetjax.assets import adapter_path
+        from jetjax.adapters import adapter_path, load_adapter, merge_adapter
 
         adapter = adapter_path(adapter)
         lora = load_adapter(adapter)   # a bad adapter file fails before the base loads

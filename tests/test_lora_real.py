@@ -9,7 +9,8 @@ import pytest
 
 import jetjax as jj
 from jetjax.adapters import load_adapter, merge_adapter
-from jetjax.assets import adapter_path, shipped_text, smollm2_path
+from jetjax.adapters import adapter_path
+from jetjax.assets import shipped_text, smollm2_path
 from jetjax.train import eval_windows, mean_token_loss
 
 README = Path(__file__).resolve().parents[1] / "README.md"
