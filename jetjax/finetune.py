@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import functools
 import json
 import os
 import platform
@@ -48,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jetjax._compiled import per_model
 from jetjax.adapters import LoraAdapter, init_lora, merge_adapter, merged_params, save_adapter
 from jetjax.models.model import Model
 from jetjax.train import TrainSettings, eval_windows, mean_token_loss, next_token_loss
@@ -74,8 +74,12 @@ def _unkeyed(d):
     return {(int(k.split("|")[0]), k.split("|", 1)[1]): v for k, v in d.items()}
 
 
-@functools.lru_cache(maxsize=4)
-def _compiled_step(model_ref: Model, settings: TrainSettings, scale: float):
+def _compiled_step(model: Model, settings: TrainSettings, scale: float):
+    """``(optimizer, jitted step)``, kept in the model's compile cache (``jj.clear_caches()`` empties it)."""
+    return per_model(model, "finetune", (settings, scale), lambda: _build_step(model, settings, scale))
+
+
+def _build_step(model_ref: Model, settings: TrainSettings, scale: float):
     optimizer = _lora_optimizer(settings)
 
     @jax.jit
