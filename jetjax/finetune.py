@@ -245,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 train_loss=[round(x, 4) for x in history])
     out = save_adapter(dataclasses.replace(adapter, card=card), args.out)
     args.out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    from jetjax.viz import loss_curve
+
+    loss_curve(card, args.out.with_name(args.out.stem + "-loss.png"))
     args.out.with_suffix(".md").write_text(adapter_card(card))
     print(f"saved {out} ({adapter.n_params} parameters)", flush=True)
     return out
@@ -265,7 +268,8 @@ def adapter_card(card: dict) -> str:
         f"{card['train_seconds']:.0f} s on {card['machine']}",
         f"- held-out loss ({card['eval_recipe']}): **{card['held_out_loss_before']:.4f} → "
         f"{card['held_out_loss_after']:.4f}** nats/token",
-        "", "Recipe: `python -m jetjax.finetune --out smollm2-shakespeare.safetensors` (defaults).", ""])
+        "", "![training loss per step](smollm2-shakespeare-loss.png)", "",
+        "Recipe: `python -m jetjax.finetune --out smollm2-shakespeare.safetensors` (defaults).", ""])
 
 
 if __name__ == "__main__":

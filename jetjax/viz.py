@@ -22,7 +22,7 @@ def _save(fig, path, **kwargs) -> None:
         fig.savefig(path, **kwargs)
 
 __all__ = ["show_token", "lens_table", "metric_curves", "joint_weights", "study_curves", "bigram_layers",
-           "diff_bars"]
+           "diff_bars", "loss_curve"]
 
 _METRIC_TITLES = {
     "cosine": "cosine with model logits",
@@ -339,4 +339,24 @@ def diff_bars(diff, path, *, n: int = 15, title: str = "", dpi: int = 110) -> st
     if title:
         fig.suptitle(title, fontsize=10)
     _save(fig, path, dpi=dpi)
+    return str(path)
+
+
+def loss_curve(card: dict, path) -> str:
+    """The card's training loss per step (and its 10-step mean) with the held-out loss before and
+    after as horizontal lines, as a PNG."""
+    loss = np.asarray(card["train_loss"])
+    fig = _figure(6.5, 3.2)
+    ax = fig.subplots()
+    ax.plot(loss, color="tab:blue", alpha=0.35, linewidth=1, label="training loss (one batch)")
+    if len(loss) >= 10:
+        ax.plot(np.arange(9, len(loss)), np.convolve(loss, np.ones(10) / 10, mode="valid"), color="tab:blue",
+                label="10-step mean")
+    for key, color in (("held_out_loss_before", "tab:red"), ("held_out_loss_after", "tab:green")):
+        ax.axhline(card[key], linestyle="--", color=color, label=f"{key.replace('_', ' ')}: {card[key]:.3f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats / token")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path, dpi=110)
     return str(path)
