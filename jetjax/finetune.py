@@ -50,7 +50,8 @@ import optax
 from jetjax._compiled import per_model
 from jetjax.adapters import LoraAdapter, init_lora, merge_adapter, merged_params, save_adapter
 from jetjax.models.model import Model
-from jetjax.train import TrainSettings, eval_windows, mean_token_loss, next_token_loss
+from jetjax.train import (TrainSettings, batches, check_token_stream, eval_windows, mean_token_loss,
+                          next_token_loss)
 
 __all__ = ["train_lora", "LORA_SETTINGS", "main"]
 
@@ -117,15 +118,7 @@ def train_lora(model: Model, tokens, adapter: LoraAdapter, settings: TrainSettin
     from jetjax.adapters import check_adapter
 
     check_adapter(model, adapter)
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be a 1-D integer array, got {tokens.dtype} of shape {tokens.shape}")
-    if model.config.n_positions is not None and settings.seq_len > model.config.n_positions:
-        raise ValueError(f"seq_len={settings.seq_len} exceeds the model's n_positions={model.config.n_positions}")
-    if len(tokens) <= settings.seq_len + 1:
-        raise ValueError(f"the corpus has {len(tokens)} tokens; need more than seq_len + 1 = {settings.seq_len + 1}")
-    if tokens.min() < 0 or tokens.max() >= model.config.vocab_size:
-        raise ValueError(f"token ids must lie in 0..{model.config.vocab_size - 1}, got {tokens.min()}..{tokens.max()}")
+    tokens = check_token_stream(tokens, model.config, settings)
     if checkpoint_every is not None and (checkpoint_every < 1 or on_checkpoint is None):
         raise ValueError(f"checkpoint_every={checkpoint_every} needs to be >= 1 and come with on_checkpoint")
 
@@ -133,17 +126,14 @@ def train_lora(model: Model, tokens, adapter: LoraAdapter, settings: TrainSettin
     lora = {"a": {k: jnp.asarray(v) for k, v in _keyed(adapter.a).items()},
             "b": {k: jnp.asarray(v) for k, v in _keyed(adapter.b).items()}}
     opt_state = optimizer.init(lora)
-    rng = np.random.default_rng(settings.seed)
-    window = np.arange(settings.seq_len + 1)
     history, t0 = [], time.perf_counter()
 
     def current():
         return adapter.with_weights({k: np.asarray(v) for k, v in _unkeyed(lora["a"]).items()},
                                     {k: np.asarray(v) for k, v in _unkeyed(lora["b"]).items()})
 
-    for i in range(settings.steps):
-        starts = rng.integers(0, len(tokens) - settings.seq_len - 1, size=settings.batch_size)
-        lora, opt_state, loss = step(model.params, lora, opt_state, jnp.asarray(tokens[starts[:, None] + window]))
+    for i, batch in enumerate(batches(tokens, settings)):
+        lora, opt_state, loss = step(model.params, lora, opt_state, batch)
         history.append(float(loss))
         if not np.isfinite(history[-1]):
             raise FloatingPointError(f"the training loss became {history[-1]} at step {i}; lower lr={settings.lr}")

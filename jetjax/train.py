@@ -243,6 +243,30 @@ def _compiled_step(config: ModelConfig, settings: TrainSettings):
     return optimizer, step
 
 
+def check_token_stream(tokens, config: ModelConfig, settings: TrainSettings) -> np.ndarray:
+    """``tokens`` as a 1-D integer array, checked against the model and the window before training."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be a 1-D integer array, got {tokens.dtype} of shape {tokens.shape}")
+    if config.n_positions is not None and settings.seq_len > config.n_positions:
+        raise ValueError(f"seq_len={settings.seq_len} exceeds the model's n_positions={config.n_positions}")
+    if len(tokens) <= settings.seq_len + 1:
+        raise ValueError(f"the corpus has {len(tokens)} tokens; need more than seq_len + 1 = {settings.seq_len + 1}")
+    if tokens.min() < 0 or tokens.max() >= config.vocab_size:
+        raise ValueError(f"token ids must lie in 0..{config.vocab_size - 1}, got {tokens.min()}..{tokens.max()}")
+    return tokens
+
+
+def batches(tokens: np.ndarray, settings: TrainSettings):
+    """``settings.steps`` batches ``int [batch_size, seq_len + 1]``: windows at uniform random offsets
+    drawn from ``numpy.random.default_rng(settings.seed)`` (the same seed, the same batches)."""
+    rng = np.random.default_rng(settings.seed)
+    window = np.arange(settings.seq_len + 1)
+    for _ in range(settings.steps):
+        starts = rng.integers(0, len(tokens) - settings.seq_len - 1, size=settings.batch_size)
+        yield jnp.asarray(tokens[starts[:, None] + window])
+
+
 def train_lm(config: ModelConfig, tokens: np.ndarray, settings: TrainSettings, *,
              log: Callable[[str], None] | None = print, log_every: int = 50) -> tuple[Model, list[float]]:
     """Train a model of ``config`` on the token stream ``tokens``; returns ``(model, losses per step)``.
@@ -251,25 +275,14 @@ def train_lm(config: ModelConfig, tokens: np.ndarray, settings: TrainSettings, *
     ``tokens`` from ``numpy.random.default_rng(seed)``; initial weights are
     ``random_model(config, seed=seed)``. Same inputs, same seed: same parameters.
     """
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be a 1-D integer array, got {tokens.dtype} of shape {tokens.shape}")
-    if settings.seq_len > config.n_positions:
-        raise ValueError(f"seq_len={settings.seq_len} exceeds the model's n_positions={config.n_positions}")
-    if len(tokens) <= settings.seq_len + 1:
-        raise ValueError(f"the corpus has {len(tokens)} tokens; need more than seq_len + 1 = {settings.seq_len + 1}")
-    if tokens.min() < 0 or tokens.max() >= config.vocab_size:
-        raise ValueError(f"token ids must lie in 0..{config.vocab_size - 1}")
+    tokens = check_token_stream(tokens, config, settings)
 
     model = random_model(config, seed=settings.seed)
     optimizer, step = _compiled_step(config, dataclasses.replace(settings, seed=0))
     params, opt_state = model.params, optimizer.init(model.params)
-    rng = np.random.default_rng(settings.seed)
-    window = np.arange(settings.seq_len + 1)
     history, t0 = [], time.perf_counter()
-    for i in range(settings.steps):
-        starts = rng.integers(0, len(tokens) - settings.seq_len - 1, size=settings.batch_size)
-        params, opt_state, loss = step(params, opt_state, jnp.asarray(tokens[starts[:, None] + window]))
+    for i, batch in enumerate(batches(tokens, settings)):
+        params, opt_state, loss = step(params, opt_state, batch)
         history.append(float(loss))
         if log is not None and (i % log_every == 0 or i == settings.steps - 1):
             log(f"step {i:5d}  loss {history[-1]:.4f}  lr {float(settings.schedule()(i)):.2e}  "
