@@ -278,7 +278,8 @@ def adapter_report(base: Model, adapter="shakespeare", *, text: str | None = Non
     keywords = Path(__file__).parent / "assets" / "keywords" / "archaic.txt"
     path = adapter_path(adapter)
     tuned = merge_adapter(base, load_adapter(path))
-    steps = [merge_adapter(base, load_adapter(c)) for c in checkpoints]   # every file checked before any sweep
+    step_adapters = [load_adapter(c) for c in checkpoints]
+    steps = [merge_adapter(base, a) for a in step_adapters]   # every file checked before any sweep
     text = shipped_text("validation.txt") if text is None else text
     diff = bigram_diff(base, tuned, HEADLINE_PATHS, n=10, keywords=keywords, progress=progress)
     check = data_check(base, tuned, text, HEADLINE_PATHS)
@@ -290,7 +291,7 @@ def adapter_report(base: Model, adapter="shakespeare", *, text: str | None = Non
 
         models = [base] + steps + [tuned]
         tables = [jet_bigrams(m, HEADLINE_PATHS, top_k=10, global_k=1000, progress=progress) for m in models]
-        labels = ["base"] + [load_adapter(c).card.get("steps_done", Path(c).stem) for c in checkpoints] + ["final"]
+        labels = ["base"] + [a.card.get("steps_done", Path(c).stem) for a, c in zip(step_adapters, checkpoints)] + ["final"]
         dynamics = ngram_dynamics(tables, k=1000, models=models, labels=[str(x) for x in labels])
         parts += ["", "| step | " + " | ".join(dynamics.labels) + " |", "|---|" + "---:|" * len(dynamics.labels),
                   "| hit ratio (top 1000) | " + " | ".join(f"{x:.3f}" for x in dynamics.hit_ratio) + " |",
