@@ -132,8 +132,7 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
 
     ``W_t, b_t`` come from :func:`_tile_unembedding`; the vocabulary is scanned tile by tile. With
     ``compute_dtype="bfloat16"`` the rows are rounded to bfloat16 (``W_t`` already is, stored as its
-    ``uint16`` bit pattern) and each
-    tile's GEMM accumulates in float32.
+    ``uint16`` bit pattern) and each tile's GEMM accumulates in float32.
     """
 
     def local(params, w_tiles, b_tiles, ctx):
