@@ -119,12 +119,26 @@ def _tile_candidates(logits, kk: int, group: int):
     69 GFLOP/s against 80 for the GEMMs alone).
     """
     rows, tile = logits.shape
-    grouped = logits.reshape(rows, tile // group, group)
-    _, best = jax.lax.top_k(grouped.max(-1), kk)
+    _, best = jax.lax.top_k(logits.reshape(rows, tile // group, group).max(-1), kk)
     best = jnp.sort(best, axis=-1)
-    values = jnp.take_along_axis(grouped, best[:, :, None], axis=1).reshape(rows, kk * group)
     ids = (best[:, :, None] * group + jnp.arange(group, dtype=best.dtype)).reshape(rows, kk * group)
-    return values, ids
+    return _take_rows(logits, ids), ids
+
+
+def _take_rows(x, idx):
+    """``x[i, idx[i, j]]`` for ``x [B, n]`` and in-range ``idx [B, m]``: ``take_along_axis`` made fast.
+
+    Gathered from the flattened ``x`` by flat index: XLA:CPU (jaxlib 0.10) runs a batched
+    ``take_along_axis`` several times slower (a sweep step's candidate gather, ``[1024, 4096]``
+    logits, 160 columns per row, 13 tiles: ~45 ms against ~20; the whole bfloat16 step 174 -> 149
+    ms on a 2-core Xeon with AMX). Falls back to ``take_along_axis`` where a flat index would
+    overflow int32.
+    """
+    rows, n = x.shape
+    if rows * n >= 2 ** 31:
+        return jnp.take_along_axis(x, idx, axis=1)
+    flat = jnp.arange(rows, dtype=jnp.int32)[:, None] * n + idx.astype(jnp.int32)
+    return x.reshape(-1).at[flat].get(mode="promise_in_bounds")
 
 
 def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32"):
@@ -157,7 +171,7 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
             if group:
                 cand, cand_ids = _tile_candidates(logits, kk, group)
                 top_v, pos = jax.lax.top_k(jnp.concatenate([top_v, cand], axis=1), kk)
-                top_i = jnp.take_along_axis(jnp.concatenate([top_i, cand_ids + offset], axis=1), pos, axis=1)
+                top_i = _take_rows(jnp.concatenate([top_i, cand_ids + offset], axis=1), pos)
             else:
                 top_v, pos = jax.lax.top_k(jnp.concatenate([top_v, logits], axis=1), kk)
                 from_old = jnp.take_along_axis(top_i, jnp.minimum(pos, kk - 1), axis=1)
