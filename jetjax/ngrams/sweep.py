@@ -36,7 +36,6 @@ import hashlib
 import json
 import warnings
 import weakref
-from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
