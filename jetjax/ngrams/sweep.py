@@ -128,10 +128,10 @@ def _take_rows(x, idx):
     """``x[i, idx[i, j]]`` for ``x [B, n]`` and in-range ``idx [B, m]``: ``take_along_axis`` made fast.
 
     Gathered from the flattened ``x`` by flat index: XLA:CPU (jaxlib 0.10) runs a batched
-    ``take_along_axis`` several times slower (a sweep step's candidate gather, ``[1024, 4096]``
-    logits, 160 columns per row, 13 tiles: ~45 ms against ~20; the whole bfloat16 step 174 -> 149
-    ms on a 2-core Xeon with AMX). Falls back to ``take_along_axis`` where a flat index would
-    overflow int32.
+    ``take_along_axis`` more than twice as slowly (a sweep step's candidate sort and gather,
+    ``[1024, 4096]`` logits, 160 columns per row, 13 tiles: 58 ms against 22; the whole bfloat16 step
+    174 -> 149 ms on a 2-core Xeon with AMX). Falls back to ``take_along_axis`` where a flat index
+    would overflow int32.
     """
     rows, n = x.shape
     if rows * n >= 2 ** 31:
