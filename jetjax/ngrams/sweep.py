@@ -45,6 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jetjax._compiled import per_model
 from jetjax.models.model import Model
+from jetjax.ngrams import native
 from jetjax.ngrams.scorer import context_scorer
 from jetjax.ngrams.settings import DEFAULT, SweepSettings, resolve_settings
 from jetjax.ngrams.store import FORMAT, ChunkStore
@@ -140,12 +141,14 @@ def _take_rows(x, idx):
     return x.reshape(-1).at[flat].get(mode="promise_in_bounds")
 
 
-def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32"):
+def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32", kernel: bool = False):
     """Jitted ``(params, W_t, b_t, ctx) -> (top probs, top ids, logsumexp)`` with rows over the mesh.
 
     ``W_t, b_t`` come from :func:`_tile_unembedding`; the vocabulary is scanned tile by tile. With
     ``compute_dtype="bfloat16"`` the rows are rounded to bfloat16 (``W_t`` already is, stored as its
-    ``uint16`` bit pattern) and each tile's GEMM accumulates in float32.
+    ``uint16`` bit pattern) and each tile's GEMM accumulates in float32. With ``kernel`` (CPU only,
+    float32 logits) each tile's reductions are :func:`jetjax.ngrams.native.tile_reduce`'s one pass
+    instead of XLA's: the same ids and top logits, the logsumexp summed in another order.
     """
 
     def local(params, w_tiles, b_tiles, ctx):
@@ -160,9 +163,15 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
             w_t, b_t, offset = xs
             if compute_dtype == "bfloat16":
                 w_t = jax.lax.bitcast_convert_type(w_t, jnp.bfloat16)
-                logits = jnp.dot(r, w_t, preferred_element_type=jnp.float32) + b_t.astype(jnp.float32)
+                product = jnp.dot(r, w_t, preferred_element_type=jnp.float32)
             else:
-                logits = (r @ w_t + b_t).astype(jnp.float32)
+                product = r @ w_t
+            if kernel:  # the bias is added inside, in float32 as below
+                return native.tile_reduce(product, b_t.astype(jnp.float32), offset, m, s, top_v, top_i), None
+            if compute_dtype == "bfloat16":
+                logits = product + b_t.astype(jnp.float32)
+            else:
+                logits = (product + b_t).astype(jnp.float32)
             m_new = jnp.maximum(m, logits.max(-1))
             s = s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[:, None]).sum(-1)
             # The running top-k holds lower token ids than this tile and comes first, so lax.top_k's
@@ -239,12 +248,15 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
         raise ValueError(f"callback must be a function callback(chunk_index, n_chunks) or None, got {callback!r}")
     v = model.config.vocab_size
 
+    kernel = _use_kernel(model, mesh, settings.compute_dtype)
     header = {"format": FORMAT,
               "model": {"fingerprint": model_fingerprint(model), "config": dataclasses.asdict(model.config),
                         "source": model.source},
               "settings": {**settings.to_json(), "devices": n_dev, "n_rows": int(contexts.shape[0]),
                            "context_len": int(contexts.shape[1]),
-                           "contexts_sha256": hashlib.sha256(contexts.tobytes()).hexdigest()}}
+                           "contexts_sha256": hashlib.sha256(contexts.tobytes()).hexdigest(),
+                           # only when it is the kernel: directories from before it existed still resume
+                           **({"tile_reduce": "kernel"} if kernel else {})}}
     header = json.loads(json.dumps(header))  # compare with a manifest in its JSON form (tuples -> lists)
     n_rows = contexts.shape[0]
     n_chunks = -(-n_rows // settings.chunk_rows)
@@ -254,7 +266,7 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
             return done
         todo = [i for i in range(n_chunks) if not store.is_done(i)]
         if todo:
-            _run_chunks(model, contexts, settings, mesh, store, todo, progress, callback)
+            _run_chunks(model, contexts, settings, mesh, store, todo, progress, callback, kernel)
         parts = [store.read(i) for i in range(n_chunks)]
         cat = {name: np.concatenate([p[name] for p in parts]) for name in ("probs", "ids", "logsumexp")}
         g_probs = np.concatenate([p["global_probs"] for p in parts])
@@ -266,6 +278,17 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
         store.finish(table)
     _warn_nonfinite(table)
     return table
+
+
+def _use_kernel(model: Model, mesh: Mesh, compute_dtype: str) -> bool:
+    """Whether the sweep's tiles go through the CPU kernel (:mod:`jetjax.ngrams.native`): CPU devices,
+    float32 logits as the pure-JAX step forms them, and the kernel built (on first use)."""
+    if native.mode() == "xla" or any(d.platform != "cpu" for d in mesh.devices.flat):
+        return False
+    w, b = jax.eval_shape(lambda p: model.unembedding_matrix(params=p), model.params)
+    if compute_dtype != "bfloat16" and (w.dtype != jnp.float32 or b.dtype != jnp.float32):
+        return False  # (r @ W + b) is formed in the parameters' dtype there, then widened
+    return native.available()
 
 
 def _warn_nonfinite(table: NGramTable) -> None:
@@ -280,7 +303,7 @@ def _warn_nonfinite(table: NGramTable) -> None:
 
 
 def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mesh: Mesh, store: ChunkStore,
-                todo: list[int], progress: bool, callback) -> None:
+                todo: list[int], progress: bool, callback, kernel: bool = False) -> None:
     from tqdm import tqdm
 
     s = settings
@@ -293,8 +316,9 @@ def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mes
     unembedding = per_model(model, "ngrams", ("unembedding", s.vocab_tile, s.compute_dtype), lambda: jax.jit(
         lambda p: _tile_unembedding(*model.unembedding_matrix(params=p), s.vocab_tile, s.compute_dtype)))
     w, b = jax.device_put(unembedding(model.params), replicated)
-    step = per_model(model, "ngrams", ("step", s.paths, s.order, kk, tuple(mesh.devices.tolist()), s.compute_dtype),
-                     lambda: _step(context_scorer(model, s.paths, s.order), kk, mesh, s.compute_dtype))
+    step = per_model(model, "ngrams",
+                     ("step", s.paths, s.order, kk, tuple(mesh.devices.tolist()), s.compute_dtype, kernel),
+                     lambda: _step(context_scorer(model, s.paths, s.order), kk, mesh, s.compute_dtype, kernel))
     rows_sharding = NamedSharding(mesh, P("rows"))
     done_rows = n_rows - sum(min(s.chunk_rows, n_rows - i * s.chunk_rows) for i in todo)
     with tqdm(total=n_rows, initial=done_rows, unit="row", unit_scale=True, disable=not progress,

@@ -212,6 +212,7 @@ def measure_jetjax(args, path: str) -> dict:
         gemm.append(measure_gemm(shape, vocab, block, torch_ok))
         sweeps[cd] = {"seconds": seconds, "rows_per_s": vocab / seconds,
                       "top1_mean_prob": float(tables[cd].probs[:, 0].mean()),
+                      "tile_reduce": tables[cd].meta.get("tile_reduce", "xla"),
                       "best_gemm_around": [list(g["best"][cd]) for g in gemm[-2:]]}
     both = "float32" in tables and "bfloat16" in tables
     return {"sweeps": sweeps, "gemm_around": gemm,
@@ -239,12 +240,13 @@ def measure_all_mlp(args) -> dict:
             sweep_contexts(model, one_block[:1], [path], **opts, **compute_options(cd))   # compiles the step
             compile_s += time.perf_counter() - t0
             t0 = time.perf_counter()
-            jet_bigrams(model, path, **opts, **compute_options(cd))
+            table = jet_bigrams(model, path, **opts, **compute_options(cd))
             per_path.append(time.perf_counter() - t0)
             print(f"  {cd} {path}: {per_path[-1]:.1f} s", file=sys.stderr, flush=True)
         wall = time.perf_counter() - t_job
         gemm.append(measure_gemm(shape, vocab, block, not args.skip_torch))
         jobs[cd] = {"wall_s": wall, "compile_s": compile_s, "sweep_s": per_path,
+                    "tile_reduce": table.meta.get("tile_reduce", "xla"),
                     "best_gemm_around": [list(g["best"][cd]) for g in gemm[-2:]]}
     return {"jobs": jobs, "gemm_around": gemm, "n_layers": model.config.n_layers}
 
@@ -323,6 +325,7 @@ def sweep_rows(shape: dict, path: str, vocab: int, ours: dict, ref: dict | None)
                      "torch_seconds": None if ref is None else ref["seconds"],
                      "torch_over_jetjax": None if ref is None else ref["seconds"] / sweep["seconds"],
                      "top1_mean_prob": sweep["top1_mean_prob"], "peak_rss_gb": ours["peak_rss_gb"],
+                     "tile_reduce": sweep.get("tile_reduce", "xla"),
                      "torch_peak_rss_gb": None if ref is None else ref["peak_rss_gb"]})
     return rows
 
@@ -337,7 +340,8 @@ def all_mlp_rows(shape: dict, vocab: int, out: dict) -> list[dict]:
                      "compile_s": job["compile_s"], "sweeps_s": sum(job["sweep_s"]),
                      "slowest_sweep_s": max(job["sweep_s"]), "best_gemm_gflops": best,
                      "at_best_gemm_s": total / best / 1e9, "gflop": total / 1e9,
-                     "fraction_of_best_gemm": total / best / 1e9 / job["wall_s"], "peak_rss_gb": out["peak_rss_gb"]})
+                     "fraction_of_best_gemm": total / best / 1e9 / job["wall_s"], "peak_rss_gb": out["peak_rss_gb"],
+                     "tile_reduce": job.get("tile_reduce", "xla")})
     return rows
 
 
@@ -449,13 +453,15 @@ def markdown(result: dict) -> str:
              "jetjax's, in the same run; 'torch / (at best GEMM)' the most any implementation could gain over "
              "the recipe on this machine (the recipe does the same GEMMs). Peak RSS of jetjax covers all its compute dtypes and the GEMM "
              "measurements (torch loaded).", "",
-             "| path | compute | jetjax s | rows/s | GFLOP/s | best GEMM GFLOP/s | of best GEMM | at best GEMM s "
+             "'tiles' is how each vocabulary tile was reduced: `kernel`, jetjax's CPU kernel "
+             "(jetjax/ngrams/kernels/tile_reduce.cc), or `xla`, the pure-JAX step (every run before the kernel).", "",
+             "| path | compute | tiles | jetjax s | rows/s | GFLOP/s | best GEMM GFLOP/s | of best GEMM | at best GEMM s "
              "| torch ref s | torch / jetjax | torch / (at best GEMM) | peak RSS jetjax / torch GB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = r["best_gemm"]
         bound = None if r["torch_seconds"] is None else r["torch_seconds"] / r["at_best_gemm_s"]
-        lines.append(f"| `{r['path']}` | {r['compute_dtype']} | {r['seconds']:.1f} | {r['rows_per_s']:.0f} | "
+        lines.append(f"| `{r['path']}` | {r['compute_dtype']} | {r.get('tile_reduce', 'xla')} | {r['seconds']:.1f} | {r['rows_per_s']:.0f} | "
                      f"{r['achieved_gflops']:.1f} | {b['gflops']:.1f} ({' / '.join(GEMM_LABELS[x] for x in dict.fromkeys(b['names']))}) | "
                      f"{100 * r['fraction_of_best_gemm']:.0f}% | {r['at_best_gemm_s']:.1f} | "
                      f"{_num(r['torch_seconds'], '.1f')} | {_num(r['torch_over_jetjax'], '.2f')}"
@@ -478,11 +484,11 @@ def markdown(result: dict) -> str:
                   "user would run it): wall time with each path's compilation, the sweeps alone, and the sum of "
                   "their GEMM FLOPs at the best GEMM rate of the precision measured around the job (a lower bound "
                   "for any implementation on this machine).", "",
-                  "| compute | paths | wall s | compile s | sweeps s | slowest sweep s | GFLOP | best GEMM GFLOP/s "
+                  "| compute | tiles | paths | wall s | compile s | sweeps s | slowest sweep s | GFLOP | best GEMM GFLOP/s "
                   "| at best GEMM s | of best GEMM | peak RSS GB |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in result["all_mlp"]["rows"]:
-            lines.append(f"| {r['compute_dtype']} | {r['paths']} | {r['wall_s']:.0f} ({r['wall_s'] / 60:.1f} min) | "
+            lines.append(f"| {r['compute_dtype']} | {r.get('tile_reduce', 'xla')} | {r['paths']} | {r['wall_s']:.0f} ({r['wall_s'] / 60:.1f} min) | "
                          f"{r['compile_s']:.0f} | {r['sweeps_s']:.0f} | {r['slowest_sweep_s']:.1f} | {r['gflop']:.0f} | "
                          f"{r['best_gemm_gflops']:.1f} | {r['at_best_gemm_s']:.0f} ({r['at_best_gemm_s'] / 60:.1f} min) "
                          f"| {100 * r['fraction_of_best_gemm']:.0f}% | {r['peak_rss_gb']:.2f} |")
