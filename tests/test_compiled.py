@@ -39,3 +39,29 @@ def test_the_cache_does_not_keep_a_model_alive():
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_the_kept_unembedding_follows_the_weights():
+    """A sweep keeps its tiled unembedding for the next sweep of the same weights (one, the latest);
+    new ``model.params`` (or a NumPy leaf, mutable in place) are never swept with the old one."""
+    model, other = random_model(CFG, seed=3), random_model(CFG, seed=4)
+    first = jet_bigrams(model, "emb>dec", top_k=3, progress=False)
+    memo = _compiled.built(model, "ngrams")[("fingerprint",)]
+    kept = [k for k in memo if isinstance(k, tuple) and k[0] == "unembedding"]
+    assert len(kept) == 1
+    held = memo[kept[0]]
+    assert jet_bigrams(model, "emb>mlp1>dec", top_k=3, progress=False).ids.shape == (13, 3)
+    assert memo[kept[0]] is held                                          # reused, not rebuilt
+    jet_bigrams(model, "emb>dec", top_k=3, progress=False, compute_dtype="bfloat16")
+    assert [k for k in memo if isinstance(k, tuple) and k[0] == "unembedding"] != kept   # replaced: one kept
+    model.params = other.params
+    swapped = jet_bigrams(model, "emb>dec", top_k=3, progress=False)
+    want = jet_bigrams(other, "emb>dec", top_k=3, progress=False)
+    np.testing.assert_array_equal(swapped.ids, want.ids)
+    np.testing.assert_array_equal(swapped.probs, want.probs)
+    assert not np.array_equal(swapped.probs, first.probs)
+    import jax
+    model.params = jax.tree_util.tree_map(np.asarray, other.params)       # NumPy leaves: never kept
+    jet_bigrams(model, "emb>dec", top_k=3, progress=False)
+    memo = _compiled.built(model, "ngrams")[("fingerprint",)]
+    assert not [k for k in memo if isinstance(k, tuple) and k[0] == "unembedding"]

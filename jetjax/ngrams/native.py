@@ -1,12 +1,12 @@
 """The sweep's per-tile reduction as a compiled XLA:CPU kernel (``kernels/tile_reduce.cc``), built on first use.
 
 A sweep step spends, per vocabulary tile, one GEMM and then the tile's reductions: the online
-logsumexp and the running top-k. In XLA those reductions are separate passes and calls (a max,
-an exp-sum, the group maxima, ``lax.top_k`` over them, a gather, ``lax.top_k`` again to merge): on
-a 2-core Xeon with AMX they took 80 of a bfloat16 step's 140 ms (``[1024, 768] @ [768, 4096]``
-tiles, 13 of them), its GEMMs 59. The kernel does them in one pass over each row of the tile
-(vectorized max and exp-sum, then a scan that touches only the 16-column runs holding a value
-above the row's current k-th), splitting the rows over the cores: the same step took 80 ms.
+logsumexp and the running top-k. In XLA those are separate passes and calls (a max, an exp-sum,
+the group maxima, ``lax.top_k`` over them, a gather, ``lax.top_k`` again to merge). On a 2-core
+Xeon with AMX, a bfloat16 step of 13 ``[1024, 768] @ [768, 4096]`` tiles took 137-143 ms, of which
+its GEMMs alone 59-65. The kernel does a tile's reductions in one pass over each row (vectorized
+max and exp-sum, then a scan that looks closer only at the 16-column runs holding a value above the
+row's current k-th), splitting the rows over the cores: the same step took 80-85 ms.
 
 The kernel holds the rule of the pure-JAX step exactly: the running top k keeps "larger value
 first, then lower token id", so the ids and probabilities' logits it returns are the same; only the
