@@ -25,11 +25,13 @@ hashing the source, the compiler's version, the flags (``-march=native``: the ma
 jaxlib's version and the CPU's flags, so a different machine or jaxlib builds its own. The library
 is written to a temporary name and moved into place, so concurrent builds never see half a file.
 
-Example:
+Example (one tile of three columns, ids 10-12, folded into an empty running state; where no C++
+compiler can build the kernel, ``available()`` is ``False`` and nothing runs):
+  >>> import jax, jax.numpy as jnp
   >>> from jetjax.ngrams import native
-  >>> native.mode() in ("auto", "kernel", "xla")
-  True
-  >>> native.available() in (True, False)        # True where a C++ compiler could build it
+  >>> state = (jnp.array([-jnp.inf]), jnp.zeros(1), jnp.full((1, 2), -jnp.inf), jnp.zeros((1, 2), jnp.int32))
+  >>> out = jax.jit(native.tile_reduce)(jnp.array([[0.0, 2.0, 1.0]]), jnp.zeros(3), 10, *state) if native.available() else None
+  >>> out is None or (out[3].tolist(), round(float(out[0][0] + jnp.log(out[1][0])), 4)) == ([[11, 12]], 2.4076)
   True
 """
 
