@@ -321,6 +321,28 @@ def test_a_rerun_with_other_rounding_knobs_is_refused_naming_them(model, tmp_pat
     assert seen == [2, 3, 4] and table.meta["vocab_tile"] == 29
 
 
+def test_the_default_tile_splits_the_vocabulary_evenly_and_an_old_4096_directory_still_resumes(tmp_path):
+    """V = 5003: the default tile is 2512 (two tiles, 21 padding columns rather than 3189 with 4096).
+    A directory started with the old default (4096, recorded) is refused by a default rerun, with a
+    message naming 4096, and resumes when vocab_tile=4096 is passed."""
+    model = _tiny(seed=5, vocab=5003)
+    ctx = np.arange(0, 5003, 97, dtype=np.int32)[:, None]                 # 52 rows, 4 chunks of 16
+    opts = dict(paths="emb>dec", top_k=3, global_k=4, block_rows=8, chunk_rows=16, progress=False)
+    table = sweep_contexts(model, ctx, **opts)
+    assert table.meta["vocab_tile"] == 2512
+    out = tmp_path / "old"
+    with pytest.raises(_Stop):
+        sweep_contexts(model, ctx, out_dir=out, vocab_tile=4096, callback=_stop_after(1), **opts)
+    before = _snapshot(out)
+    with pytest.raises(ValueError, match=r"settings\.vocab_tile: 4096 there, 2512 now.*recorded vocab_tile=4096"):
+        sweep_contexts(model, ctx, out_dir=out, **opts)
+    assert _snapshot(out) == before
+    resumed = sweep_contexts(model, ctx, out_dir=out, vocab_tile=4096, **opts)
+    assert resumed.meta["vocab_tile"] == 4096
+    np.testing.assert_array_equal(resumed.ids, table.ids)
+    np.testing.assert_allclose(resumed.logsumexp, table.logsumexp, rtol=2e-6)
+
+
 # ---- settings: checked before keying --------------------------------------------------------
 
 def test_a_bad_setting_never_poisons_a_later_good_call():

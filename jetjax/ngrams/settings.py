@@ -29,7 +29,8 @@ from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
 from jetjax.ngrams.scorer import check_paths
 from jetjax.precision import COMPUTE_DTYPES, check_compute_dtype
 
-__all__ = ["SweepSettings", "resolve_settings", "DEFAULT", "COMPUTE_DTYPES", "check_compute_dtype"]
+__all__ = ["SweepSettings", "resolve_settings", "default_vocab_tile", "MAX_TILE", "DEFAULT", "COMPUTE_DTYPES",
+           "check_compute_dtype"]
 
 
 class _Default:
@@ -62,6 +63,8 @@ class SweepSettings:
       block_rows: rows per device step (a speed knob; changes float rounding in the last bits).
       chunk_rows: rows per stored chunk (the unit of resumption).
       vocab_tile: vocabulary columns per GEMM tile inside a step (a speed knob; changes rounding).
+        ``None`` (the default): :func:`default_vocab_tile`, tiles of at most :data:`MAX_TILE`
+        columns that split the vocabulary evenly, so the last one is not mostly padding.
       kind: what the rows are (``"bigrams"``, ``"trigrams"``, ``"skip_bigrams"``, ``"contexts"``);
         set by the entry point, recorded in the table's ``meta``.
       compute_dtype: the precision of the unembedding GEMM, one of :data:`COMPUTE_DTYPES`:
@@ -80,7 +83,7 @@ class SweepSettings:
     global_k: int = 100
     block_rows: int = 1024
     chunk_rows: int = 8192
-    vocab_tile: int = 4096
+    vocab_tile: int | None = None
     kind: str = "contexts"
     compute_dtype: str = "float32"
 
@@ -93,7 +96,8 @@ class SweepSettings:
         put("top_k", check_positive_int("top_k", self.top_k))
         put("global_k", check_nonnegative_int("global_k", self.global_k))
         for name in ("block_rows", "chunk_rows", "vocab_tile"):
-            put(name, check_positive_int(name, getattr(self, name)))
+            if name != "vocab_tile" or self.vocab_tile is not None:
+                put(name, check_positive_int(name, getattr(self, name)))
         if not isinstance(self.kind, str) or not self.kind or self.kind != "".join(self.kind.split()):
             raise ValueError(f"kind must be a non-empty word such as 'bigrams', got {self.kind!r}")
         put("kind", str(self.kind))
@@ -103,9 +107,9 @@ class SweepSettings:
         """These settings as ``model`` on ``n_devices`` devices runs them.
 
         Paths are checked against the model's depth (and residual layout), ``top_k`` against its
-        vocabulary; ``vocab_tile`` is capped at the vocabulary size and ``block_rows`` rounded up to
-        a multiple of ``n_devices`` (every device gets the same rows), so equal effective settings
-        are equal values.
+        vocabulary; ``vocab_tile`` is capped at the vocabulary size (``None``: :func:`default_vocab_tile`)
+        and ``block_rows`` rounded up to a multiple of ``n_devices`` (every device gets the same
+        rows), so equal effective settings are equal values.
 
         Example:
           >>> from jetjax.models import ModelConfig, random_model
@@ -122,8 +126,8 @@ class SweepSettings:
         v = model.config.vocab_size
         n_devices = check_positive_int("n_devices", n_devices)
         check_positive_int("top_k", self.top_k, v, "the vocabulary size")
-        return dataclasses.replace(self, paths=check_paths(model, self.paths),
-                                   vocab_tile=min(self.vocab_tile, v),
+        tile = default_vocab_tile(v) if self.vocab_tile is None else min(self.vocab_tile, v)
+        return dataclasses.replace(self, paths=check_paths(model, self.paths), vocab_tile=tile,
                                    block_rows=-(-self.block_rows // n_devices) * n_devices)
 
     def to_json(self) -> dict:
@@ -132,6 +136,27 @@ class SweepSettings:
         if out["compute_dtype"] == "float32":
             del out["compute_dtype"]          # the default, and what every sweep before the field computed
         return out
+
+
+MAX_TILE = 4096
+"""The widest vocabulary tile of the default: a ``[1024, d] @ [d, 4096]`` GEMM per tile."""
+
+
+def default_vocab_tile(vocab_size: int) -> int:
+    """The default vocabulary tile for ``vocab_size``: as many tiles as :data:`MAX_TILE` needs, each as
+    narrow as that allows, rounded up to a multiple of 16 (the top-k prefilter's group; capped at
+    the vocabulary). Padding columns cost a whole GEMM column each: GPT-2's 50257 columns in tiles of
+    4096 carry 6% padding, in 13 tiles of 3872 0.2%, and a float32 step of 1024 rows took 313 ms
+    instead of 341 (bfloat16: 75 instead of 80; 2-core Xeon with AMX).
+
+    Example:
+      >>> default_vocab_tile(50257), default_vocab_tile(49152), default_vocab_tile(262144), default_vocab_tile(11)
+      (3872, 4096, 4096, 11)
+    """
+    v = check_positive_int("vocab_size", vocab_size)
+    n_tiles = -(-v // MAX_TILE)
+    narrowest = -(-v // n_tiles)
+    return min(v, -(-narrowest // 16) * 16)
 
 
 def resolve_settings(settings: SweepSettings | None, **given) -> SweepSettings:

@@ -97,7 +97,8 @@ def _difference_message(diffs: list[str]) -> str:
     if any(d.split(":")[0] in {f"settings.{k}" for k in _ROUNDING} for d in diffs):
         text += (" (block_rows, vocab_tile and the number of devices change float rounding, so a sweep is resumed "
                  "with the values it started with; block_rows is recorded rounded up to a multiple of the "
-                 "device count and vocab_tile capped at the vocabulary size)")
+                 "device count and vocab_tile capped at the vocabulary size; a directory started before the default tile "
+                 "was fitted to the vocabulary recorded vocab_tile=4096)")
     return text
 
 

@@ -385,9 +385,11 @@ def jet_bigrams(model: Model, paths: Sequence[str] | str = DEFAULT, top_k: int =
       global_k: how many of the most probable ``(z1, z2)`` pairs over the whole table to keep (default 100).
       block_rows: rows per device step (default 1024, rounded up to a multiple of the device count); a
         speed knob that can change the last bits of float results, so a resumed sweep keeps its value.
-      vocab_tile: vocabulary columns per GEMM tile inside a step (default 4096, capped at
-        ``vocab_size``); a speed knob: small enough that a tile's ``block_rows × vocab_tile`` logits
-        stay in cache. It changes the order of the logsumexp sums, so a resumed sweep keeps it too.
+      vocab_tile: vocabulary columns per GEMM tile inside a step (default: at most 4096, the
+        vocabulary split evenly into tiles, :func:`~jetjax.ngrams.settings.default_vocab_tile`; a
+        given value is capped at ``vocab_size``); a speed knob that keeps each GEMM's output small.
+        It changes the order of the logsumexp sums, so a resumed sweep keeps it too (a directory
+        started before the default changed recorded 4096: pass ``vocab_tile=4096`` to resume it).
       chunk_rows: rows per output chunk (the unit of resumption; default 8192).
       compute_dtype: ``"float32"`` (default) or ``"bfloat16"``: the precision of the unembedding
         GEMM, the sweep's main cost (the path's output and ``W`` rounded to bfloat16, products

@@ -11,8 +11,8 @@ SwiGLU MLP) or ``gemma3-270m`` (the real Gemma-3-270M of its installed wheels, V
 (``ru_maxrss``) is its own:
 
 * ``gemm``: :func:`jetjax.suite.machine.gemm_rates` on the sweep's GEMM, ``[block, d] @ [d, tile]``
-  (``--block-rows`` 1024; the vocabulary tile, 4096 capped at V, which the sweep is given
-  explicitly): XLA float32, torch float32, XLA bfloat16 × bfloat16 → float32 and torch bfloat16,
+  (``--block-rows`` 1024; the vocabulary tile, the sweeps' default for V: at most 4096, V split
+  evenly; the sweep is given it explicitly): XLA float32, torch float32, XLA bfloat16 × bfloat16 → float32 and torch bfloat16,
   each best of 3 after a warm-up; a reference in a process of its own.
 * ``jetjax PATH`` (``emb>dec``, ``emb>mlp5>dec``): ``jet_bigrams(top_k=10, vocab_tile=tile)`` over
   all V rows once per compute dtype (``--compute-dtypes``, default float32 and bfloat16: the
@@ -72,7 +72,7 @@ from jetjax.suite.machine import describe, gemm_rates, machine
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
 RESULTS = results_dir()
-TOP_K, TORCH_BATCH, TILE = 10, 2000, 4096
+TOP_K, TORCH_BATCH = 10, 2000
 SHAPES = {
     "gpt2-small": dict(arch="gpt2", vocab=50257, d=768, layers=12, built_layers=12, heads=12, d_mlp=3072,
                        paths=("emb>dec", "emb>mlp5>dec")),
@@ -123,8 +123,11 @@ def flops(shape: dict, vocab: int, layer) -> float:
 
 
 def vocab_tile(vocab: int) -> int:
-    """The sweep's vocabulary tile: the columns of each of its GEMMs."""
-    return min(TILE, vocab)
+    """The sweep's vocabulary tile, the columns of each of its GEMMs: the sweeps' default
+    (:func:`jetjax.ngrams.settings.default_vocab_tile`, at most 4096, the vocabulary split evenly)."""
+    from jetjax.ngrams.settings import default_vocab_tile
+
+    return default_vocab_tile(vocab)
 
 
 def measure_gemm(shape: dict, vocab: int, block: int, torch_ok: bool) -> dict:
