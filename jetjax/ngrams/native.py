@@ -50,6 +50,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from jetjax._cache import cache_dir
+
 __all__ = ["available", "mode", "tile_reduce", "TARGET", "MODES", "unavailable_reason"]
 
 TARGET = "jetjax_tile_reduce"
@@ -94,7 +96,6 @@ def _build() -> Path:
     """Compile the kernel (or find it built) and return the shared library's path; raises on failure."""
     import jaxlib
 
-    from jetjax.assets import cache_dir
 
     cxx = _compiler()
     if cxx is None:
