@@ -18,7 +18,8 @@ It is used when the sweep runs on CPU devices, the tile's logits are float32, a 
 found (``$CXX``, else ``c++``, ``g++``, ``clang++``), and the build succeeds; otherwise the sweep
 runs the pure-JAX step, after one warning when a build was tried and failed. The environment
 variable ``JETJAX_TILE_REDUCE`` (``auto`` | ``kernel`` | ``xla``, read at each sweep) forces a choice:
-``kernel`` raises when the kernel cannot be had; ``xla`` never builds it.
+``kernel`` makes a failed build an error instead of a warning (sweeps on GPU/TPU devices still run
+the pure-JAX step); ``xla`` never builds it.
 
 The build (about 2 s) is cached under :func:`jetjax.assets.cache_dir` ``/ native/<key>/``, the key
 hashing the source, the compiler's version, the flags (``-march=native``: the machine's own ISA),
@@ -95,7 +96,6 @@ def _cpu_flags() -> str:
 def _build() -> Path:
     """Compile the kernel (or find it built) and return the shared library's path; raises on failure."""
     import jaxlib
-
 
     cxx = _compiler()
     if cxx is None:
