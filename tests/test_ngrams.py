@@ -131,17 +131,19 @@ def test_trigrams_and_skip_bigrams_match_numpy_attention(gpt2_checkpoints):
     assert tri.contexts.tolist() == ctx.tolist() and tri.n == 3
 
 
-def _reduction(kernel: bool) -> bool:
-    """``kernel`` for ``_step``; skips the kernel's case where it cannot be built (no C++ compiler)."""
+def _reduction(tiles: str) -> tuple[str, int]:
+    """``(tiles, nr)`` for ``_step`` and ``_tile_unembedding``; skips a kernel's case where no C++
+    compiler exists (and fails it where the build does)."""
     from jetjax.ngrams import native
 
-    if kernel and not native.available():
-        pytest.skip(f"the CPU sweep kernel cannot be built here: {native.unavailable_reason()}")
-    return kernel
+    if tiles != "xla" and native._compiler() is None:
+        pytest.skip("no C++ compiler: sweeps run the pure-JAX step here")
+    assert tiles == "xla" or native.available(), f"the CPU sweep kernel does not build: {native.unavailable_reason()}"
+    return tiles, (native.gemm_layout()[1] if tiles == "fused" else 0)
 
 
-@pytest.mark.parametrize("kernel", [False, True], ids=["xla", "kernel"])
-def test_vocabulary_tiles_break_ties_like_one_top_k(kernel):
+@pytest.mark.parametrize("tiles", ["xla", "kernel", "fused"])
+def test_vocabulary_tiles_break_ties_like_one_top_k(tiles):
     """Equal logits in different tiles (and a padded last tile) keep the lower ids, as one lax.top_k does."""
     from jetjax.ngrams.sweep import _step, _tile_unembedding
     from jetjax.parallel import path_mesh
@@ -153,9 +155,10 @@ def test_vocabulary_tiles_break_ties_like_one_top_k(kernel):
     w[2] = np.linspace(-1, 1, v)  # row 2: no ties
     b = np.zeros(v, np.float32)
     x = jnp.asarray(np.eye(3, dtype=np.float32)[[0, 1, 2, 0]] * [[1], [1], [1], [0]])  # row 3: all logits 0
+    tiles, nr = _reduction(tiles)
     step = _step(lambda params, ctx: params[ctx[:, 0]], kk, path_mesh(jax.devices()[:1], axis_name="rows"),
-                 kernel=_reduction(kernel))
-    probs, ids, lse = step(x, *_tile_unembedding(jnp.asarray(w), jnp.asarray(b), 3), jnp.arange(4)[:, None])
+                 tiles=tiles)
+    probs, ids, lse = step(x, *_tile_unembedding(jnp.asarray(w), jnp.asarray(b), 3, nr=nr), jnp.arange(4)[:, None])
     logits = np.asarray(x) @ w + b
     want_v, want_i = jax.lax.top_k(jnp.asarray(logits), kk)
     want_lse = jax.nn.logsumexp(jnp.asarray(logits), axis=-1)
@@ -165,9 +168,9 @@ def test_vocabulary_tiles_break_ties_like_one_top_k(kernel):
     np.testing.assert_allclose(probs, np.exp(np.asarray(want_v) - np.asarray(want_lse)[:, None]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("kernel", [False, True], ids=["xla", "kernel"])
+@pytest.mark.parametrize("tiles", ["xla", "kernel", "fused"])
 @pytest.mark.parametrize("tile", [640, 1000, 2048])
-def test_grouped_prefilter_keeps_the_exact_top_k_with_ties(tile, kernel):
+def test_grouped_prefilter_keeps_the_exact_top_k_with_ties(tile, tiles):
     """Tiles large enough for the group prefilter (and one whose width is not a multiple of the
     group, which goes without it): heavy ties across groups and tiles, all-equal rows, a -inf
     padded tail; ids and values equal one lax.top_k over the whole row."""
@@ -182,9 +185,11 @@ def test_grouped_prefilter_keeps_the_exact_top_k_with_ties(tile, kernel):
     b = np.zeros(v, np.float32)
     x = jnp.asarray(np.eye(d, dtype=np.float32))
     assert (_candidate_group(tile, kk) > 0) == (tile % 16 == 0)
+    tiles, nr = _reduction(tiles)
     step = _step(lambda params, ctx: params[ctx[:, 0]], kk, path_mesh(jax.devices()[:1], axis_name="rows"),
-                 kernel=_reduction(kernel))
-    probs, ids, lse = step(x, *_tile_unembedding(jnp.asarray(w), jnp.asarray(b), tile), jnp.arange(d)[:, None])
+                 tiles=tiles)
+    probs, ids, lse = step(x, *_tile_unembedding(jnp.asarray(w), jnp.asarray(b), tile, nr=nr),
+                           jnp.arange(d)[:, None])
     logits = np.asarray(x) @ w + b
     want_v, want_i = jax.lax.top_k(jnp.asarray(logits), kk)
     assert np.asarray(ids).tolist() == np.asarray(want_i).tolist()

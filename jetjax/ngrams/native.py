@@ -1,25 +1,37 @@
-"""The sweep's per-tile reduction as a compiled XLA:CPU kernel (``kernels/tile_reduce.cc``), built on first use.
+"""The sweep's tiles as compiled XLA:CPU kernels (``kernels/tile_reduce.cc``), built on first use.
 
 A sweep step spends, per vocabulary tile, one GEMM and then the tile's reductions: the online
 logsumexp and the running top-k. In XLA those are separate passes and calls (a max, an exp-sum,
 the group maxima, ``lax.top_k`` over them, a gather, ``lax.top_k`` again to merge). On a 2-core
 Xeon with AMX, a bfloat16 step of 13 ``[1024, 768] @ [768, 4096]`` tiles took 137-143 ms, of which
-its GEMMs alone 59-65. The kernel does a tile's reductions in one pass over each row (vectorized
-max and exp-sum, then a scan that looks closer only at the 16-column runs holding a value above the
-row's current k-th), splitting the rows over the cores: the same step took 80-85 ms.
+its GEMMs alone 59-65. :func:`tile_reduce` does a tile's reductions in one pass over each row
+(vectorized max and exp-sum, then a scan that looks closer only at the 16-column runs holding a
+value above the row's current k-th), splitting the rows over the cores: the same step took 80-85 ms.
 
-The kernel holds the rule of the pure-JAX step exactly: the running top k keeps "larger value
-first, then lower token id", so the ids and probabilities' logits it returns are the same; only the
-logsumexp's summation order differs (last bits, ~1e-6 relative). A sweep records which reduction
-ran (``tile_reduce`` in its manifest settings, when it is the kernel), so a resumed sweep never
-mixes the two.
+In float32 the GEMM itself was the next limit: XLA:CPU's float32 dot ran at 84-85% of torch's on
+that machine. :func:`gemm_reduce` forms the float32 logits too, with its own register-blocked GEMM
+(packed operands, a 12 x 32 block of logits in AVX-512 registers, 6 x 16 with AVX2), and folds
+each few hundred columns into the row states while they are still in the L1 cache: one call per
+step for all tiles. A GPT-2-sized float32 step (1024 rows, d = 768, 13 tiles of 3872) took 258-262
+ms against 318-320 with XLA's GEMM and :func:`tile_reduce` (d = 1280: 424-435 against 542-545).
 
-It is used when the sweep runs on CPU devices, the tile's logits are float32, a C++ compiler is
-found (``$CXX``, else ``c++``, ``g++``, ``clang++``), and the build succeeds; otherwise the sweep
-runs the pure-JAX step, after one warning when a build was tried and failed. The environment
-variable ``JETJAX_TILE_REDUCE`` (``auto`` | ``kernel`` | ``xla``, read at each sweep) forces a choice:
-``kernel`` makes a failed build an error instead of a warning (sweeps on GPU/TPU devices still run
-the pure-JAX step); ``xla`` never builds it.
+The kernels hold the rule of the pure-JAX step exactly: the running top k keeps "larger value
+first, then lower token id", so on the same logits the ids and top logits are the same; the
+logsumexp's summation order differs (last bits, ~1e-6 relative), and :func:`gemm_reduce`'s logits
+differ from XLA's GEMM by float32 rounding (each is one multiply-add chain over ``d`` in order;
+equal columns of ``W`` give equal logits, so exact ties stay ties). A sweep records which ran
+(``tile_reduce`` in its manifest settings: ``"fused"`` or ``"kernel"``; absent for XLA alone), so a
+resumed sweep never mixes them.
+
+They are used when the sweep runs on CPU devices, a C++ compiler is found (``$CXX``, else ``c++``,
+``g++``, ``clang++``) and the build succeeds: :func:`gemm_reduce` for float32 weights and compute,
+:func:`tile_reduce` after XLA's GEMM for bfloat16 compute (XLA's bfloat16 dot uses AMX where there
+is one). Otherwise the sweep runs the pure-JAX step, after one warning when a build was tried and
+failed. The environment variable ``JETJAX_TILE_REDUCE`` (``auto`` | ``kernel`` | ``reduce`` |
+``xla``, read at each sweep) forces a choice: ``kernel`` is ``auto`` but makes a failed build an
+error instead of a warning (sweeps on GPU/TPU devices still run the pure-JAX step); ``reduce``
+never uses :func:`gemm_reduce` (XLA's GEMM and :func:`tile_reduce` in float32 too, as before the
+fused kernel existed); ``xla`` never builds them.
 
 The build (about 2 s) is cached under :func:`jetjax.assets.cache_dir` ``/ native/<key>/``, the key
 hashing the source, the compiler's version, the flags (``-march=native``: the machine's own ISA),
@@ -53,14 +65,18 @@ import jax.numpy as jnp
 
 from jetjax._cache import cache_dir
 
-__all__ = ["available", "mode", "tile_reduce", "TARGET", "MODES", "unavailable_reason"]
+__all__ = ["available", "mode", "tile_reduce", "gemm_reduce", "gemm_layout", "pack_rows", "pack_tile", "TARGET",
+           "GEMM_TARGET", "MODES", "unavailable_reason"]
 
 TARGET = "jetjax_tile_reduce"
-"""The name the kernel is registered under with ``jax.ffi``."""
+"""The name the reduction kernel is registered under with ``jax.ffi``."""
 
-MODES = ("auto", "kernel", "xla")
+GEMM_TARGET = "jetjax_gemm_reduce"
+"""The name the float32 GEMM + reduction kernel is registered under with ``jax.ffi``."""
+
+MODES = ("auto", "kernel", "reduce", "xla")
 SOURCE = Path(__file__).parent / "kernels" / "tile_reduce.cc"
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-w")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-w")
 
 _lock = threading.Lock()
 _state: dict = {}   # "ok": bool, "reason": str once tried
@@ -129,7 +145,10 @@ def _load() -> bool:
             try:
                 lib = ctypes.CDLL(str(_build()))
                 jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.JetjaxTileReduce), platform="cpu")
-                _state.update(ok=True, reason="", lib=lib)
+                jax.ffi.register_ffi_target(GEMM_TARGET, jax.ffi.pycapsule(lib.JetjaxGemmReduce), platform="cpu")
+                mr, nr = ctypes.c_int(), ctypes.c_int()
+                lib.jetjax_gemm_layout(ctypes.byref(mr), ctypes.byref(nr))
+                _state.update(ok=True, reason="", lib=lib, layout=(mr.value, nr.value))
             except Exception as e:  # noqa: BLE001 - any failure means: use the pure-JAX step
                 _state.update(ok=False, reason=f"{type(e).__name__}: {e}")
                 if mode() == "auto":
@@ -164,3 +183,44 @@ def tile_reduce(logits, bias, offset, m, s, top_v, top_i):
             jax.ShapeDtypeStruct(top_v.shape, jnp.float32), jax.ShapeDtypeStruct(top_i.shape, jnp.int32))
     call = jax.ffi.ffi_call(TARGET, outs, input_output_aliases={3: 0, 4: 1, 5: 2, 6: 3})
     return call(logits, bias, jnp.asarray(offset, jnp.int32), m, s, top_v, top_i)
+
+
+def gemm_layout() -> tuple[int, int]:
+    """``(MR, NR)``: rows per packed strip and columns per packed panel of :func:`gemm_reduce`'s GEMM
+    (12 and 32 where the build has AVX-512, else 6 and 16). Call only after :func:`available`."""
+    return _state["layout"]
+
+
+def pack_rows(r, mr: int):
+    """``r [B, d]`` -> ``[ceil(B / mr), d, mr]``, zero rows appended: the row strips of :func:`gemm_reduce`."""
+    rows, d = r.shape
+    strips = -(-rows // mr)
+    r = jnp.pad(r, ((0, strips * mr - rows), (0, 0)))
+    return r.reshape(strips, mr, d).transpose(0, 2, 1)
+
+
+def pack_tile(w, nr: int):
+    """``w [..., d, T]`` -> ``[..., ceil(T / nr), d, nr]``, zero columns appended: :func:`gemm_reduce`'s panels."""
+    *lead, d, t = w.shape
+    panels = -(-t // nr)
+    w = jnp.pad(w, [(0, 0)] * len(lead) + [(0, 0), (0, panels * nr - t)])
+    w = w.reshape(*lead, d, panels, nr)
+    return jnp.moveaxis(w, -2, -3)
+
+
+def gemm_reduce(a, w, bias, offset, m, s, top_v, top_i):
+    """Tiles of float32 logits ``A W + bias``, formed and folded into the running state in one call.
+
+    ``a`` is the block's rows packed by :func:`pack_rows` (``[strips, d, MR]``), ``w`` the tiles packed
+    by :func:`pack_tile` (``[n, panels, d, NR]``), ``bias [n, T]`` their bias (tile ``i`` holds the
+    columns ``offset + i T .. offset + (i + 1) T - 1``; panel columns past ``T`` are ignored), and the
+    state as in :func:`tile_reduce`, for ``strips * MR`` rows. Each logit is one fused multiply-add
+    chain over ``d`` in order, the same for every row and column (equal columns give equal logits),
+    and folded while still in cache; the reduction is :func:`tile_reduce`'s, a few hundred columns of
+    a tile at a time. The rows are split over the cores; each core walks all the tiles for its rows.
+    Call only after :func:`available` returned ``True``, inside ``jit`` on CPU.
+    """
+    outs = (jax.ShapeDtypeStruct(m.shape, jnp.float32), jax.ShapeDtypeStruct(s.shape, jnp.float32),
+            jax.ShapeDtypeStruct(top_v.shape, jnp.float32), jax.ShapeDtypeStruct(top_i.shape, jnp.int32))
+    call = jax.ffi.ffi_call(GEMM_TARGET, outs, input_output_aliases={4: 0, 5: 1, 6: 2, 7: 3})
+    return call(a, w, bias, jnp.asarray(offset, jnp.int32), m, s, top_v, top_i)

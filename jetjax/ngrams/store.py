@@ -99,6 +99,12 @@ def _difference_message(diffs: list[str]) -> str:
                  "with the values it started with; block_rows is recorded rounded up to a multiple of the "
                  "device count and vocab_tile capped at the vocabulary size; a directory started before the default tile "
                  "was fitted to the vocabulary recorded vocab_tile=4096)")
+    if any(d.startswith("settings.tile_reduce:") for d in diffs):
+        text += (" (tile_reduce is how the tiles were computed, which changes float rounding: 'fused' = jetjax's CPU "
+                 "kernel forms and reduces the float32 logits, 'kernel' = XLA's GEMM and the kernel's reduction, "
+                 "absent = XLA alone; the environment variable JETJAX_TILE_REDUCE=auto, reduce or xla selects them "
+                 "on CPU, and a float32 directory started before the fused kernel recorded 'kernel': resume it "
+                 "with JETJAX_TILE_REDUCE=reduce)")
     return text
 
 

@@ -81,8 +81,11 @@ def model_fingerprint(model: Model) -> str:
     return digest.hexdigest()
 
 
-def _tile_unembedding(w, b, tile: int, compute_dtype: str = "float32"):
+def _tile_unembedding(w, b, tile: int, compute_dtype: str = "float32", nr: int = 0):
     """``W [d, V]``, ``b [V]`` -> ``W_t [n, d, tile]``, ``b_t [n, tile]``; padding columns get logit -inf.
+
+    With ``nr`` (the fused CPU kernel's panel width, :func:`jetjax.ngrams.native.gemm_layout`), each
+    tile is packed into panels of ``nr`` columns instead: ``W_t [n, ceil(tile / nr), d, nr]``.
 
     With ``compute_dtype="bfloat16"``, ``W_t`` is rounded to bfloat16 and handed over as its bit
     pattern, ``uint16`` (``b_t`` is left as it is): XLA:CPU (jaxlib 0.10) widens a bfloat16 array that
@@ -96,6 +99,8 @@ def _tile_unembedding(w, b, tile: int, compute_dtype: str = "float32"):
     w = jnp.pad(w, ((0, 0), (0, n * tile - v))).reshape(d, n, tile).transpose(1, 0, 2)
     if compute_dtype == "bfloat16":
         w = jax.lax.bitcast_convert_type(w.astype(jnp.bfloat16), jnp.uint16)
+    elif nr:
+        w = native.pack_tile(w, nr)
     b = jnp.pad(b, (0, n * tile - v), constant_values=-jnp.inf).reshape(n, tile)
     return w, b
 
@@ -144,22 +149,38 @@ def _take_rows(x, idx):
     return x.reshape(-1).at[flat].get(mode="promise_in_bounds")
 
 
-def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32", kernel: bool = False):
+TILE_MODES = ("xla", "kernel", "fused")
+"""How a sweep step handles a tile: XLA's GEMM and reductions; XLA's GEMM and the CPU kernel's
+reduction (:func:`jetjax.ngrams.native.tile_reduce`); the CPU kernel's float32 GEMM and reduction in
+one call (:func:`jetjax.ngrams.native.gemm_reduce`)."""
+
+
+def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32", tiles: str = "xla"):
     """Jitted ``(params, W_t, b_t, ctx) -> (top probs, top ids, logsumexp)`` with rows over the mesh.
 
     ``W_t, b_t`` come from :func:`_tile_unembedding`; the vocabulary is scanned tile by tile. With
     ``compute_dtype="bfloat16"`` the rows are rounded to bfloat16 (``W_t`` already is, stored as its
-    ``uint16`` bit pattern) and each tile's GEMM accumulates in float32. With ``kernel`` (CPU only,
-    float32 logits) each tile's reductions are :func:`jetjax.ngrams.native.tile_reduce`'s one pass
-    instead of XLA's: the same ids and top logits, the logsumexp summed in another order.
+    ``uint16`` bit pattern) and each tile's GEMM accumulates in float32. ``tiles`` (CPU only for
+    ``"kernel"`` and ``"fused"``; :data:`TILE_MODES`): with ``"kernel"`` (float32 logits) each tile's
+    reductions are :func:`jetjax.ngrams.native.tile_reduce`'s one pass instead of XLA's: the same ids
+    and top logits, the logsumexp summed in another order. With ``"fused"`` (float32 rows and
+    weights; ``W_t`` packed with ``nr``) the kernel forms the tile's logits too
+    (:func:`jetjax.ngrams.native.gemm_reduce`): the same ids wherever two logits differ by more than
+    float32 rounding (its GEMM sums in its own order, like any other GEMM kernel), exact ties kept.
     """
+    if tiles not in TILE_MODES:
+        raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
 
     def local(params, w_tiles, b_tiles, ctx):
         r = score_fn(params, ctx)
-        rows, tile = r.shape[0], w_tiles.shape[-1]
+        rows, tile = r.shape[0], b_tiles.shape[-1]
         group = _candidate_group(tile, kk)
         if compute_dtype == "bfloat16":
             r = r.astype(jnp.bfloat16)
+        state_rows = rows
+        if tiles == "fused":
+            packed = native.pack_rows(r.astype(jnp.float32), native.gemm_layout()[0])
+            state_rows = packed.shape[0] * packed.shape[2]
 
         def merge(carry, xs):
             m, s, top_v, top_i = carry
@@ -169,7 +190,7 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
                 product = jnp.dot(r, w_t, preferred_element_type=jnp.float32)
             else:
                 product = r @ w_t
-            if kernel:  # the bias is added inside, in float32 as below
+            if tiles == "kernel":  # the bias is added inside, in float32 as below
                 return native.tile_reduce(product, b_t.astype(jnp.float32), offset, m, s, top_v, top_i), None
             if compute_dtype == "bfloat16":
                 logits = product + b_t.astype(jnp.float32)
@@ -189,10 +210,14 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
                 top_i = jnp.where(pos < kk, from_old, pos - kk + offset)
             return (m_new, s, top_v, top_i), None
 
-        init = (jnp.full((rows,), -jnp.inf, jnp.float32), jnp.zeros((rows,), jnp.float32),
-                jnp.full((rows, kk), -jnp.inf, jnp.float32), jnp.zeros((rows, kk), jnp.int32))
-        offsets = jnp.arange(w_tiles.shape[0], dtype=jnp.int32) * tile
-        (m, s, top_v, top_i), _ = jax.lax.scan(merge, init, (w_tiles, b_tiles, offsets))
+        init = (jnp.full((state_rows,), -jnp.inf, jnp.float32), jnp.zeros((state_rows,), jnp.float32),
+                jnp.full((state_rows, kk), -jnp.inf, jnp.float32), jnp.zeros((state_rows, kk), jnp.int32))
+        if tiles == "fused":  # one call for all tiles: a scan would copy each tile's slice out for it
+            m, s, top_v, top_i = native.gemm_reduce(packed, w_tiles, b_tiles.astype(jnp.float32), 0, *init)
+        else:
+            offsets = jnp.arange(w_tiles.shape[0], dtype=jnp.int32) * tile
+            (m, s, top_v, top_i), _ = jax.lax.scan(merge, init, (w_tiles, b_tiles, offsets))
+        m, s, top_v, top_i = m[:rows], s[:rows], top_v[:rows], top_i[:rows]  # the fused kernel's padding rows
         lse = m + jnp.log(s)
         return jnp.exp(top_v - lse[:, None]), top_i, lse
 
@@ -251,15 +276,15 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
         raise ValueError(f"callback must be a function callback(chunk_index, n_chunks) or None, got {callback!r}")
     v = model.config.vocab_size
 
-    kernel = _use_kernel(model, mesh, settings.compute_dtype)
+    tiles = _tile_mode(model, mesh, settings.compute_dtype)
     header = {"format": FORMAT,
               "model": {"fingerprint": model_fingerprint(model), "config": dataclasses.asdict(model.config),
                         "source": model.source},
               "settings": {**settings.to_json(), "devices": n_dev, "n_rows": int(contexts.shape[0]),
                            "context_len": int(contexts.shape[1]),
                            "contexts_sha256": hashlib.sha256(contexts.tobytes()).hexdigest(),
-                           # only when it is the kernel: directories from before it existed still resume
-                           **({"tile_reduce": "kernel"} if kernel else {})}}
+                           # only for a kernel: directories from before the kernels existed still resume
+                           **({"tile_reduce": tiles} if tiles != "xla" else {})}}
     header = json.loads(json.dumps(header))  # compare with a manifest in its JSON form (tuples -> lists)
     n_rows = contexts.shape[0]
     n_chunks = -(-n_rows // settings.chunk_rows)
@@ -269,7 +294,7 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
             return done
         todo = [i for i in range(n_chunks) if not store.is_done(i)]
         if todo:
-            _run_chunks(model, contexts, settings, mesh, store, todo, progress, callback, kernel)
+            _run_chunks(model, contexts, settings, mesh, store, todo, progress, callback, tiles)
         parts = [store.read(i) for i in range(n_chunks)]
         cat = {name: np.concatenate([p[name] for p in parts]) for name in ("probs", "ids", "logsumexp")}
         g_probs = np.concatenate([p["global_probs"] for p in parts])
@@ -283,15 +308,19 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
     return table
 
 
-def _use_kernel(model: Model, mesh: Mesh, compute_dtype: str) -> bool:
-    """Whether the sweep's tiles go through the CPU kernel (:mod:`jetjax.ngrams.native`): CPU devices,
-    float32 logits as the pure-JAX step forms them, and the kernel built (on first use)."""
+def _tile_mode(model: Model, mesh: Mesh, compute_dtype: str) -> str:
+    """How the sweep's tiles run (:data:`TILE_MODES`). On CPU devices with the kernel built (on first
+    use; :mod:`jetjax.ngrams.native`): ``"fused"`` for float32 weights and compute (the kernel's own
+    GEMM), ``"kernel"`` for bfloat16 compute (XLA's bfloat16 GEMM, AMX where there is one, and the
+    kernel's reduction) or under ``JETJAX_TILE_REDUCE=reduce``; ``"xla"`` otherwise."""
     if native.mode() == "xla" or any(d.platform != "cpu" for d in mesh.devices.flat):
-        return False
+        return "xla"
     w, b = jax.eval_shape(lambda p: model.unembedding_matrix(params=p), model.params)
     if compute_dtype != "bfloat16" and (w.dtype != jnp.float32 or b.dtype != jnp.float32):
-        return False  # (r @ W + b) is formed in the parameters' dtype there, then widened
-    return native.available()
+        return "xla"  # (r @ W + b) is formed in the parameters' dtype there, then widened
+    if not native.available():
+        return "xla"
+    return "fused" if compute_dtype != "bfloat16" and native.mode() != "reduce" else "kernel"
 
 
 def _warn_nonfinite(table: NGramTable) -> None:
@@ -306,7 +335,7 @@ def _warn_nonfinite(table: NGramTable) -> None:
 
 
 def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mesh: Mesh, store: ChunkStore,
-                todo: list[int], progress: bool, callback, kernel: bool = False) -> None:
+                todo: list[int], progress: bool, callback, tiles: str = "xla") -> None:
     from tqdm import tqdm
 
     s = settings
@@ -316,14 +345,15 @@ def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mes
     replicated = NamedSharding(mesh, P())
     params = jax.device_put(model.params, replicated)
     # Cache keys: fields of validated settings (ints are ints), only those the compiled code depends on.
-    unembedding = per_model(model, "ngrams", ("unembedding", s.vocab_tile, s.compute_dtype), lambda: jax.jit(
-        lambda p: _tile_unembedding(*model.unembedding_matrix(params=p), s.vocab_tile, s.compute_dtype)))
+    nr = native.gemm_layout()[1] if tiles == "fused" else 0
+    unembedding = per_model(model, "ngrams", ("unembedding", s.vocab_tile, s.compute_dtype, nr), lambda: jax.jit(
+        lambda p: _tile_unembedding(*model.unembedding_matrix(params=p), s.vocab_tile, s.compute_dtype, nr)))
     # The tiled unembedding (a [d, d] @ [d, V] read-off and a transpose: 0.33 s for GPT-2's) is kept
     # for the next sweep of the same weights, the latest one only, in model_fingerprint's memo: that
     # memo (called just before, in sweep_contexts) holds "refs" only while model.params are the
     # arrays it hashed, and is cleared when they change. All 30 SmolLM2 MLP sweeps read it once.
     memo = per_model(model, "ngrams", ("fingerprint",), dict)
-    key = ("unembedding", s.vocab_tile, s.compute_dtype, tuple(mesh.devices.tolist()))
+    key = ("unembedding", s.vocab_tile, s.compute_dtype, nr, tuple(mesh.devices.tolist()))
     if key in memo:
         w, b = memo[key]
     else:
@@ -333,8 +363,8 @@ def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mes
                 del memo[old]
             memo[key] = (w, b)
     step = per_model(model, "ngrams",
-                     ("step", s.paths, s.order, kk, tuple(mesh.devices.tolist()), s.compute_dtype, kernel),
-                     lambda: _step(context_scorer(model, s.paths, s.order), kk, mesh, s.compute_dtype, kernel))
+                     ("step", s.paths, s.order, kk, tuple(mesh.devices.tolist()), s.compute_dtype, tiles),
+                     lambda: _step(context_scorer(model, s.paths, s.order), kk, mesh, s.compute_dtype, tiles))
     rows_sharding = NamedSharding(mesh, P("rows"))
     done_rows = n_rows - sum(min(s.chunk_rows, n_rows - i * s.chunk_rows) for i in todo)
     with tqdm(total=n_rows, initial=done_rows, unit="row", unit_scale=True, disable=not progress,
