@@ -437,3 +437,24 @@ def test_corpus_kl_stays_finite_for_predictions_far_below_float64():
     p = np.array([0.75, 0.25])
     assert kl == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-12)
     assert hit == 1.0 and rho == pytest.approx(1.0)   # predicts 1, the most frequent successor
+
+
+def test_global_top_matches_a_full_sort():
+    """The chunk's global top (only entries at or above the g-th largest value are sorted) equals a
+    full sort by (probability descending, context row, next id), with heavy ties and with NaN."""
+    from jetjax.ngrams.sweep import _global_top
+
+    rng = np.random.default_rng(0)
+    for trial in range(120):
+        rows, k, g = int(rng.integers(1, 300)), int(rng.integers(1, 12)), int(rng.integers(1, 60))
+        probs = (rng.integers(0, 5, (rows, k)) / 4 if trial % 2 else rng.random((rows, k))).astype(np.float32)
+        if trial % 7 == 0:
+            probs[rng.integers(0, rows), 0] = np.nan
+        ids, contexts = rng.integers(0, 50, (rows, k)), rng.integers(0, 99, (rows, 2))
+        flat = probs.reshape(-1)
+        row_of = np.repeat(np.arange(rows), k)
+        order = sorted(range(flat.size), key=lambda j: (np.isnan(flat[j]), -np.nan_to_num(flat[j]), row_of[j],
+                                                        ids.reshape(-1)[j]))[:g]
+        got_p, got_pairs = _global_top(probs, ids, contexts, g)
+        np.testing.assert_array_equal(got_p, flat[order])
+        assert got_pairs.tolist() == [[*contexts[row_of[j]], ids.reshape(-1)[j]] for j in order]

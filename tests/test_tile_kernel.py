@@ -88,6 +88,31 @@ def test_kernel_matches_one_top_k_over_the_row(kernel, tile, kk, compute_dtype, 
         assert seen.mean() > 0.5 and np.max(err[seen]) < 4e-6
 
 
+def test_fused_kernel_skips_a_blocks_padding_rows(kernel):
+    """A padded block (n_valid < rows, as a sweep's last block): the real rows come out bit for bit
+    as when every row is computed, on one device and with the rows split over two; the padding
+    rows past the last strip (of the GEMM's MR rows) holding a real row are not computed (their
+    state stays empty: logsumexp -inf)."""
+    v, d, kk, rows, n_valid = 700, 20, 5, 64, 29
+    rng = np.random.default_rng(4)
+    w, b = rng.normal(size=(d, v)).astype(np.float32), rng.normal(size=v).astype(np.float32)
+    x = jnp.asarray(rng.normal(size=(rows, d)).astype(np.float32))
+    ctx = jnp.arange(rows)[:, None]
+    packed = _tile_unembedding(jnp.asarray(w), jnp.asarray(b), 256, nr=native.gemm_layout()[1])
+    for devices in (jax.devices()[:1], jax.devices()[:2]):
+        step = _step(lambda p, c: p[c[:, 0]], kk, path_mesh(devices, axis_name="rows"), tiles="fused")
+        full = [np.asarray(a) for a in step(x, *packed, ctx)]
+        part = [np.asarray(a) for a in step(x, *packed, ctx, n_valid)]
+        for a, c in zip(full, part):
+            np.testing.assert_array_equal(a[:n_valid], c[:n_valid])
+        assert np.isfinite(full[2]).all()
+        mr, local = native.gemm_layout()[0], rows // len(devices)
+        for i in range(len(devices)):   # rows past the last strip holding a real row are never computed
+            real = min(max(n_valid - i * local, 0), local)
+            assert (part[2][i * local + min(local, -(-real // mr) * mr):(i + 1) * local] == -np.inf).all()
+        assert (part[2][n_valid:] == -np.inf).sum() >= rows - n_valid - mr
+
+
 @pytest.mark.parametrize("tiles", ["kernel", "fused"])
 def test_kernel_passes_nan_rows_on_as_nan(kernel, tiles):
     """A row whose path output holds NaN (or inf) has NaN logits: its logsumexp and probabilities

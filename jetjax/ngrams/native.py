@@ -208,7 +208,7 @@ def pack_tile(w, nr: int):
     return jnp.moveaxis(w, -2, -3)
 
 
-def gemm_reduce(a, w, bias, offset, m, s, top_v, top_i):
+def gemm_reduce(a, w, bias, offset, m, s, top_v, top_i, valid=None):
     """Tiles of float32 logits ``A W + bias``, formed and folded into the running state in one call.
 
     ``a`` is the block's rows packed by :func:`pack_rows` (``[strips, d, MR]``), ``w`` the tiles packed
@@ -218,9 +218,11 @@ def gemm_reduce(a, w, bias, offset, m, s, top_v, top_i):
     chain over ``d`` in order, the same for every row and column (equal columns give equal logits),
     and folded while still in cache; the reduction is :func:`tile_reduce`'s, a few hundred columns of
     a tile at a time. The rows are split over the cores; each core walks all the tiles for its rows.
-    Call only after :func:`available` returned ``True``, inside ``jit`` on CPU.
+    ``valid`` (int32, default: all rows): rows from it on are padding, skipped, their state returned
+    as it came. Call only after :func:`available` returned ``True``, inside ``jit`` on CPU.
     """
     outs = (jax.ShapeDtypeStruct(m.shape, jnp.float32), jax.ShapeDtypeStruct(s.shape, jnp.float32),
             jax.ShapeDtypeStruct(top_v.shape, jnp.float32), jax.ShapeDtypeStruct(top_i.shape, jnp.int32))
-    call = jax.ffi.ffi_call(GEMM_TARGET, outs, input_output_aliases={4: 0, 5: 1, 6: 2, 7: 3})
-    return call(a, w, bias, jnp.asarray(offset, jnp.int32), m, s, top_v, top_i)
+    call = jax.ffi.ffi_call(GEMM_TARGET, outs, input_output_aliases={5: 0, 6: 1, 7: 2, 8: 3})
+    valid = m.shape[0] if valid is None else valid
+    return call(a, w, bias, jnp.asarray(valid, jnp.int32), jnp.asarray(offset, jnp.int32), m, s, top_v, top_i)

@@ -144,19 +144,31 @@ void fold_row(const float* c, const float* bias, int64_t t, int32_t offset, int6
   float thr = tv[k - 1];
   if (!(mx > thr)) return;  // nothing here enters the top k
   for (int64_t j0 = 0; j0 < t; j0 += kLanes) {
-    int64_t j1 = std::min<int64_t>(j0 + kLanes, t);
-    if (j1 - j0 == kLanes && !any(load(c + j0) + load(bias + j0) > splat(thr))) continue;
-    for (int64_t j = j0; j < j1; ++j) {
-      float v = c[j] + bias[j];
-      if (!(v > thr)) continue;
-      int64_t p = k - 1;  // the new value goes after every held value >= it
-      while (p > 0 && tv[p - 1] < v) {
-        tv[p] = tv[p - 1];
-        ti[p] = ti[p - 1];
-        --p;
+    const int64_t n = std::min<int64_t>(kLanes, t - j0);
+    uint32_t hits;  // bit l: column j0 + l is above the k-th value as it stood at the start of the run
+    if (n == kLanes) {
+      vi above = load(c + j0) + load(bias + j0) > splat(thr);
+      if (!any(above)) continue;
+      hits = 0;
+      for (int l = 0; l < kLanes; ++l) hits |= static_cast<uint32_t>(above[l] != 0) << l;
+    } else {
+      hits = (1u << n) - 1;
+    }
+    for (; hits; hits &= hits - 1) {
+      const int64_t j = j0 + __builtin_ctz(hits);
+      const float v = c[j] + bias[j];
+      if (!(v > thr)) continue;  // (the k-th value may have risen since)
+      // The new value goes after every held value >= it: the first position holding a smaller one
+      // (tv[k - 1] < v, so there is one), found by bisection; the rest moves down one place.
+      int64_t lo = 0, hi = k - 1;
+      while (lo < hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (tv[mid] < v) hi = mid; else lo = mid + 1;
       }
-      tv[p] = v;
-      ti[p] = offset + static_cast<int32_t>(j);
+      std::memmove(tv + lo + 1, tv + lo, (k - 1 - lo) * sizeof(float));
+      std::memmove(ti + lo + 1, ti + lo, (k - 1 - lo) * sizeof(int32_t));
+      tv[lo] = v;
+      ti[lo] = offset + static_cast<int32_t>(j);
       thr = tv[k - 1];
     }
   }
@@ -293,7 +305,7 @@ ffi::Error TileReduceImpl(ffi::Buffer<ffi::F32> logits, ffi::Buffer<ffi::F32> bi
 }
 
 ffi::Error GemmReduceImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
-                          ffi::Buffer<ffi::S32> offset, ffi::Buffer<ffi::F32> m, ffi::Buffer<ffi::F32> s,
+                          ffi::Buffer<ffi::S32> valid, ffi::Buffer<ffi::S32> offset, ffi::Buffer<ffi::F32> m, ffi::Buffer<ffi::F32> s,
                           ffi::Buffer<ffi::F32> top_v, ffi::Buffer<ffi::S32> top_i, ffi::ResultBuffer<ffi::F32> m_out,
                           ffi::ResultBuffer<ffi::F32> s_out, ffi::ResultBuffer<ffi::F32> top_v_out,
                           ffi::ResultBuffer<ffi::S32> top_i_out) {
@@ -315,7 +327,9 @@ ffi::Error GemmReduceImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w, ffi:
   if (top_i_out->typed_data() != top_i.typed_data()) std::copy_n(top_i.typed_data(), rows * k, top_i_out->typed_data());
   int32_t off = offset.typed_data()[0];
   const int64_t panels = wd[1];
-  parallel_for(strips, 4, [&](int64_t lo, int64_t hi) {  // each thread walks every tile for its rows
+  // Rows from `valid` on are a block's padding: their strips are skipped and their state left as it came.
+  const int64_t used = (std::clamp<int64_t>(valid.typed_data()[0], 0, rows) + kMR - 1) / kMR;
+  parallel_for(used, 4, [&](int64_t lo, int64_t hi) {  // each thread walks every tile for its rows
     for (int64_t tile = 0; tile < n_tiles; ++tile)
       gemm_reduce_strips(a.typed_data(), w.typed_data() + tile * panels * d * kNR, bias.typed_data() + tile * t, d, t,
                          off + static_cast<int32_t>(tile * t), k, lo, hi, m_out->typed_data(), s_out->typed_data(),
@@ -351,9 +365,10 @@ auto with_state(Binding binding) {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JetjaxTileReduce, TileReduceImpl,
                               with_state(ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()));
 
-// (packed rows, packed tiles, bias, ...state)
+// (packed rows, packed tiles, bias, valid rows, ...state)
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JetjaxGemmReduce, GemmReduceImpl,
                               with_state(ffi::Ffi::Bind()
                                              .Arg<ffi::Buffer<ffi::F32>>()
                                              .Arg<ffi::Buffer<ffi::F32>>()
-                                             .Arg<ffi::Buffer<ffi::F32>>()));
+                                             .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Arg<ffi::Buffer<ffi::S32>>()));
