@@ -11,11 +11,14 @@ that has left the cache cost as much as a third of the GEMM. The running top-k m
 tile's candidates: the columns of the ``k`` column groups with the largest maxima, an exact
 superset (:func:`_tile_candidates`), so the one ``top_k`` over a whole tile, the costliest of the
 per-tile reductions, runs on ``tile / 16`` group maxima instead. Ties between equal logits go to the
-lower token id, as with one ``lax.top_k`` over the whole row. On CPU devices a compiled kernel
-does a tile's logsumexp and top-k in one pass per row instead (:mod:`jetjax.ngrams.native`: the same
-ids, the logsumexp summed in another order; recorded as ``tile_reduce`` in the settings of the
-table's ``meta`` and manifest). Rows are split over the devices of a 1-D mesh (``shard_map``;
-parameters replicated). One step function is compiled per block shape; the last block is padded.
+lower token id, as with one ``lax.top_k`` over the whole row. On CPU devices compiled kernels
+take over (:mod:`jetjax.ngrams.native`; recorded as ``tile_reduce`` in the settings of the table's
+``meta`` and manifest): in float32 one call per block forms every tile's logits with its own GEMM
+and reduces them while in cache (``"fused"``: ids the same wherever float32 rounding cannot swap
+two logits, exact ties kept), in bfloat16 XLA's GEMM is followed by the kernel's one-pass reduction
+(``"kernel"``: the same ids, the logsumexp summed in another order). Rows are split over the devices
+of a 1-D mesh (``shard_map``; parameters replicated). One step function is compiled per block
+shape; the last block is padded (the fused kernel skips the padding rows).
 
 With ``out_dir`` the sweep is resumable: rows are grouped into chunks of ``chunk_rows``; each
 finished chunk is written as ``chunk-NNNNN.safetensors`` (temp file, fsync, ``os.replace``) and only
