@@ -129,7 +129,8 @@ def test_kernel_passes_nan_rows_on_as_nan(kernel, tiles):
     def run(w, mode):
         nr = native.gemm_layout()[1] if mode == "fused" else 0
         packed = _tile_unembedding(jnp.asarray(w), jnp.asarray(b), 128, nr=nr)
-        return [np.asarray(a) for a in _step(lambda p, c: p[c[:, 0]], 3, mesh, tiles=mode)(jnp.asarray(x), *packed, ctx)]
+        step = _step(lambda p, c: p[c[:, 0]], 3, mesh, tiles=mode)
+        return [np.asarray(a) for a in step(jnp.asarray(x), *packed, ctx)]
 
     got, pure = run(w, tiles), run(w, "xla")
     for out in (got, pure):

@@ -220,6 +220,20 @@ def gemm_reduce(a, w, bias, offset, m, s, top_v, top_i, valid=None):
     a tile at a time. The rows are split over the cores; each core walks all the tiles for its rows.
     ``valid`` (int32, default: all rows): rows from it on are padding, skipped, their state returned
     as it came. Call only after :func:`available` returned ``True``, inside ``jit`` on CPU.
+
+    Example (two rows, one tile of three columns, the top 1 of each row; where no C++ compiler can
+    build the kernel, nothing runs):
+      >>> import jax, jax.numpy as jnp
+      >>> ids = [1, 0]
+      >>> if available():
+      ...     mr, nr = gemm_layout()
+      ...     a = pack_rows(jnp.array([[1.0, 0.0], [0.0, 1.0]]), mr)
+      ...     w = pack_tile(jnp.array([[[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]]]), nr)
+      ...     n = a.shape[0] * mr
+      ...     state = (jnp.full(n, -jnp.inf), jnp.zeros(n), jnp.full((n, 1), -jnp.inf), jnp.zeros((n, 1), jnp.int32))
+      ...     ids = jax.jit(gemm_reduce)(a, w, jnp.zeros((1, 3)), 0, *state)[3][:2, 0].tolist()
+      >>> ids
+      [1, 0]
     """
     outs = (jax.ShapeDtypeStruct(m.shape, jnp.float32), jax.ShapeDtypeStruct(s.shape, jnp.float32),
             jax.ShapeDtypeStruct(top_v.shape, jnp.float32), jax.ShapeDtypeStruct(top_i.shape, jnp.int32))

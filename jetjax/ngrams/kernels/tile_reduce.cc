@@ -305,10 +305,10 @@ ffi::Error TileReduceImpl(ffi::Buffer<ffi::F32> logits, ffi::Buffer<ffi::F32> bi
 }
 
 ffi::Error GemmReduceImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
-                          ffi::Buffer<ffi::S32> valid, ffi::Buffer<ffi::S32> offset, ffi::Buffer<ffi::F32> m, ffi::Buffer<ffi::F32> s,
-                          ffi::Buffer<ffi::F32> top_v, ffi::Buffer<ffi::S32> top_i, ffi::ResultBuffer<ffi::F32> m_out,
-                          ffi::ResultBuffer<ffi::F32> s_out, ffi::ResultBuffer<ffi::F32> top_v_out,
-                          ffi::ResultBuffer<ffi::S32> top_i_out) {
+                          ffi::Buffer<ffi::S32> valid, ffi::Buffer<ffi::S32> offset, ffi::Buffer<ffi::F32> m,
+                          ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> top_v, ffi::Buffer<ffi::S32> top_i,
+                          ffi::ResultBuffer<ffi::F32> m_out, ffi::ResultBuffer<ffi::F32> s_out,
+                          ffi::ResultBuffer<ffi::F32> top_v_out, ffi::ResultBuffer<ffi::S32> top_i_out) {
   auto ad = a.dimensions(), wd = w.dimensions(), bd = bias.dimensions(), kd = top_v.dimensions();
   if (ad.size() != 3 || ad[2] != kMR)
     return ffi::Error::InvalidArgument("jetjax_gemm_reduce: rows must be packed as [strips, d, MR]");
