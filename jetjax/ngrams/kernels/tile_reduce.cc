@@ -86,7 +86,9 @@ inline float scalar_exp_nonpos(float x) {
 
 // sum_j exp(c[j] + bias[j] - ref) over [0, t), in two levels (16 vectors into a partial, partials
 // into the total), so a lane adds ~t / 256 + 16 terms in sequence rather than t / 16: float32
-// rounding as small as XLA's own. Also the max and whether any value is NaN, if asked.
+// rounding as small as XLA's own. Also the max and whether any value is NaN, if asked; with
+// kSum = false only those (no exponentials).
+template <bool kSum = true>
 inline float exp_sum(const float* c, const float* bias, int64_t t, float ref, float* max_out, bool* nan_out) {
   const int64_t t_end = t - t % kLanes;  // whole vectors; the rest (t % 16 columns) one by one
   const vf ref_v = splat(ref);
@@ -98,7 +100,7 @@ inline float exp_sum(const float* c, const float* bias, int64_t t, float ref, fl
       vf v = load(c + j) + load(bias + j);
       mx_v = v > mx_v ? v : mx_v;
       nan_v |= v != v;
-      part += exp_nonpos(v - ref_v);
+      if constexpr (kSum) part += exp_nonpos(v - ref_v);
     }
     sum_v += part;
   }
@@ -109,7 +111,7 @@ inline float exp_sum(const float* c, const float* bias, int64_t t, float ref, fl
     float v = c[j] + bias[j];
     mx = v > mx ? v : mx;
     nan |= v != v;
-    sum += scalar_exp_nonpos(v - ref);
+    if constexpr (kSum) sum += scalar_exp_nonpos(v - ref);
   }
   if (max_out) *max_out = mx;
   if (nan_out) *nan_out = nan;
@@ -128,7 +130,7 @@ void fold_row(const float* c, const float* bias, int64_t t, int32_t offset, int6
     sum = exp_sum(c, bias, t, m_old, &mx, &nan);
     if (mx > m_old) sum = exp_sum(c, bias, t, mx, nullptr, nullptr);  // exp_nonpos needs x - ref <= 0
   } else {
-    exp_sum(c, bias, t, 0.0f, &mx, &nan);  // for the max alone
+    exp_sum<false>(c, bias, t, 0.0f, &mx, &nan);  // the max alone
     sum = exp_sum(c, bias, t, mx, nullptr, nullptr);
   }
   const float m_new = mx > m_old ? mx : m_old;
