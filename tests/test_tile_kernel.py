@@ -241,7 +241,7 @@ int main(int argc, char** argv) {
   int64_t n = strips * kMR;
   std::vector<float> m(n, -INFINITY), s(n, 0.f), tv(n * k, -INFINITY);
   std::vector<int32_t> ti(n * k, 0);
-  parallel_for(strips, 1, [&](int64_t lo, int64_t hi) {
+  parallel_for(strips, 1, 0, [&](int64_t lo, int64_t hi) {
     for (int64_t t = 0; t < n_tiles; ++t)
       gemm_reduce_strips(a.data(), wp.data() + t * panels * d * kNR, bp.data() + t * tile, d, tile,
                          static_cast<int32_t>(t * tile), k, lo, hi, m.data(), s.data(), tv.data(), ti.data());
@@ -311,3 +311,29 @@ def test_fused_gemm_builds_for_other_cpus_agree_with_float64(tmp_path, march, la
     top3 = np.flatnonzero((ti == 3).any(1))
     assert all(list(ti[r]).index(3) < list(ti[r]).index(250) for r in top3 if 250 in ti[r])
     assert ti[5].tolist() == want[5].tolist()
+
+
+def test_results_do_not_depend_on_the_thread_count(kernel):
+    """Both kernels split rows over threads (``threads``: 1, 3, all cores): the outputs are bitwise equal."""
+    rng = np.random.default_rng(11)
+    rows, d, tile, k = 150, 33, 200, 7
+    x = rng.normal(size=(rows, d)).astype(np.float32)
+    w = rng.normal(size=(2, d, tile)).astype(np.float32)
+    bias = rng.normal(size=(2, tile)).astype(np.float32)
+    mr, nr = native.gemm_layout()
+    n = -(-rows // mr) * mr
+
+    def state(r):
+        return (jnp.full(r, -jnp.inf), jnp.zeros(r), jnp.full((r, k), -jnp.inf), jnp.zeros((r, k), jnp.int32))
+
+    fused = {t: [np.asarray(o) for o in jax.jit(lambda a, w, b, t=t: native.gemm_reduce(
+        a, w, b, 5, *state(n), threads=t))(native.pack_rows(jnp.asarray(x), mr), native.pack_tile(jnp.asarray(w), nr),
+                                           jnp.asarray(bias))] for t in (1, 3, 0)}
+    logits = jnp.asarray(x) @ jnp.asarray(w[0])
+    reduced = {t: [np.asarray(o) for o in jax.jit(lambda l, b, t=t: native.tile_reduce(
+        l, b, 5, *state(rows), threads=t))(logits, jnp.asarray(bias[0]))] for t in (1, 3, 0)}
+    for outs in (fused, reduced):
+        for t in (3, 0):
+            for a, b in zip(outs[1], outs[t]):
+                np.testing.assert_array_equal(a, b)
+    assert np.isfinite(fused[1][0][:rows]).all() and (fused[1][3][:rows] >= 5).all()

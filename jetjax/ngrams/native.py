@@ -62,11 +62,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jetjax._cache import cache_dir
 
 __all__ = ["available", "mode", "tile_reduce", "gemm_reduce", "gemm_layout", "pack_rows", "pack_tile", "TARGET",
-           "GEMM_TARGET", "MODES", "unavailable_reason"]
+           "GEMM_TARGET", "MODES", "unavailable_reason", "usable_cores"]
 
 TARGET = "jetjax_tile_reduce"
 """The name the reduction kernel is registered under with ``jax.ffi``."""
@@ -172,17 +173,27 @@ def unavailable_reason() -> str:
     return _state.get("reason", "")
 
 
-def tile_reduce(logits, bias, offset, m, s, top_v, top_i):
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def tile_reduce(logits, bias, offset, m, s, top_v, top_i, threads: int = 0):
     """One tile folded into a row block's running ``(max, sum of exps, top values, top ids)``.
 
     ``logits [B, T]`` and ``bias [T]`` are float32 (the tile's columns ``offset .. offset + T - 1``);
-    ``m, s [B]`` float32, ``top_v [B, k]`` float32 (descending), ``top_i [B, k]`` int32. Call only
-    after :func:`available` returned ``True``, inside ``jit`` on CPU.
+    ``m, s [B]`` float32, ``top_v [B, k]`` float32 (descending), ``top_i [B, k]`` int32. ``threads``:
+    the most threads the rows are split over (0, the default: one per usable core; a sweep over
+    several CPU devices passes each its share). Call only after :func:`available` returned ``True``,
+    inside ``jit`` on CPU.
     """
     outs = (jax.ShapeDtypeStruct(m.shape, jnp.float32), jax.ShapeDtypeStruct(s.shape, jnp.float32),
             jax.ShapeDtypeStruct(top_v.shape, jnp.float32), jax.ShapeDtypeStruct(top_i.shape, jnp.int32))
     call = jax.ffi.ffi_call(TARGET, outs, input_output_aliases={3: 0, 4: 1, 5: 2, 6: 3})
-    return call(logits, bias, jnp.asarray(offset, jnp.int32), m, s, top_v, top_i)
+    return call(logits, bias, jnp.asarray(offset, jnp.int32), m, s, top_v, top_i, threads=np.int64(threads))
 
 
 def gemm_layout() -> tuple[int, int]:
@@ -208,7 +219,7 @@ def pack_tile(w, nr: int):
     return jnp.moveaxis(w, -2, -3)
 
 
-def gemm_reduce(a, w, bias, offset, m, s, top_v, top_i, valid=None):
+def gemm_reduce(a, w, bias, offset, m, s, top_v, top_i, valid=None, threads: int = 0):
     """Tiles of float32 logits ``A W + bias``, formed and folded into the running state in one call.
 
     ``a`` is the block's rows packed by :func:`pack_rows` (``[strips, d, MR]``), ``w`` the tiles packed
@@ -219,7 +230,7 @@ def gemm_reduce(a, w, bias, offset, m, s, top_v, top_i, valid=None):
     and folded while still in cache; the reduction is :func:`tile_reduce`'s, a few hundred columns of
     a tile at a time. The rows are split over the cores; each core walks all the tiles for its rows.
     ``valid`` (int32, default: all rows): rows from it on are padding, skipped, their state returned
-    as it came. Call only after :func:`available` returned ``True``, inside ``jit`` on CPU.
+    as it came. ``threads`` as in :func:`tile_reduce` (the results do not depend on it). Call only after :func:`available` returned ``True``, inside ``jit`` on CPU.
 
     Example (two rows, one tile of three columns, the top 1 of each row; where no C++ compiler can
     build the kernel, nothing runs):
@@ -239,4 +250,5 @@ def gemm_reduce(a, w, bias, offset, m, s, top_v, top_i, valid=None):
             jax.ShapeDtypeStruct(top_v.shape, jnp.float32), jax.ShapeDtypeStruct(top_i.shape, jnp.int32))
     call = jax.ffi.ffi_call(GEMM_TARGET, outs, input_output_aliases={5: 0, 6: 1, 7: 2, 8: 3})
     valid = m.shape[0] if valid is None else valid
-    return call(a, w, bias, jnp.asarray(valid, jnp.int32), jnp.asarray(offset, jnp.int32), m, s, top_v, top_i)
+    return call(a, w, bias, jnp.asarray(valid, jnp.int32), jnp.asarray(offset, jnp.int32), m, s, top_v, top_i,
+                threads=np.int64(threads))

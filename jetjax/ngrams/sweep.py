@@ -176,6 +176,7 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
     """
     if tiles not in TILE_MODES:
         raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
+    threads = max(1, native.usable_cores() // int(mesh.devices.size))  # each device's share of the cores
 
     def local(params, w_tiles, b_tiles, ctx, n_valid):
         r = score_fn(params, ctx)
@@ -197,7 +198,8 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
             else:
                 product = r @ w_t
             if tiles == "kernel":  # the bias is added inside, in float32 as below
-                return native.tile_reduce(product, b_t.astype(jnp.float32), offset, m, s, top_v, top_i), None
+                return native.tile_reduce(product, b_t.astype(jnp.float32), offset, m, s, top_v, top_i,
+                                          threads=threads), None
             if compute_dtype == "bfloat16":
                 logits = product + b_t.astype(jnp.float32)
             else:
@@ -221,7 +223,7 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
         if tiles == "fused":  # one call for all tiles: a scan would copy each tile's slice out for it
             valid = jnp.clip(n_valid - jax.lax.axis_index("rows") * rows, 0, rows)  # this device's real rows
             m, s, top_v, top_i = native.gemm_reduce(packed, w_tiles, b_tiles.astype(jnp.float32), 0, *init,
-                                                    valid=valid)
+                                                    valid=valid, threads=threads)
         else:
             offsets = jnp.arange(w_tiles.shape[0], dtype=jnp.int32) * tile
             (m, s, top_v, top_i), _ = jax.lax.scan(merge, init, (w_tiles, b_tiles, offsets))

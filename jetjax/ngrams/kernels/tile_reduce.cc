@@ -268,10 +268,13 @@ int64_t usable_cores() {
   return hw ? hw : 1;
 }
 
-// Runs fn(lo, hi) over [0, n) split into one range per usable core, at least `grain` items each.
+// Runs fn(lo, hi) over [0, n) split into one range per thread, at least `grain` items each: at most
+// `max_threads` threads (0: one per usable core; native.py passes the cores per device of the mesh, so
+// that devices running their shards at once do not oversubscribe the cores).
 template <typename Fn>
-void parallel_for(int64_t n, int64_t grain, Fn fn) {
-  int64_t n_threads = std::max<int64_t>(1, std::min<int64_t>(usable_cores(), n / grain));
+void parallel_for(int64_t n, int64_t grain, int64_t max_threads, Fn fn) {
+  int64_t cap = max_threads > 0 ? max_threads : usable_cores();
+  int64_t n_threads = std::max<int64_t>(1, std::min<int64_t>(cap, n / grain));
   int64_t per = (n + n_threads - 1) / n_threads;
   std::vector<std::thread> pool;
   for (int64_t w = 1; w < n_threads; ++w) {
@@ -286,7 +289,7 @@ ffi::Error TileReduceImpl(ffi::Buffer<ffi::F32> logits, ffi::Buffer<ffi::F32> bi
                           ffi::Buffer<ffi::F32> m, ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> top_v,
                           ffi::Buffer<ffi::S32> top_i, ffi::ResultBuffer<ffi::F32> m_out,
                           ffi::ResultBuffer<ffi::F32> s_out, ffi::ResultBuffer<ffi::F32> top_v_out,
-                          ffi::ResultBuffer<ffi::S32> top_i_out) {
+                          ffi::ResultBuffer<ffi::S32> top_i_out, int64_t threads) {
   auto dims = logits.dimensions();
   if (dims.size() != 2) return ffi::Error::InvalidArgument("jetjax_tile_reduce: logits must be [rows, tile]");
   int64_t rows = dims[0], t = dims[1];
@@ -298,7 +301,7 @@ ffi::Error TileReduceImpl(ffi::Buffer<ffi::F32> logits, ffi::Buffer<ffi::F32> bi
     return ffi::Error::InvalidArgument("jetjax_tile_reduce: operand shapes disagree");
   int64_t k = kd[1];
   int32_t off = offset.typed_data()[0];
-  parallel_for(rows, 64, [&](int64_t lo, int64_t hi) {
+  parallel_for(rows, 64, threads, [&](int64_t lo, int64_t hi) {
     reduce_rows(logits.typed_data(), bias.typed_data(), t, off, k, lo, hi, m.typed_data(), s.typed_data(),
                 top_v.typed_data(), top_i.typed_data(), m_out->typed_data(), s_out->typed_data(),
                 top_v_out->typed_data(), top_i_out->typed_data());
@@ -310,7 +313,8 @@ ffi::Error GemmReduceImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w, ffi:
                           ffi::Buffer<ffi::S32> valid, ffi::Buffer<ffi::S32> offset, ffi::Buffer<ffi::F32> m,
                           ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> top_v, ffi::Buffer<ffi::S32> top_i,
                           ffi::ResultBuffer<ffi::F32> m_out, ffi::ResultBuffer<ffi::F32> s_out,
-                          ffi::ResultBuffer<ffi::F32> top_v_out, ffi::ResultBuffer<ffi::S32> top_i_out) {
+                          ffi::ResultBuffer<ffi::F32> top_v_out, ffi::ResultBuffer<ffi::S32> top_i_out,
+                          int64_t threads) {
   auto ad = a.dimensions(), wd = w.dimensions(), bd = bias.dimensions(), kd = top_v.dimensions();
   if (ad.size() != 3 || ad[2] != kMR)
     return ffi::Error::InvalidArgument("jetjax_gemm_reduce: rows must be packed as [strips, d, MR]");
@@ -331,7 +335,7 @@ ffi::Error GemmReduceImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w, ffi:
   const int64_t panels = wd[1];
   // Rows from `valid` on are a block's padding: their strips are skipped and their state left as it came.
   const int64_t used = (std::clamp<int64_t>(valid.typed_data()[0], 0, rows) + kMR - 1) / kMR;
-  parallel_for(used, 4, [&](int64_t lo, int64_t hi) {  // each thread walks every tile for its rows
+  parallel_for(used, 4, threads, [&](int64_t lo, int64_t hi) {  // each thread walks every tile for its rows
     for (int64_t tile = 0; tile < n_tiles; ++tile)
       gemm_reduce_strips(a.typed_data(), w.typed_data() + tile * panels * d * kNR, bias.typed_data() + tile * t, d, t,
                          off + static_cast<int32_t>(tile * t), k, lo, hi, m_out->typed_data(), s_out->typed_data(),
@@ -349,7 +353,8 @@ extern "C" int jetjax_gemm_layout(int* mr, int* nr) {
   return 0;
 }
 
-// Both entry points end with (offset, m, s, top values, top ids) and return the four updated states.
+// Both entry points end with (offset, m, s, top values, top ids), return the four updated states and
+// take the attribute `threads` (the most threads to use; 0: one per usable core).
 template <typename Binding>
 auto with_state(Binding binding) {
   return std::move(binding).template Arg<ffi::Buffer<ffi::S32>>()  // (the builder methods take an rvalue)
@@ -360,7 +365,8 @@ auto with_state(Binding binding) {
       .template Ret<ffi::Buffer<ffi::F32>>()
       .template Ret<ffi::Buffer<ffi::F32>>()
       .template Ret<ffi::Buffer<ffi::F32>>()
-      .template Ret<ffi::Buffer<ffi::S32>>();
+      .template Ret<ffi::Buffer<ffi::S32>>()
+      .template Attr<int64_t>("threads");
 }
 
 // (logits, bias, ...state)
