@@ -458,3 +458,78 @@ def test_global_top_matches_a_full_sort():
         got_p, got_pairs = _global_top(probs, ids, contexts, g)
         np.testing.assert_array_equal(got_p, flat[order])
         assert got_pairs.tolist() == [[*contexts[row_of[j]], ids.reshape(-1)[j]] for j in order]
+
+
+@pytest.mark.parametrize("reduce_mode", ["xla", "reduce", "auto"])
+def test_rows_top_k_first_writes_the_same_files(tmp_path, monkeypatch, reduce_mode):
+    """Chunks swept with each row's top_k only (swept again with max(top_k, global_k) where the
+    1/rank bound cannot vouch for their global top) write the files of sweeps that keep
+    max(top_k, global_k) per row throughout, byte for byte: flat rows (a constant embedding is a
+    uniform row) fail the bound, peaked ones pass it, a one-row chunk has too few entries."""
+    from jetjax._compiled import built
+    from jetjax.ngrams import sweep
+
+    if reduce_mode != "xla":
+        _reduction("kernel")  # skips without a compiler, fails where the build does
+    monkeypatch.setenv("JETJAX_TILE_REDUCE", reduce_mode)
+    model = _tiny()
+    params = jax.tree_util.tree_map(np.asarray, model.params)
+    params["wpe"] = np.zeros_like(params["wpe"])
+    params["wte"] = np.array(params["wte"])
+    params["wte"][:7] = np.arange(1, 8)[:, None]        # chunk 0: constant rows, uniform next-token rows
+    params["ln_f"] = {"scale": np.full(12, 30.0, np.float32), "bias": np.zeros(12, np.float32)}
+    model.params = jax.tree_util.tree_map(jnp.asarray, params)
+    decided = []
+    real = sweep._rows_suffice
+    monkeypatch.setattr(sweep, "_rows_suffice", lambda *a: decided.append(real(*a)) or decided[-1])
+    opts = dict(paths=["emb>dec"], top_k=3, global_k=6, block_rows=4, chunk_rows=7, progress=False)
+    first = jet_bigrams(model, out_dir=tmp_path / "rows_first", **opts)
+    # chunk 0 fails (tried with top_k); 1 (tried with kk) would pass, so 2 and 3 are tried with top_k
+    # and pass; chunk 4 holds one row: 3 entries cannot vouch for a global top 6
+    assert decided == [False, True, True, True, False]
+    steps = sorted(key[3] for key in built(model, "ngrams") if key[0] == "step")
+    assert steps == [3, 6]
+    monkeypatch.setattr(sweep, "_ROWS_FIRST", False)
+    full = jet_bigrams(model, out_dir=tmp_path / "full", **opts)
+    assert _snapshot(tmp_path / "rows_first") == _snapshot(tmp_path / "full")
+    np.testing.assert_array_equal(first.global_probs, full.global_probs)
+    np.testing.assert_array_equal(first.global_pairs, full.global_pairs)
+    assert first.probs[:7].max() < 0.04 and first.probs[7:, 0].min() > 0.5  # the rows are as described
+
+
+def test_rows_suffice_needs_the_bound_passed_with_slack():
+    from jetjax.ngrams.sweep import ROW_SLACK, _rows_suffice
+
+    lse = np.zeros(5, np.float32)
+    bound = ROW_SLACK / 4  # k_rows = 3: a dropped entry has probability <= 1/4
+    g_probs = np.array([0.9, 0.8, bound * 1.001], np.float32)
+    assert _rows_suffice(g_probs, lse, 15, 3, 3)
+    assert not _rows_suffice(np.array([0.9, 0.8, bound * 0.999], np.float32), lse, 15, 3, 3)
+    assert not _rows_suffice(np.array([0.9, 0.8, 0.26], np.float32), lse, 15, 3, 3)  # above 1/4, within slack
+    assert not _rows_suffice(g_probs, lse, 2, 3, 3)                                     # fewer kept than g
+    assert not _rows_suffice(g_probs[:2], lse, 15, 3, 3)
+    assert not _rows_suffice(g_probs, np.array([0, np.nan], np.float32), 15, 3, 3)
+    assert not _rows_suffice(g_probs, np.array([0, 2e5], np.float32), 15, 3, 3)
+    assert not _rows_suffice(np.array([0.9, np.nan, 0.8], np.float32), lse, 15, 3, 3)
+
+
+def test_global_top_of_blocks_of_different_widths():
+    """Blocks of a chunk kept with different k give the top of their concatenated entries, ordered
+    by (probability descending, row of the chunk, next id)."""
+    from jetjax.ngrams.sweep import _global_top
+
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        widths = rng.integers(1, 9, int(rng.integers(1, 5)))
+        rows = rng.integers(1, 40, len(widths))
+        probs = [(rng.integers(0, 4, (r, k)) / 3).astype(np.float32) for r, k in zip(rows, widths)]
+        ids = [rng.integers(0, 50, (r, k)) for r, k in zip(rows, widths)]
+        contexts = rng.integers(0, 99, (int(rows.sum()), 1))
+        g = int(rng.integers(1, 30))
+        entries = [(-float(p[i, j]), int(r0 + i), int(n[i, j]))
+                   for p, n, r0 in zip(probs, ids, np.cumsum([0, *rows[:-1]])) for i in range(p.shape[0])
+                   for j in range(p.shape[1])]
+        want = sorted(entries)[:g]
+        got_p, got_pairs = _global_top(probs, ids, contexts, g)
+        assert got_p.tolist() == [np.float32(-e[0]) for e in want]
+        assert got_pairs.tolist() == [[int(contexts[e[1], 0]), e[2]] for e in want]

@@ -11,7 +11,11 @@ that has left the cache cost as much as a third of the GEMM. The running top-k m
 tile's candidates: the columns of the ``k`` column groups with the largest maxima, an exact
 superset (:func:`_tile_candidates`), so the one ``top_k`` over a whole tile, the costliest of the
 per-tile reductions, runs on ``tile / 16`` group maxima instead. Ties between equal logits go to the
-lower token id, as with one ``lax.top_k`` over the whole row. On CPU devices compiled kernels
+lower token id, as with one ``lax.top_k`` over the whole row. A row's running top keeps
+``max(top_k, global_k)`` entries only where the table's global top could need them: a chunk is
+swept with each row's ``top_k`` first and kept if its own numbers prove (by the ``1 / rank`` bound
+on probabilities) that the entries left out cannot enter its global top, else swept again
+(:func:`_rows_suffice`); its file is the same either way. On CPU devices compiled kernels
 take over (:mod:`jetjax.ngrams.native`; recorded as ``tile_reduce`` in the settings of the table's
 ``meta`` and manifest): in float32 one call per block forms every tile's logits with its own GEMM
 and reduces them while in cache (``"fused"``: ids the same wherever float32 rounding cannot swap
@@ -241,23 +245,60 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
     return step
 
 
-def _global_top(probs: np.ndarray, ids: np.ndarray, contexts: np.ndarray, g: int):
-    """The ``g`` largest entries of a block of rows, ties broken by (context row, next id).
+def _global_top(probs, ids, contexts: np.ndarray, g: int):
+    """The ``g`` largest entries of a chunk of rows, ties broken by (row of the chunk, next id).
 
-    Only the entries at or above the ``g``-th largest value are sorted (all of its ties included, so
-    the order is the full sort's): a chunk of 8192 rows × 100 took 200 ms to sort whole, the host's
-    time between two chunks while the device waited. With a NaN anywhere, the whole chunk is sorted.
+    ``probs``, ``ids``: ``[rows, k]`` arrays, or lists of them for consecutive blocks of the chunk's
+    rows (their ``k`` may differ). Only the entries at or above each block's ``g``-th largest value
+    are sorted (all of its ties included, so the order is the full sort's): a chunk of 8192 rows ×
+    100 took 200 ms to sort whole, the host's time between two chunks while the device waited. With
+    a NaN anywhere, every entry is sorted.
     """
-    flat = probs.reshape(-1)
-    ids_flat = ids.reshape(-1)
-    cand = np.arange(flat.size)
-    if 0 < g < flat.size // 4 and not np.isnan(flat).any():
-        kth = np.partition(flat, flat.size - g)[flat.size - g]
-        cand = np.flatnonzero(flat >= kth)
-    rows = cand // probs.shape[1]
-    order = np.lexsort((ids_flat[cand], rows, -flat[cand]))[:g]
-    pairs = np.concatenate([contexts[rows[order]], ids_flat[cand[order], None]], axis=1)
-    return flat[cand[order]].astype(np.float32), pairs.astype(np.int32)
+    if not isinstance(probs, (list, tuple)):
+        probs, ids = [probs], [ids]
+    nan = any(np.isnan(p).any() for p in probs)
+    vals, rows, nxt, row0 = [], [], [], 0
+    for p, i in zip(probs, ids):
+        flat = p.reshape(-1)
+        cand = np.arange(flat.size)
+        if not nan and 0 < g < flat.size // 4:
+            kth = np.partition(flat, flat.size - g)[flat.size - g]
+            cand = np.flatnonzero(flat >= kth)
+        vals.append(flat[cand])
+        rows.append(row0 + cand // max(p.shape[1], 1))
+        nxt.append(i.reshape(-1)[cand])
+        row0 += p.shape[0]
+    vals, rows, nxt = np.concatenate(vals), np.concatenate(rows), np.concatenate(nxt)
+    order = np.lexsort((nxt, rows, -vals))[:g]
+    pairs = np.concatenate([contexts[rows[order]], nxt[order, None]], axis=1)
+    return vals[order].astype(np.float32), pairs.astype(np.int32)
+
+
+_ROWS_FIRST = True
+"""Sweep each chunk with its rows' top ``top_k`` first (see :func:`_run_chunks`); tests turn it off to
+compare with sweeps that keep ``max(top_k, global_k)`` per row throughout."""
+
+ROW_SLACK = 1.05
+"""Safety factor of :func:`_rows_suffice` against float32 rounding of the probabilities (< 1% for
+logsumexps below ``1e5``, which it also requires)."""
+
+
+def _rows_suffice(g_probs: np.ndarray, lse: np.ndarray, n_kept: int, k_rows: int, g: int) -> bool:
+    """Whether a chunk's global top ``g``, taken from each row's top ``k_rows`` only (``n_kept`` entries,
+    ``g_probs`` its ``g`` largest, descending), is the one the rows' top ``max(top_k, global_k)`` give.
+
+    The ``r``-th most probable next token of a row has probability at most ``1 / r`` (a row's
+    probabilities sum to 1): every entry past rank ``k_rows`` is ``<= 1 / (k_rows + 1)``. When the
+    ``g``-th largest kept entry is above that bound (by :data:`ROW_SLACK`, for rounding), no
+    dropped entry can enter or tie the chunk's top ``g``, so it is the same, entry for entry. Not
+    decided (False) with fewer than ``g`` kept entries, a NaN, or a logsumexp that is not finite or
+    ``>= 1e5`` in magnitude (where float32 rounding of ``logit - logsumexp`` could pass the slack).
+    """
+    if n_kept < g or len(g_probs) < g or g < 1:
+        return False
+    if not (np.isfinite(lse).all() and np.abs(lse).max(initial=0.0) < 1e5) or np.isnan(g_probs).any():
+        return False
+    return bool(g_probs[g - 1] > ROW_SLACK / (k_rows + 1))
 
 
 def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT, top_k: int = DEFAULT, *,
@@ -367,7 +408,8 @@ def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mes
     s = settings
     n_rows, v = contexts.shape[0], model.config.vocab_size
     n_chunks = -(-n_rows // s.chunk_rows)
-    kk = min(max(s.top_k, s.global_k), v)
+    kk = min(max(s.top_k, s.global_k), v)  # a row's entries that can matter: its top_k, the global top
+    k_rows = min(s.top_k, v)
     replicated = NamedSharding(mesh, P())
     params = jax.device_put(model.params, replicated)
     # Cache keys: fields of validated settings (ints are ints), only those the compiled code depends on.
@@ -388,32 +430,60 @@ def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mes
             for old in [k for k in memo if isinstance(k, tuple) and k[0] == "unembedding"]:
                 del memo[old]
             memo[key] = (w, b)
-    step = per_model(model, "ngrams",
-                     ("step", s.paths, s.order, kk, tuple(mesh.devices.tolist()), s.compute_dtype, tiles),
-                     lambda: _step(context_scorer(model, s.paths, s.order), kk, mesh, s.compute_dtype, tiles))
+    def step(k):
+        return per_model(model, "ngrams",
+                         ("step", s.paths, s.order, k, tuple(mesh.devices.tolist()), s.compute_dtype, tiles),
+                         lambda: _step(context_scorer(model, s.paths, s.order), k, mesh, s.compute_dtype, tiles))
+
     rows_sharding = NamedSharding(mesh, P("rows"))
+
+    def run(lo, hi, k, bar=None):
+        """The chunk's rows [lo, hi) with each row's top ``k``: ``(probs, ids, lse)`` per block, on the host.
+
+        Every block is dispatched first (jit calls return before they finish, and each block's outputs
+        are only [rows, k]), then copied to the host in order: the device never waits on the host
+        between blocks, and the bar moves as each block completes."""
+        dispatched = []
+        for start in range(lo, hi, s.block_rows):
+            block = contexts[start:min(start + s.block_rows, hi)]
+            padded = np.concatenate([block, np.zeros((s.block_rows - len(block), block.shape[1]), np.int32)])
+            dispatched.append((step(k)(params, w, b, jax.device_put(padded, rows_sharding), len(block)), len(block)))
+        outs = []
+        for out, n in dispatched:
+            outs.append([fetch(o)[:n] for o in out])
+            if bar is not None:
+                bar.update(n)
+        return outs
+
+    # Most chunks need only each row's top_k, not its top max(top_k, global_k) (100 by default): the
+    # global top of a chunk comes from its rows' top_k alone whenever its global_k-th entry beats every
+    # entry a row's top_k leaves out (:func:`_rows_suffice`, decided from the chunk's own numbers, so
+    # that its file is the same whatever came before). A chunk that fails is swept again with kk, and
+    # the next chunks start with kk until one of them would have passed. The running top-k of a row is
+    # the costliest part of the fused kernel's reduction at k = 100 (4% of a GPT-2-large step).
+    try_rows = _ROWS_FIRST and k_rows < kk
     done_rows = n_rows - sum(min(s.chunk_rows, n_rows - i * s.chunk_rows) for i in todo)
     with tqdm(total=n_rows, initial=done_rows, unit="row", unit_scale=True, disable=not progress,
               desc=f"jet {'/'.join(s.paths)}") as bar:
         for i in todo:
             lo, hi = i * s.chunk_rows, min((i + 1) * s.chunk_rows, n_rows)
-            # Dispatch every block of the chunk first (jit calls return before they finish, and each
-            # block's outputs are only [rows, k]), then copy them to the host in order: the device
-            # never waits on the host between blocks, and the bar moves as each block completes.
-            dispatched = []
-            for start in range(lo, hi, s.block_rows):
-                block = contexts[start:min(start + s.block_rows, hi)]
-                padded = np.concatenate([block, np.zeros((s.block_rows - len(block), block.shape[1]), np.int32)])
-                dispatched.append((step(params, w, b, jax.device_put(padded, rows_sharding), len(block)),
-                                   len(block)))
-            outs = []
-            for out, n in dispatched:
-                outs.append([fetch(o)[:n] for o in out])
-                bar.update(n)
-            probs, ids, lse = (np.concatenate(parts) for parts in zip(*outs))
-            g_probs, g_pairs = _global_top(probs, ids, contexts[lo:hi], s.global_k)
-            store.write(i, {"probs": np.ascontiguousarray(probs[:, :s.top_k]),
-                            "ids": np.ascontiguousarray(ids[:, :s.top_k]), "logsumexp": lse,
+            ctx = contexts[lo:hi]
+            outs = run(lo, hi, k_rows if try_rows else kk, bar)
+            g_probs, g_pairs = _global_top([o[0] for o in outs], [o[1] for o in outs], ctx, s.global_k)
+            lse = np.concatenate([o[2] for o in outs])
+            if try_rows and not _rows_suffice(g_probs, lse, (hi - lo) * k_rows, k_rows, s.global_k):
+                outs = run(lo, hi, kk)
+                g_probs, g_pairs = _global_top([o[0] for o in outs], [o[1] for o in outs], ctx, s.global_k)
+                lse = np.concatenate([o[2] for o in outs])
+                try_rows = False
+            elif not try_rows and _ROWS_FIRST and k_rows < kk:  # would the rows' top_k have done here?
+                kept = np.concatenate([o[0][:, :k_rows].reshape(-1) for o in outs])
+                best = -np.sort(-kept)[:s.global_k] if kept.size <= 4 * s.global_k else \
+                    -np.sort(-np.partition(kept, kept.size - s.global_k)[kept.size - s.global_k:])
+                try_rows = _rows_suffice(best, lse, kept.size, k_rows, s.global_k)
+            probs = np.concatenate([o[0][:, :s.top_k] for o in outs])
+            ids = np.concatenate([o[1][:, :s.top_k] for o in outs])
+            store.write(i, {"probs": np.ascontiguousarray(probs), "ids": np.ascontiguousarray(ids), "logsumexp": lse,
                             "global_probs": g_probs, "global_pairs": g_pairs})
             if callback is not None:
                 callback(i, n_chunks)
