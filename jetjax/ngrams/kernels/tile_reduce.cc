@@ -215,23 +215,29 @@ inline vg load_g(const float* p) {
   return v;
 }
 
-// How far ahead (in steps over d) the micro-kernel asks for W's cache lines. W's panels come from L2
-// (they are d x kNR floats, 160 KB at d = 1280, more than L1); the hardware prefetchers alone left
-// the GEMM at ~88% of the rate with everything in L1. Measured on a 2-core AVX-512 Xeon, fused step
-// in a loop, GFLOP/s without -> with: d = 576 322 -> 356..384, 768 350 -> 360..392, 1280 330 -> 385..392
-// (16 to 64 steps all helped; A's strip is better left to the hardware: prefetching it lost 5%).
-constexpr int64_t kPrefetchSteps = 32;
+// How far ahead (in steps over d) the micro-kernel asks for the cache lines of W's panel and of A's
+// strip. Panels come from L2 (d x kNR floats: 160 KB at d = 1280, more than L1), and so does a strip
+// at large d (61 KB at d = 1280); the hardware prefetchers alone left the GEMM at ~88% of its rate
+// with everything in L1. Measured on a 2-core AVX-512 Xeon, the fused kernel's loop over a GPT-2-
+// sized block: W ahead, GFLOP/s without -> with: d = 576 322 -> 356..384, 768 350 -> 360..392,
+// 1280 330 -> 385..392 (16 to 64 steps within noise); A ahead too: +3..5% more at d = 576 ... 1280
+// (two builds alternating step by step in one process; 8 to 32 steps within noise).
+constexpr int64_t kPrefetchW = 32, kPrefetchA = 16;
+
+// A prefetch of the cache line holding byte `offset` of `base`. The address is formed as an integer,
+// not as a pointer: it may lie past the end of the array (a prefetch never faults).
+inline void prefetch(const float* base, int64_t offset) {
+  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(base) + offset), 0, 3);
+}
 
 // c[i * ldc + j] = sum_p a[p * kMR + i] * w[p * kNR + j] for i < kMR, j < kNR.
 inline void micro_kernel(const float* __restrict a, const float* __restrict w, int64_t d, float* __restrict c,
                          int64_t ldc) {
   vg acc[kMR][kNV] = {};
   for (int64_t p = 0; p < d; ++p) {
-    // (past the panel's end this asks for the next panel, the next call's; past the array's end a
-    // prefetch never faults, and the address is formed as an integer, not as a pointer past the end)
-    const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + (p + kPrefetchSteps) * kNR * sizeof(float);
-    for (int64_t line = 0; line < kNR * 4; line += 64)
-      __builtin_prefetch(reinterpret_cast<const void*>(ahead + line), 0, 3);
+    // (past the panel's end these ask for the next panel, the next call's, and the next strip)
+    for (int64_t line = 0; line < kNR * 4; line += 64) prefetch(w, (p + kPrefetchW) * kNR * 4 + line);
+    prefetch(a, (p + kPrefetchA) * kMR * 4);
     vg b[kNV];
     for (int v = 0; v < kNV; ++v) b[v] = load_g(w + p * kNR + v * kG);
     for (int i = 0; i < kMR; ++i) {
