@@ -37,14 +37,22 @@ def _logsumexp64(logits):
     return (m + np.log(np.exp(z - m).sum(1, keepdims=True)))[:, 0]
 
 
-@pytest.mark.parametrize("compute_dtype, tiles", [("float32", "kernel"), ("float32", "fused"), ("bfloat16", "kernel")])
+def _need_amx(compute_dtype, tiles):
+    if compute_dtype == "bfloat16" and tiles == "fused" and not native.amx():
+        pytest.skip("no AMX here (or the OS refused its tile state): bfloat16 sweeps use XLA's GEMM")
+
+
+@pytest.mark.parametrize("compute_dtype, tiles", [("float32", "kernel"), ("float32", "fused"), ("bfloat16", "kernel"),
+                                                  ("bfloat16", "fused")])
 @pytest.mark.parametrize("tile, kk", [(1024, 10), (1000, 7), (4096, 1), (48, 40)])
 def test_kernel_matches_one_top_k_over_the_row(kernel, tile, kk, compute_dtype, tiles):
     """Random rows (some far apart in scale; 70, not a multiple of the fused GEMM's strip), a
     vocabulary that is not a multiple of the tile, tiles that are not a multiple of its panel:
     ids equal one lax.top_k over the whole row of the same logits (the fused kernel: wherever the
     float64 logits differ by more than float32 rounding), the pure-JAX step's ids too, and both
-    logsumexps within float32 rounding of a float64 one."""
+    logsumexps within float32 rounding of a float64 one. bfloat16: against the float64 logits of the
+    bfloat16-rounded operands (the AMX kernel's too)."""
+    _need_amx(compute_dtype, tiles)
     v, d = 5003, 24
     rng = np.random.default_rng(1)
     w = rng.normal(size=(d, v)).astype(np.float32)
@@ -87,36 +95,39 @@ def test_kernel_matches_one_top_k_over_the_row(kernel, tile, kk, compute_dtype, 
         assert seen.mean() > 0.5 and np.max(err[seen]) < 4e-6
 
 
-def test_fused_kernel_skips_a_blocks_padding_rows(kernel):
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_fused_kernel_skips_a_blocks_padding_rows(kernel, compute_dtype):
     """A padded block (n_valid < rows, as a sweep's last block): the real rows come out bit for bit
     as when every row is computed, on one device and with the rows split over two; the padding
-    rows past the last strip (of the GEMM's MR rows) holding a real row are not computed (their
-    state stays empty: logsumexp -inf)."""
+    rows past the last strip (of the GEMM's MR rows; AMX: 32) holding a real row are not computed
+    (their state stays empty: logsumexp -inf)."""
+    _need_amx(compute_dtype, "fused")
     v, d, kk, rows, n_valid = 700, 20, 5, 64, 29
     rng = np.random.default_rng(4)
     w, b = rng.normal(size=(d, v)).astype(np.float32), rng.normal(size=v).astype(np.float32)
     x = jnp.asarray(rng.normal(size=(rows, d)).astype(np.float32))
     ctx = jnp.arange(rows)[:, None]
-    packed = _tile_unembedding(jnp.asarray(w), jnp.asarray(b), 256, nr=native.gemm_layout()[1])
+    packed = _tile_unembedding(jnp.asarray(w), jnp.asarray(b), 256, compute_dtype, nr=native.gemm_layout()[1])
     for devices in (jax.devices()[:1], jax.devices()[:2]):
-        step = _step(lambda p, c: p[c[:, 0]], kk, path_mesh(devices, axis_name="rows"), tiles="fused")
+        step = _step(lambda p, c: p[c[:, 0]], kk, path_mesh(devices, axis_name="rows"), compute_dtype, tiles="fused")
         full = [np.asarray(a) for a in step(x, *packed, ctx)]
         part = [np.asarray(a) for a in step(x, *packed, ctx, n_valid)]
         for a, c in zip(full, part):
             np.testing.assert_array_equal(a[:n_valid], c[:n_valid])
         assert np.isfinite(full[2]).all()
-        mr, local = native.gemm_layout()[0], rows // len(devices)
+        mr, local = (native.AMX_BLOCK if compute_dtype == "bfloat16" else native.gemm_layout()[0]), rows // len(devices)
         for i in range(len(devices)):   # rows past the last strip holding a real row are never computed
             real = min(max(n_valid - i * local, 0), local)
             assert (part[2][i * local + min(local, -(-real // mr) * mr):(i + 1) * local] == -np.inf).all()
         assert (part[2][n_valid:] == -np.inf).sum() >= rows - n_valid - mr
 
 
-@pytest.mark.parametrize("tiles", ["kernel", "fused"])
-def test_kernel_passes_nan_rows_on_as_nan(kernel, tiles):
+@pytest.mark.parametrize("compute_dtype, tiles", [("float32", "kernel"), ("float32", "fused"), ("bfloat16", "fused")])
+def test_kernel_passes_nan_rows_on_as_nan(kernel, compute_dtype, tiles):
     """A row whose path output holds NaN (or inf) has NaN logits: its logsumexp and probabilities
     come out NaN, never finite, while the other rows are untouched; a NaN column of the unembedding
     makes every row NaN. The same as the pure-JAX step."""
+    _need_amx(compute_dtype, tiles)
     v, d = 300, 4
     w = np.tile(np.linspace(-1, 1, v, dtype=np.float32), (d, 1)) * np.arange(1, d + 1, dtype=np.float32)[:, None]
     b = np.zeros(v, np.float32)
@@ -127,15 +138,17 @@ def test_kernel_passes_nan_rows_on_as_nan(kernel, tiles):
 
     def run(w, mode):
         nr = native.gemm_layout()[1] if mode == "fused" else 0
-        packed = _tile_unembedding(jnp.asarray(w), jnp.asarray(b), 128, nr=nr)
-        step = _step(lambda p, c: p[c[:, 0]], 3, mesh, tiles=mode)
+        packed = _tile_unembedding(jnp.asarray(w), jnp.asarray(b), 128, compute_dtype, nr=nr)
+        step = _step(lambda p, c: p[c[:, 0]], 3, mesh, compute_dtype, tiles=mode)
         return [np.asarray(a) for a in step(jnp.asarray(x), *packed, ctx)]
 
     got, pure = run(w, tiles), run(w, "xla")
     for out in (got, pure):
         assert np.isnan(out[2][1:3]).all() and np.isnan(out[0][1:3]).all()
     for row in (0, 3):
-        assert got[1][row].tolist() == pure[1][row].tolist() == [v - 1, v - 2, v - 3]
+        assert got[1][row].tolist() == pure[1][row].tolist()
+        if compute_dtype == "float32":  # (bfloat16 rounding ties some of these columns)
+            assert got[1][row].tolist() == [v - 1, v - 2, v - 3]
         np.testing.assert_allclose(got[2][row], pure[2][row], rtol=2e-6)
     w[0, 17] = np.nan
     got = run(w, tiles)
@@ -180,6 +193,19 @@ def test_manifest_records_the_kernel_and_a_resume_across_the_switch_is_refused(k
     monkeypatch.setenv("JETJAX_TILE_REDUCE", "reduce")
     again = jet_bigrams(model, out_dir=old, **opts)
     np.testing.assert_array_equal(again.logsumexp, first.logsumexp)
+    # bfloat16: the AMX kernel where the CPU has it, else XLA's GEMM and the reduction kernel; a
+    # bfloat16 directory from before the AMX kernel ("kernel") resumes with JETJAX_TILE_REDUCE=reduce
+    monkeypatch.setenv("JETJAX_TILE_REDUCE", "auto")
+    half = jet_bigrams(model, out_dir=tmp_path / "bf16", compute_dtype="bfloat16", **opts)
+    assert half.meta["tile_reduce"] == ("fused" if native.amx() else "kernel")
+    assert (half.ids[:, 0] == pure.ids[:, 0]).mean() > 0.9
+    if native.amx():
+        monkeypatch.setenv("JETJAX_TILE_REDUCE", "reduce")
+        old16 = jet_bigrams(model, out_dir=tmp_path / "old16", compute_dtype="bfloat16", **opts)
+        assert old16.meta["tile_reduce"] == "kernel"
+        monkeypatch.setenv("JETJAX_TILE_REDUCE", "auto")
+        with pytest.raises(ValueError, match=r"'kernel' there, 'fused' now.*bfloat16 one started before its AMX"):
+            jet_bigrams(model, out_dir=tmp_path / "old16", compute_dtype="bfloat16", **opts)
 
 
 def test_environment_switch_is_checked(monkeypatch):
@@ -327,8 +353,14 @@ def test_results_do_not_depend_on_the_thread_count(kernel):
     logits = jnp.asarray(x) @ jnp.asarray(w[0])
     reduced = {t: [np.asarray(o) for o in jax.jit(lambda l, b, t=t: native.tile_reduce(
         l, b, 5, *state(rows), threads=t))(logits, jnp.asarray(bias[0]))] for t in (1, 3, 0)}
-    for outs in (fused, reduced):
+    runs = [fused, reduced]
+    if native.amx():
+        runs.append({t: [np.asarray(o) for o in jax.jit(lambda a, w, b, t=t: native.gemm_reduce_bf16(
+            a, w, b, 5, *state(a.shape[0]), threads=t))(native.pack_rows_bf16(jnp.asarray(x)),
+                                                        native.pack_tile_bf16(jnp.asarray(w)), jnp.asarray(bias))]
+                     for t in (1, 3, 0)})
+    for outs in runs:
         for t in (3, 0):
             for a, b in zip(outs[1], outs[t]):
                 np.testing.assert_array_equal(a, b)
-    assert np.isfinite(fused[1][0][:rows]).all() and (fused[1][3][:rows] >= 5).all()
+        assert np.isfinite(outs[1][0][:rows]).all() and (outs[1][3][:rows] >= 5).all()

@@ -23,15 +23,21 @@ equal columns of ``W`` give equal logits, so exact ties stay ties). A sweep reco
 (``tile_reduce`` in its manifest settings: ``"fused"`` or ``"kernel"``; absent for XLA alone), so a
 resumed sweep never mixes them.
 
+In bfloat16, XLA's dot (AMX where there is one) ran at about half of torch's bfloat16 GEMM on that
+machine, and the tile's float32 logits (16 MB per ``[1024, 4096]`` tile) went to memory and back
+for the reduction. Where the CPU has AMX (and the OS grants its tile state), :func:`gemm_reduce_bf16`
+forms the logits with AMX's bfloat16 dot products, 32 x 32 at a time, float32 accumulation, and folds
+them like :func:`gemm_reduce`.
+
 They are used when the sweep runs on CPU devices, a C++ compiler is found (``$CXX``, else ``c++``,
 ``g++``, ``clang++``) and the build succeeds: :func:`gemm_reduce` for float32 weights and compute,
-:func:`tile_reduce` after XLA's GEMM for bfloat16 compute (XLA's bfloat16 dot uses AMX where there
-is one). Otherwise the sweep runs the pure-JAX step, after one warning when a build was tried and
+:func:`gemm_reduce_bf16` for bfloat16 compute on a CPU with AMX, else :func:`tile_reduce` after
+XLA's GEMM. Otherwise the sweep runs the pure-JAX step, after one warning when a build was tried and
 failed. The environment variable ``JETJAX_TILE_REDUCE`` (``auto`` | ``kernel`` | ``reduce`` |
 ``xla``, read at each sweep) forces a choice: ``kernel`` is ``auto`` but makes a failed build an
 error instead of a warning (sweeps on GPU/TPU devices still run the pure-JAX step); ``reduce``
-never uses :func:`gemm_reduce` (XLA's GEMM and :func:`tile_reduce` in float32 too, as before the
-fused kernel existed); ``xla`` never builds them.
+never uses :func:`gemm_reduce` or :func:`gemm_reduce_bf16` (XLA's GEMM and :func:`tile_reduce`, as
+before the fused kernels existed); ``xla`` never builds them.
 
 The build (about 2 s) is cached under :func:`jetjax.assets.cache_dir` ``/ native/<key>/``, the key
 hashing the source, the compiler's version, the flags (``-march=native``: the machine's own ISA),
@@ -67,13 +73,20 @@ import numpy as np
 from jetjax._cache import cache_dir
 
 __all__ = ["available", "mode", "tile_reduce", "gemm_reduce", "gemm_layout", "pack_rows", "pack_tile", "TARGET",
-           "GEMM_TARGET", "MODES", "unavailable_reason", "usable_cores"]
+           "GEMM_TARGET", "MODES", "unavailable_reason", "usable_cores", "amx", "gemm_reduce_bf16", "pack_rows_bf16",
+           "pack_tile_bf16", "AMX_TARGET", "AMX_BLOCK"]
 
 TARGET = "jetjax_tile_reduce"
 """The name the reduction kernel is registered under with ``jax.ffi``."""
 
 GEMM_TARGET = "jetjax_gemm_reduce"
 """The name the float32 GEMM + reduction kernel is registered under with ``jax.ffi``."""
+
+AMX_TARGET = "jetjax_gemm_reduce_bf16"
+"""The name the bfloat16 (AMX) GEMM + reduction kernel is registered under with ``jax.ffi``."""
+
+AMX_BLOCK = 32
+"""Rows per strip, columns per panel and ``d`` per step of :func:`gemm_reduce_bf16` (its packings pad to it)."""
 
 MODES = ("auto", "kernel", "reduce", "xla")
 SOURCE = Path(__file__).parent / "kernels" / "tile_reduce.cc"
@@ -147,9 +160,10 @@ def _load() -> bool:
                 lib = ctypes.CDLL(str(_build()))
                 jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.JetjaxTileReduce), platform="cpu")
                 jax.ffi.register_ffi_target(GEMM_TARGET, jax.ffi.pycapsule(lib.JetjaxGemmReduce), platform="cpu")
+                jax.ffi.register_ffi_target(AMX_TARGET, jax.ffi.pycapsule(lib.JetjaxGemmReduceBf16), platform="cpu")
                 mr, nr = ctypes.c_int(), ctypes.c_int()
                 lib.jetjax_gemm_layout(ctypes.byref(mr), ctypes.byref(nr))
-                _state.update(ok=True, reason="", lib=lib, layout=(mr.value, nr.value))
+                _state.update(ok=True, reason="", lib=lib, layout=(mr.value, nr.value), amx=lib.jetjax_amx() == 1)
             except Exception as e:  # noqa: BLE001 - any failure means: use the pure-JAX step
                 _state.update(ok=False, reason=f"{type(e).__name__}: {e}")
                 if mode() == "auto":
@@ -166,6 +180,12 @@ def available() -> bool:
     if not ok and mode() == "kernel":
         raise RuntimeError(f"JETJAX_TILE_REDUCE=kernel, but the CPU sweep kernel cannot be built: {_state['reason']}")
     return ok
+
+
+def amx() -> bool:
+    """Whether :func:`gemm_reduce_bf16` can run here: the build has AMX (``-march=native`` on a CPU
+    with AMX-BF16) and the OS granted this process AMX's tile state. ``False`` without the kernel."""
+    return available() and _state.get("amx", False)
 
 
 def unavailable_reason() -> str:
@@ -246,9 +266,59 @@ def gemm_reduce(a, w, bias, offset, m, s, top_v, top_i, valid=None, threads: int
       >>> ids
       [1, 0]
     """
+    return _gemm_call(GEMM_TARGET, a, w, bias, offset, m, s, top_v, top_i, valid, threads)
+
+
+def _gemm_call(target, a, w, bias, offset, m, s, top_v, top_i, valid, threads):
     outs = (jax.ShapeDtypeStruct(m.shape, jnp.float32), jax.ShapeDtypeStruct(s.shape, jnp.float32),
             jax.ShapeDtypeStruct(top_v.shape, jnp.float32), jax.ShapeDtypeStruct(top_i.shape, jnp.int32))
-    call = jax.ffi.ffi_call(GEMM_TARGET, outs, input_output_aliases={5: 0, 6: 1, 7: 2, 8: 3})
+    call = jax.ffi.ffi_call(target, outs, input_output_aliases={5: 0, 6: 1, 7: 2, 8: 3})
     valid = m.shape[0] if valid is None else valid
     return call(a, w, bias, jnp.asarray(valid, jnp.int32), jnp.asarray(offset, jnp.int32), m, s, top_v, top_i,
                 threads=np.int64(threads))
+
+
+def pack_rows_bf16(r):
+    """``r [B, d]`` -> bfloat16 bits ``uint16 [B', d']``, ``B'`` and ``d'`` rounded up to
+    :data:`AMX_BLOCK` with zeros: the rows of :func:`gemm_reduce_bf16`."""
+    rows, d = r.shape
+    r = jnp.pad(r.astype(jnp.bfloat16), ((0, -rows % AMX_BLOCK), (0, -d % AMX_BLOCK)))
+    return jax.lax.bitcast_convert_type(r, jnp.uint16)
+
+
+def pack_tile_bf16(w):
+    """``w [..., d, T]`` -> bfloat16 bits ``uint16 [..., T' / 32, d' / 2, 32, 2]`` (``T'``, ``d'`` rounded
+    up to :data:`AMX_BLOCK`, zeros): panels of 32 columns in AMX's pair layout, entry
+    ``[q, p, j, e] = w[2 p + e, 32 q + j]``; :func:`gemm_reduce_bf16`'s tiles."""
+    *lead, d, t = w.shape
+    w = jnp.pad(w.astype(jnp.bfloat16), [(0, 0)] * len(lead) + [(0, -d % AMX_BLOCK), (0, -t % AMX_BLOCK)])
+    dp, tp = w.shape[-2:]
+    w = w.reshape(*lead, dp // 2, 2, tp // AMX_BLOCK, AMX_BLOCK)
+    w = jnp.moveaxis(w, -2, -4)                     # [..., panels, d'/2, 2, 32]
+    w = jnp.swapaxes(w, -1, -2)                     # [..., panels, d'/2, 32, 2]
+    return jax.lax.bitcast_convert_type(w, jnp.uint16)
+
+
+def gemm_reduce_bf16(a, w, bias, offset, m, s, top_v, top_i, valid=None, threads: int = 0):
+    """:func:`gemm_reduce` in bfloat16 on AMX: logits ``A W + bias`` from bfloat16 operands, float32
+    accumulation (AMX's dot products of bfloat16 pairs), folded into the running state in one call.
+
+    ``a`` from :func:`pack_rows_bf16` (``[B', d']``), ``w`` from :func:`pack_tile_bf16`
+    (``[n, panels, d' / 2, 32, 2]``), ``bias [n, T]`` float32, the state for ``B'`` rows; ``valid``
+    and ``threads`` as in :func:`gemm_reduce`. Each logit is formed the same way for every row,
+    column and thread count (equal columns give equal logits; the summation order within the dot
+    products is the hardware's). Call only where :func:`amx` is ``True``, inside ``jit`` on CPU.
+
+    Example (two rows, one tile of three columns, the top 1 of each row; without AMX nothing runs):
+      >>> import jax, jax.numpy as jnp
+      >>> ids = [1, 0]
+      >>> if amx():
+      ...     a = pack_rows_bf16(jnp.array([[1.0, 0.0], [0.0, 1.0]]))
+      ...     w = pack_tile_bf16(jnp.array([[[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]]]))
+      ...     n = a.shape[0]
+      ...     state = (jnp.full(n, -jnp.inf), jnp.zeros(n), jnp.full((n, 1), -jnp.inf), jnp.zeros((n, 1), jnp.int32))
+      ...     ids = jax.jit(gemm_reduce_bf16)(a, w, jnp.zeros((1, 3)), 0, *state)[3][:2, 0].tolist()
+      >>> ids
+      [1, 0]
+    """
+    return _gemm_call(AMX_TARGET, a, w, bias, offset, m, s, top_v, top_i, valid, threads)

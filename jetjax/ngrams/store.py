@@ -101,10 +101,10 @@ def _difference_message(diffs: list[str]) -> str:
                  "was fitted to the vocabulary recorded vocab_tile=4096)")
     if any(d.startswith("settings.tile_reduce:") for d in diffs):
         text += (" (tile_reduce is how the tiles were computed, which changes float rounding: 'fused' = jetjax's CPU "
-                 "kernel forms and reduces the float32 logits, 'kernel' = XLA's GEMM and the kernel's reduction, "
+                 "kernel forms and reduces the logits, 'kernel' = XLA's GEMM and the kernel's reduction, "
                  "absent = XLA alone; the environment variable JETJAX_TILE_REDUCE=auto, reduce or xla selects them "
-                 "on CPU, and a float32 directory started before the fused kernel recorded 'kernel': resume it "
-                 "with JETJAX_TILE_REDUCE=reduce)")
+                 "on CPU; a float32 directory started before the fused kernel, or a bfloat16 one started before its "
+                 "AMX kernel, recorded 'kernel': resume it with JETJAX_TILE_REDUCE=reduce)")
     return text
 
 

@@ -19,8 +19,9 @@ on probabilities) that the entries left out cannot enter its global top, else sw
 take over (:mod:`jetjax.ngrams.native`; recorded as ``tile_reduce`` in the settings of the table's
 ``meta`` and manifest): in float32 one call per block forms every tile's logits with its own GEMM
 and reduces them while in cache (``"fused"``: ids the same wherever float32 rounding cannot swap
-two logits, exact ties kept), in bfloat16 XLA's GEMM is followed by the kernel's one-pass reduction
-(``"kernel"``: the same ids, the logsumexp summed in another order). Rows are split over the devices
+two logits, exact ties kept), in bfloat16 the same with AMX's bfloat16 dot products where the CPU has
+AMX (``"fused"`` too), else XLA's GEMM followed by the kernel's one-pass reduction (``"kernel"``: the
+same ids, the logsumexp summed in another order). Rows are split over the devices
 of a 1-D mesh (``shard_map``; parameters replicated). One step function is compiled per block
 shape; the last block is padded (the fused kernel skips the padding rows).
 
@@ -92,7 +93,8 @@ def _tile_unembedding(w, b, tile: int, compute_dtype: str = "float32", nr: int =
     """``W [d, V]``, ``b [V]`` -> ``W_t [n, d, tile]``, ``b_t [n, tile]``; padding columns get logit -inf.
 
     With ``nr`` (the fused CPU kernel's panel width, :func:`jetjax.ngrams.native.gemm_layout`), each
-    tile is packed into panels of ``nr`` columns instead: ``W_t [n, ceil(tile / nr), d, nr]``.
+    tile is packed into panels of ``nr`` columns instead: ``W_t [n, ceil(tile / nr), d, nr]``; in
+    bfloat16, any ``nr`` packs for the AMX kernel (:func:`jetjax.ngrams.native.pack_tile_bf16`).
 
     With ``compute_dtype="bfloat16"``, ``W_t`` is rounded to bfloat16 and handed over as its bit
     pattern, ``uint16`` (``b_t`` is left as it is): XLA:CPU (jaxlib 0.10) widens a bfloat16 array that
@@ -104,7 +106,9 @@ def _tile_unembedding(w, b, tile: int, compute_dtype: str = "float32", nr: int =
     d, v = w.shape
     n = -(-v // tile)
     w = jnp.pad(w, ((0, 0), (0, n * tile - v))).reshape(d, n, tile).transpose(1, 0, 2)
-    if compute_dtype == "bfloat16":
+    if compute_dtype == "bfloat16" and nr:
+        w = native.pack_tile_bf16(w)
+    elif compute_dtype == "bfloat16":
         w = jax.lax.bitcast_convert_type(w.astype(jnp.bfloat16), jnp.uint16)
     elif nr:
         w = native.pack_tile(w, nr)
@@ -176,7 +180,9 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
     and top logits, the logsumexp summed in another order. With ``"fused"`` (float32 rows and
     weights; ``W_t`` packed with ``nr``) the kernel forms the tile's logits too
     (:func:`jetjax.ngrams.native.gemm_reduce`): the same ids wherever two logits differ by more than
-    float32 rounding (its GEMM sums in its own order, like any other GEMM kernel), exact ties kept.
+    float32 rounding (its GEMM sums in its own order, like any other GEMM kernel), exact ties kept;
+    in bfloat16 (``W_t`` packed for AMX: any ``nr``) its AMX GEMM
+    (:func:`jetjax.ngrams.native.gemm_reduce_bf16`), the same way.
     """
     if tiles not in TILE_MODES:
         raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
@@ -189,7 +195,10 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
         if compute_dtype == "bfloat16":
             r = r.astype(jnp.bfloat16)
         state_rows = rows
-        if tiles == "fused":
+        if tiles == "fused" and compute_dtype == "bfloat16":
+            packed = native.pack_rows_bf16(r)
+            state_rows = packed.shape[0]
+        elif tiles == "fused":
             packed = native.pack_rows(r.astype(jnp.float32), native.gemm_layout()[0])
             state_rows = packed.shape[0] * packed.shape[2]
 
@@ -226,8 +235,9 @@ def _step(score_fn: Callable, kk: int, mesh: Mesh, compute_dtype: str = "float32
                 jnp.full((state_rows, kk), -jnp.inf, jnp.float32), jnp.zeros((state_rows, kk), jnp.int32))
         if tiles == "fused":  # one call for all tiles: a scan would copy each tile's slice out for it
             valid = jnp.clip(n_valid - jax.lax.axis_index("rows") * rows, 0, rows)  # this device's real rows
-            m, s, top_v, top_i = native.gemm_reduce(packed, w_tiles, b_tiles.astype(jnp.float32), 0, *init,
-                                                    valid=valid, threads=threads)
+            fused = native.gemm_reduce_bf16 if compute_dtype == "bfloat16" else native.gemm_reduce
+            m, s, top_v, top_i = fused(packed, w_tiles, b_tiles.astype(jnp.float32), 0, *init, valid=valid,
+                                       threads=threads)
         else:
             offsets = jnp.arange(w_tiles.shape[0], dtype=jnp.int32) * tile
             (m, s, top_v, top_i), _ = jax.lax.scan(merge, init, (w_tiles, b_tiles, offsets))
@@ -378,8 +388,9 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
 def _tile_mode(model: Model, mesh: Mesh, compute_dtype: str) -> str:
     """How the sweep's tiles run (:data:`TILE_MODES`). On CPU devices with the kernel built (on first
     use; :mod:`jetjax.ngrams.native`): ``"fused"`` for float32 weights and compute (the kernel's own
-    GEMM), ``"kernel"`` for bfloat16 compute (XLA's bfloat16 GEMM, AMX where there is one, and the
-    kernel's reduction) or under ``JETJAX_TILE_REDUCE=reduce``; ``"xla"`` otherwise."""
+    GEMM) and for bfloat16 compute on a CPU with AMX (its AMX GEMM), ``"kernel"`` for bfloat16 compute
+    without AMX (XLA's bfloat16 GEMM and the kernel's reduction) or under ``JETJAX_TILE_REDUCE=reduce``;
+    ``"xla"`` otherwise."""
     if native.mode() == "xla" or any(d.platform != "cpu" for d in mesh.devices.flat):
         return "xla"
     w, b = jax.eval_shape(lambda p: model.unembedding_matrix(params=p), model.params)
@@ -387,7 +398,9 @@ def _tile_mode(model: Model, mesh: Mesh, compute_dtype: str) -> str:
         return "xla"  # (r @ W + b) is formed in the parameters' dtype there, then widened
     if not native.available():
         return "xla"
-    return "fused" if compute_dtype != "bfloat16" and native.mode() != "reduce" else "kernel"
+    if native.mode() == "reduce" or (compute_dtype == "bfloat16" and not native.amx()):
+        return "kernel"
+    return "fused"
 
 
 def _warn_nonfinite(table: NGramTable) -> None:
@@ -413,7 +426,7 @@ def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mes
     replicated = NamedSharding(mesh, P())
     params = jax.device_put(model.params, replicated)
     # Cache keys: fields of validated settings (ints are ints), only those the compiled code depends on.
-    nr = native.gemm_layout()[1] if tiles == "fused" else 0
+    nr = (native.AMX_BLOCK if s.compute_dtype == "bfloat16" else native.gemm_layout()[1]) if tiles == "fused" else 0
     unembedding = per_model(model, "ngrams", ("unembedding", s.vocab_tile, s.compute_dtype, nr), lambda: jax.jit(
         lambda p: _tile_unembedding(*model.unembedding_matrix(params=p), s.vocab_tile, s.compute_dtype, nr)))
     # The tiled unembedding (a [d, d] @ [d, V] read-off and a transpose: 0.33 s for GPT-2's) is kept
