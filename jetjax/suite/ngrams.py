@@ -456,9 +456,10 @@ def markdown(result: dict) -> str:
              "jetjax's, in the same run; 'torch / (at best GEMM)' the most any implementation could gain over "
              "the recipe on this machine (the recipe does the same GEMMs). Peak RSS of jetjax covers all its compute dtypes and the GEMM "
              "measurements (torch loaded).", "",
-             "'tiles' is how each vocabulary tile was computed: `fused`, jetjax's CPU kernel forms the float32 "
-             "logits with its own GEMM and reduces them (jetjax/ngrams/kernels/tile_reduce.cc); `kernel`, XLA's "
-             "GEMM and that kernel's reduction; `xla`, the pure-JAX step (every run before the kernels).", "",
+             "'tiles' is how each vocabulary tile was computed: `fused`, jetjax's CPU kernel forms the logits "
+             "with its own GEMM and reduces them (jetjax/ngrams/kernels/tile_reduce.cc; bfloat16: on AMX, in runs "
+             "from 2026-12-04 on); `kernel`, XLA's GEMM and that kernel's reduction; `xla`, the pure-JAX step "
+             "(every run before the kernels).", "",
              "| path | compute | tiles | jetjax s | rows/s | GFLOP/s | best GEMM GFLOP/s | of best GEMM | at best GEMM s "
              "| torch ref s | torch / jetjax | torch / (at best GEMM) | peak RSS jetjax / torch GB |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
