@@ -490,10 +490,9 @@ def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mes
                 lse = np.concatenate([o[2] for o in outs])
                 try_rows = False
             elif not try_rows and _ROWS_FIRST and k_rows < kk:  # would the rows' top_k have done here?
-                kept = np.concatenate([o[0][:, :k_rows].reshape(-1) for o in outs])
-                best = -np.sort(-kept)[:s.global_k] if kept.size <= 4 * s.global_k else \
-                    -np.sort(-np.partition(kept, kept.size - s.global_k)[kept.size - s.global_k:])
-                try_rows = _rows_suffice(best, lse, kept.size, k_rows, s.global_k)
+                best, _ = _global_top([o[0][:, :k_rows] for o in outs], [o[1][:, :k_rows] for o in outs], ctx,
+                                      s.global_k)
+                try_rows = _rows_suffice(best, lse, (hi - lo) * k_rows, k_rows, s.global_k)
             probs = np.concatenate([o[0][:, :s.top_k] for o in outs])
             ids = np.concatenate([o[1][:, :s.top_k] for o in outs])
             store.write(i, {"probs": np.ascontiguousarray(probs), "ids": np.ascontiguousarray(ids), "logsumexp": lse,
