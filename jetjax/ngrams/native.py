@@ -210,9 +210,7 @@ def tile_reduce(logits, bias, offset, m, s, top_v, top_i, threads: int = 0):
     several CPU devices passes each its share). Call only after :func:`available` returned ``True``,
     inside ``jit`` on CPU.
     """
-    outs = (jax.ShapeDtypeStruct(m.shape, jnp.float32), jax.ShapeDtypeStruct(s.shape, jnp.float32),
-            jax.ShapeDtypeStruct(top_v.shape, jnp.float32), jax.ShapeDtypeStruct(top_i.shape, jnp.int32))
-    call = jax.ffi.ffi_call(TARGET, outs, input_output_aliases={3: 0, 4: 1, 5: 2, 6: 3})
+    call = _state_call(TARGET, 3, m, s, top_v, top_i)
     return call(logits, bias, jnp.asarray(offset, jnp.int32), m, s, top_v, top_i, threads=np.int64(threads))
 
 
@@ -269,10 +267,17 @@ def gemm_reduce(a, w, bias, offset, m, s, top_v, top_i, valid=None, threads: int
     return _gemm_call(GEMM_TARGET, a, w, bias, offset, m, s, top_v, top_i, valid, threads)
 
 
-def _gemm_call(target, a, w, bias, offset, m, s, top_v, top_i, valid, threads):
+def _state_call(target: str, n_before: int, m, s, top_v, top_i):
+    """The ``jax.ffi`` call of a kernel whose operands end with the running state ``(m, s, top_v,
+    top_i)`` after ``n_before`` others, and whose results are that state updated (aliased to it, so
+    the kernel writes in place)."""
     outs = (jax.ShapeDtypeStruct(m.shape, jnp.float32), jax.ShapeDtypeStruct(s.shape, jnp.float32),
             jax.ShapeDtypeStruct(top_v.shape, jnp.float32), jax.ShapeDtypeStruct(top_i.shape, jnp.int32))
-    call = jax.ffi.ffi_call(target, outs, input_output_aliases={5: 0, 6: 1, 7: 2, 8: 3})
+    return jax.ffi.ffi_call(target, outs, input_output_aliases={n_before + i: i for i in range(4)})
+
+
+def _gemm_call(target, a, w, bias, offset, m, s, top_v, top_i, valid, threads):
+    call = _state_call(target, 5, m, s, top_v, top_i)
     valid = m.shape[0] if valid is None else valid
     return call(a, w, bias, jnp.asarray(valid, jnp.int32), jnp.asarray(offset, jnp.int32), m, s, top_v, top_i,
                 threads=np.int64(threads))
