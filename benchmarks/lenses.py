@@ -1,6 +1,6 @@
-"""Run the ``lenses`` benchmark from a checkout (the code: ``jetjax/suite/lenses.py``; ``--help`` for options)."""
+"""Run the ``lenses`` benchmark from a checkout (the code: ``jetjax/bench/lenses.py``; ``--help`` for options)."""
 
-from jetjax.suite.lenses import main
+from jetjax.bench.lenses import main
 
 if __name__ == "__main__":
     main()

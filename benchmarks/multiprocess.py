@@ -53,7 +53,7 @@ CASES = ["path_attribution", "reduce_paths", "bigrams", "frozen", "top_paths"]
 
 # ----------------------------------------------------------------------------------------- cases
 # Each case returns (arrays, meta) or None (skipped); it runs in every worker and in the one-process
-# reference alike. ``mesh`` is a one-axis mesh (jetjax.parallel.path_mesh).
+# reference alike. ``mesh`` is a one-axis mesh (jetjax._internal.parallel.path_mesh).
 
 def _attribution_case(jj, model, mesh):
     att = jj.path_attribution(model, IDS, target=TARGET, foil=FOIL, granularity="branch", mesh=mesh,
@@ -148,7 +148,7 @@ def _process_main(args) -> None:
 
     from jetjax.models import ModelConfig, random_model
     from jetjax.ngrams.sweep import model_fingerprint
-    from jetjax.parallel import path_mesh
+    from jetjax._internal.parallel import path_mesh
 
     # k/n devices from every process: the mesh spans every process equally
     per = k // jax.process_count()

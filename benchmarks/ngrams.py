@@ -1,6 +1,6 @@
-"""Run the ``ngrams`` benchmark from a checkout (the code: ``jetjax/suite/ngrams.py``; ``--help`` for options)."""
+"""Run the ``ngrams`` benchmark from a checkout (the code: ``jetjax/bench/ngrams.py``; ``--help`` for options)."""
 
-from jetjax.suite.ngrams import main
+from jetjax.bench.ngrams import main
 
 if __name__ == "__main__":
     main()

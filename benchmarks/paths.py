@@ -1,6 +1,6 @@
-"""Run the ``paths`` benchmark from a checkout (the code: ``jetjax/suite/paths.py``; ``--help`` for options)."""
+"""Run the ``paths`` benchmark from a checkout (the code: ``jetjax/bench/paths.py``; ``--help`` for options)."""
 
-from jetjax.suite.paths import main
+from jetjax.bench.paths import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
-"""Run the ``search`` benchmark from a checkout (the code: ``jetjax/suite/search.py``; ``--help`` for options)."""
+"""Run the ``search`` benchmark from a checkout (the code: ``jetjax/bench/search.py``; ``--help`` for options)."""
 
-from jetjax.suite.search import main
+from jetjax.bench.search import main
 
 if __name__ == "__main__":
     main()

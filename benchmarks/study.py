@@ -1,6 +1,6 @@
-"""Run the ``study`` benchmark from a checkout (the code: ``jetjax/suite/study.py``; ``--help`` for options)."""
+"""Run the ``study`` benchmark from a checkout (the code: ``jetjax/studies/faithfulness.py``; ``--help`` for options)."""
 
-from jetjax.suite.study import main
+from jetjax.studies.faithfulness import main
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,6 @@
 
 import sys
 
-from jetjax.cli import main
+from jetjax.cli.app import main
 
 sys.exit(main())

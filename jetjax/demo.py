@@ -5,7 +5,7 @@ otherwise the small Shakespeare GPT-2 shipped with jetjax, or ``--model ...``), 
 
 1. lenses: the logit lens (order 0) against the iterative jet lenses ``J^k Dec(h_l)(h_L)`` of
    orders 1 and 2, on every stream, over a fixed set of prompts of five kinds
-   (:data:`jetjax.findings.PROMPTS`): faithfulness per layer, and the top token per layer on one prompt;
+   (:data:`jetjax.studies.findings.PROMPTS`): faithfulness per layer, and the top token per layer on one prompt;
 2. jet bigrams: for ``emb>dec`` and every ``emb>mlp{l}>dec`` (and ``emb>attn{l}>dec``), how well
    the path's next-token table agrees with held-out Shakespeare on its most frequent contexts,
    against the model itself on one-token contexts and the corpus's unigram distribution;
@@ -69,8 +69,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     import jetjax as jj
-    from jetjax import findings, viz
-    from jetjax.assets import load_model, shipped_text
+    from jetjax import viz
+    from jetjax.studies import findings
+    from jetjax.io.assets import load_model, shipped_text
 
     t0 = time.perf_counter()
     out = Path(args.out)

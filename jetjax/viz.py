@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from jetjax.lenses import METRICS, LensResult, token_texts
+from jetjax.lenses.lens import METRICS, LensResult, token_texts
 
 
 def _save(fig, path, **kwargs) -> None:
@@ -92,7 +92,7 @@ def lens_table(result: LensResult, path, *, batch: int = 0, positions: slice | N
 
     Example:
       >>> import os, tempfile
-      >>> import jetjax.lenses as lenses, jetjax.viz as viz
+      >>> import jetjax.lenses.lens as lenses, jetjax.viz as viz
       >>> from jetjax.models import ModelConfig, random_model
       >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
       ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
@@ -156,7 +156,7 @@ def metric_curves(results: Sequence[LensResult] | Mapping[str, LensResult], path
 
     Example:
       >>> import os, tempfile
-      >>> import jetjax.lenses as lenses, jetjax.viz as viz
+      >>> import jetjax.lenses.lens as lenses, jetjax.viz as viz
       >>> from jetjax.models import ModelConfig, random_model
       >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
       ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
@@ -211,7 +211,7 @@ def joint_weights(result: LensResult, path, *, batch: int = 0, dpi: int = 110) -
 
     Example:
       >>> import os, tempfile
-      >>> import jetjax.lenses as lenses, jetjax.viz as viz
+      >>> import jetjax.lenses.lens as lenses, jetjax.viz as viz
       >>> from jetjax.models import ModelConfig, random_model
       >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
       ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
@@ -254,14 +254,14 @@ def joint_weights(result: LensResult, path, *, batch: int = 0, dpi: int = 110) -
 
 
 def study_curves(study, path, *, dpi: int = 110) -> str:
-    """A :class:`~jetjax.findings.LensStudy` as curves against layer: cosine, top-1 and KL per order.
+    """A :class:`~jetjax.studies.findings.LensStudy` as curves against layer: cosine, top-1 and KL per order.
 
-    The middle streams (:func:`~jetjax.findings.middle_rows`) are shaded.
+    The middle streams (:func:`~jetjax.studies.findings.middle_rows`) are shaded.
 
     Example:
       >>> import os, tempfile
       >>> import jetjax.viz as viz
-      >>> from jetjax.findings import lens_study
+      >>> from jetjax.studies.findings import lens_study
       >>> from jetjax.models import ModelConfig, random_model
       >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
       ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
@@ -269,7 +269,7 @@ def study_curves(study, path, *, dpi: int = 110) -> str:
       >>> os.path.getsize(viz.study_curves(study, os.path.join(tempfile.mkdtemp(), "c.png"))) > 0
       True
     """
-    from jetjax.findings import middle_rows
+    from jetjax.studies.findings import middle_rows
 
     fig = _figure(12.0, 3.6)
     axes = fig.subplots(1, 3)
@@ -297,7 +297,7 @@ def study_curves(study, path, *, dpi: int = 110) -> str:
 def bigram_layers(study, path, *, dpi: int = 110) -> str:
     """Which MLPs carry bigrams: per layer ``l``, the ``emb>mlp{l}>dec`` path's corpus top-1 hit rate,
     its copy share and its agreement with the model's own one-token prediction, from a
-    :class:`~jetjax.findings.BigramStudy`, with the references as horizontal lines."""
+    :class:`~jetjax.studies.findings.BigramStudy`, with the references as horizontal lines."""
     layers = study.mlp_layers()
     x = np.arange(len(layers))
     fig = _figure(11.0, 3.8)

@@ -1,7 +1,7 @@
 """Tiny GGUF files written from random Hugging Face models, the way llama.cpp's converter lays them out.
 
 The layout conventions (tensor names, Q/K row order of rotary models, GPT-2's transposed matrices,
-dimensions listed innermost first) are written here independently of :mod:`jetjax.gguf`; the tests
+dimensions listed innermost first) are written here independently of :mod:`jetjax.io.gguf`; the tests
 load each file with both jetjax and transformers' own GGUF loader, so a convention both got wrong the
 same way would still have to match transformers' reading of the file.
 """

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import jetjax as jj
-from jetjax.adapters import (LoraAdapter, check_adapter, init_lora, layer_matrices, load_adapter,
+from jetjax.io.adapters import (LoraAdapter, check_adapter, init_lora, layer_matrices, load_adapter,
                              merge_adapter, save_adapter)
-from jetjax.finetune import train_lora
-from jetjax.train import TrainSettings
+from jetjax.training.lora import train_lora
+from jetjax.training.toy import TrainSettings
 from tests.conftest import make_gpt2_checkpoint
 from tests.family_checkpoints import SEQ, make_family_checkpoint
 

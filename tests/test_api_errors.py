@@ -6,7 +6,7 @@ import pytest
 
 import jetjax as jj
 from jetjax.models import ModelConfig, random_model
-from jetjax.parallel import path_mesh
+from jetjax._internal.parallel import path_mesh
 
 CFG = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16, vocab_size=11,
                   n_positions=8, norm_eps=1e-5, activation="gelu_new")

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from jetjax import assets, cli
+from jetjax.cli import app as cli
+from jetjax.io import assets
 
 
 @pytest.fixture

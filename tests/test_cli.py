@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax import cli
-from jetjax.train import shipped_model_path
+from jetjax.cli import app as cli
+from jetjax.training.toy import shipped_model_path
 
 TEXT = "To be, or not to be, that is the"
 
@@ -93,7 +93,7 @@ def test_diff_index_agree(capsys, tmp_path):
 def test_diff_and_index_with_an_adapter(capsys, tmp_path, shipped):
     """--adapter compares the model with itself plus a LoRA adapter: an MLP-only adapter changes
     emb>mlp0>dec and leaves emb>dec (no MLP on it) exactly as it was."""
-    from jetjax.adapters import init_lora, merge_adapter, save_adapter
+    from jetjax.io.adapters import init_lora, merge_adapter, save_adapter
 
     adapter = init_lora(shipped, rank=2, targets=("c_fc",), layers=[0])
     rng = np.random.default_rng(0)

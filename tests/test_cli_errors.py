@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
-from jetjax import cli
-from jetjax.train import shipped_model_path
+from jetjax.cli import app as cli
+from jetjax.training.toy import shipped_model_path
 
 TEXT = "To be, or not to be, that is the"
 SHAKESPEARE = ["--model", "shakespeare"]
@@ -23,7 +23,7 @@ def no_model(monkeypatch):
     def refuse(*a, **k):
         pytest.fail("a model was loaded before the bad argument was reported")  # BaseException: not caught by main
 
-    monkeypatch.setattr("jetjax.assets.load_model", refuse)
+    monkeypatch.setattr("jetjax.io.assets.load_model", refuse)
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def no_work(monkeypatch):
     def refuse(*a, **k):
         pytest.fail("heavy work started before the bad argument was reported")
 
-    for name in ("jetjax.ngrams.jet_bigrams", "jetjax.lenses.iterative_jet_lens", "jetjax.lenses.joint_jet_lens",
+    for name in ("jetjax.ngrams.jet_bigrams", "jetjax.lenses.lens.iterative_jet_lens", "jetjax.lenses.lens.joint_jet_lens",
                  "jetjax.reduce_paths", "jetjax.path_attribution"):
         monkeypatch.setattr(name, refuse)
 
@@ -214,7 +214,7 @@ def test_adapter_for_another_base_is_refused_before_sweeping(capsys, no_work, tm
     import dataclasses
 
     import jetjax as jj
-    from jetjax.adapters import init_lora, save_adapter
+    from jetjax.io.adapters import init_lora, save_adapter
 
     adapter = init_lora(jj.load_shipped(), rank=2, targets=("c_fc",))
     path = save_adapter(dataclasses.replace(adapter, base_fingerprint="0" * 64), tmp_path / "other.safetensors")

@@ -5,7 +5,8 @@ import weakref
 
 import numpy as np
 
-from jetjax import _compiled, lenses
+from jetjax.lenses import lens as lenses
+from jetjax._internal import compiled as _compiled
 from jetjax.models import ModelConfig, random_model
 from jetjax.ngrams import jet_bigrams
 

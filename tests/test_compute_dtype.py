@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jetjax import cli
+from jetjax.cli import app as cli
 from jetjax.models import ModelConfig, random_model
 from jetjax.ngrams import SweepSettings, jet_bigrams
 
@@ -87,7 +87,7 @@ def test_a_sweep_directory_keeps_its_compute_dtype(tmp_path):
 
 
 def test_cli_compute_dtype(capsys, tmp_path):
-    from jetjax.train import shipped_model_path
+    from jetjax.training.toy import shipped_model_path
 
     out = tmp_path / "b.json"
     assert cli.main(["bigrams", "--model", str(shipped_model_path()), "--top-k", "3", "--top", "5", "--quiet",
@@ -133,7 +133,7 @@ IDS = [3, 14, 15, 92, 65, 35]
 
 
 def test_bfloat16_logit_lens_is_the_rounded_product():
-    from jetjax import lenses
+    from jetjax.lenses import lens as lenses
 
     model = _deep_model()
     lens = lenses.logit_lens(model, IDS, compute_dtype="bfloat16")
@@ -153,7 +153,7 @@ def test_bfloat16_logit_lens_is_the_rounded_product():
 
 @pytest.mark.parametrize("kind", ["iterative", "joint"])
 def test_bfloat16_jet_lenses_stay_within_the_rounding_bound(kind):
-    from jetjax import lenses
+    from jetjax.lenses import lens as lenses
 
     model = _deep_model()
     fn = lenses.iterative_jet_lens if kind == "iterative" else lenses.joint_jet_lens
@@ -190,7 +190,7 @@ def test_bfloat16_path_reduction_stays_within_the_rounding_bound():
 
 
 def test_cli_lens_compute_dtype(tmp_path):
-    from jetjax.train import shipped_model_path
+    from jetjax.training.toy import shipped_model_path
 
     out = tmp_path / "lens.json"
     assert cli.main(["lens", "--model", str(shipped_model_path()), "--text", "To be, or not", "--orders", "1",
@@ -201,7 +201,7 @@ def test_cli_lens_compute_dtype(tmp_path):
 
 
 def test_bfloat16_refuses_a_unembedding_that_is_not_affine():
-    from jetjax import lenses
+    from jetjax.lenses import lens as lenses
 
     model = _deep_model()
     own = model.unembed

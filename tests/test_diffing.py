@@ -1,4 +1,4 @@
-"""Model diffing (jetjax.diffing) on a tiny Llama and the same model with an MLP LoRA adapter:
+"""Model diffing (jetjax.studies.diffing) on a tiny Llama and the same model with an MLP LoRA adapter:
 every figure against a by-hand computation from the residual functions (not the sweep or scorer)."""
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 from scipy.stats import spearmanr
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from jetjax.adapters import init_lora, merge_adapter
-from jetjax.diffing import bigram_diff, data_check
+from jetjax.io.adapters import init_lora, merge_adapter
+from jetjax.studies.diffing import bigram_diff, data_check
 from jetjax.models import ModelConfig, random_model
 
 V = 23

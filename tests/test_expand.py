@@ -276,7 +276,7 @@ def test_expand_all_paths(gpt2, rng, granularity, n_paths):
         assert other.labels == paths.labels
         np.testing.assert_allclose(np.asarray(other.total() + other.remainder), hf_logits, atol=1e-4)
     # one compiled function per (model, settings): another prompt of the same length reuses it
-    from jetjax._compiled import built
+    from jetjax._internal.compiled import built
 
     sizes = {key: f._cache_size() for key, f in built(model, "expand_all").items()}
     assert sizes

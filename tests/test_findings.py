@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax import findings
-from jetjax.assets import shipped_text
+from jetjax.studies import findings
+from jetjax.io.assets import shipped_text
 from jetjax.ngrams import corpus_agreement, sweep_contexts
 
 

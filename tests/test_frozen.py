@@ -1,4 +1,4 @@
-"""The freezing hooks (``jetjax.models.layers.freeze``) and the frozen path decomposition (``jetjax.frozen``).
+"""The freezing hooks (``jetjax.models.layers.freeze``) and the frozen path decomposition (``jetjax.paths.frozen``).
 
 Tiny random models of four architectures: GPT-2 (LayerNorm, gelu), GPT-NeoX (parallel residual,
 partial rotary), Llama (RMSNorm, grouped-query heads, gated MLP) and OLMo (non-parametric LayerNorm,
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax.frozen import (BIAS, count_frozen_paths, frozen_path_attribution, frozen_path_streams)
+from jetjax.paths.frozen import (BIAS, count_frozen_paths, frozen_path_attribution, frozen_path_streams)
 from jetjax.models import ModelConfig, random_model
 from jetjax.models.layers import ACTIVATIONS, Tape, freeze
 from jetjax.models.rope import apply_rotary, rotary_tables
@@ -349,7 +349,7 @@ def test_compiled_once_per_setting():
     model = _model("gpt2")
     frozen_path_attribution(model, IDS, TARGET, granularity="block")
     frozen_path_attribution(model, IDS[:4], TARGET, granularity="block")
-    from jetjax._compiled import built
+    from jetjax._internal.compiled import built
     assert set(built(model, "frozen")) == {("attribution", "block", None)}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax.expand import final_norm_jets
+from jetjax.paths.expand import final_norm_jets
 from jetjax.models import random_model
 from jetjax.models.gemma3 import config_from_hf
 

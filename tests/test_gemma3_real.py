@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jetjax import assets, findings
+from jetjax.io import assets
+from jetjax.studies import findings
 
 pytestmark = pytest.mark.skipif(assets.gemma3_270m_path() is None,
                                 reason=f"Gemma-3-270M wheels not installed ({assets.GEMMA3_INSTALL})")

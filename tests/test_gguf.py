@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax import gguf as jgguf
+from jetjax.io import gguf as jgguf
 from tests.gguf_checkpoints import (GGUF_CONFIGS, SEQ, byte_level_tokenizer_metadata, finish, make_hf_model,
                                     write_gguf)
 from tests.test_families import _forward_pieces, _hf_run

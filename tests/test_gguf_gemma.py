@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax import assets
-from jetjax import gguf as jgguf
+from jetjax.io import assets
+from jetjax.io import gguf as jgguf
 from tests.gguf_checkpoints import GGUF_CONFIGS, SEQ, make_hf_model, write_gguf
 
 CASES = [("gemma2_capped", "F32"), ("gemma2_capped", "Q8_0"), ("gemma3_local", "F32"),

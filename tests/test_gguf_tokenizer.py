@@ -1,4 +1,4 @@
-"""jetjax.gguf_tokenizer against transformers' own GGUF tokenizer, and against llama.cpp's rules where
+"""jetjax.io.gguf_tokenizer against transformers' own GGUF tokenizer, and against llama.cpp's rules where
 transformers departs from them.
 
 The reference is ``transformers.AutoTokenizer.from_pretrained(dir, gguf_file=name)`` reading the same
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import jetjax
-from jetjax.gguf import read_gguf_metadata
+from jetjax.io.gguf import read_gguf_metadata
 from tests.gguf_checkpoints import write_metadata_gguf
-from jetjax.gguf_tokenizer import PRE_TOKENIZERS, tokenizer_from_gguf
+from jetjax.io.gguf_tokenizer import PRE_TOKENIZERS, tokenizer_from_gguf
 
 VALIDATION = Path(jetjax.__file__).parent / "assets" / "shakespeare" / "validation.txt"
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -350,7 +350,7 @@ def test_runtime_needs_no_transformers(tmp_path):
     import subprocess
     import sys
 
-    script = ("import sys, jetjax.gguf_tokenizer as g\n"
+    script = ("import sys, jetjax.io.gguf_tokenizer as g\n"
               "t = g.tokenizer_from_gguf({'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.tokens': ['a', 'b', 'ab'],"
               " 'tokenizer.ggml.merges': ['a b']})\n"
               "assert t.encode('ab').ids == [2]\n"

@@ -1,4 +1,4 @@
-"""The path-label grammar (jetjax.labels) and its use wherever a path is written, parsed or named."""
+"""The path-label grammar (jetjax.paths.labels) and its use wherever a path is written, parsed or named."""
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-import jetjax.labels as jl
-from jetjax import frozen
-from jetjax.labels import (Component, check_component_names, format_label, label_length, model_components,
+import jetjax.paths.labels as jl
+from jetjax.paths import frozen
+from jetjax.paths.labels import (Component, check_component_names, format_label, label_length, model_components,
                            parse_component, parse_label)
 from jetjax.models import ModelConfig, random_model
 from jetjax.ngrams import check_paths, jet_bigrams, parse_path
@@ -207,7 +207,7 @@ def test_frozen_plan_labels_round_trip(granularity, parallel_residual):
 def test_frozen_attribution_labels_are_bias_or_emb_paths_of_that_model():
     model = _parallel_model()
     att = jj.frozen_path_attribution(model, [1, 2, 3], target=4, granularity="branch")
-    assert att.labels[-1] == "bias>dec" and jj.frozen.BIAS is jl.BIAS == "bias"
+    assert att.labels[-1] == "bias>dec" and jj.paths.frozen.BIAS is jl.BIAS == "bias"
     parsed = [jl.parse_path(lab, n_layers=2, granularity="branch", parallel_residual=True) for lab in att.labels]
     assert [format_label(c, source=s) for s, c in parsed] == list(att.labels)
     assert {s for s, _ in parsed} == set(jl.SOURCES)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import jetjax as jj
-from jetjax import lenses
+from jetjax.lenses import lens as lenses
 from tests.test_jet import nested_jvp_terms
 
 T = 7  # odd, and not a size of any model axis

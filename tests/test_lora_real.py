@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax.adapters import load_adapter, merge_adapter
-from jetjax.adapters import adapter_path
-from jetjax.assets import shipped_text, smollm2_path
-from jetjax.train import eval_windows, mean_token_loss
+from jetjax.io.adapters import load_adapter, merge_adapter
+from jetjax.io.adapters import adapter_path
+from jetjax.io.assets import shipped_text, smollm2_path
+from jetjax.training.toy import eval_windows, mean_token_loss
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -68,7 +68,7 @@ def same_up_to_rounding(got: str, want: str, atol: float) -> list[str]:
 
 
 def test_readme_states_the_computed_diff(base):
-    from jetjax.diffing import adapter_report
+    from jetjax.studies.diffing import adapter_report
 
     text = README.read_text(encoding="utf-8")
     block = re.search(r"<!-- lora-report -->\n(.*?)<!-- /lora-report -->", text, re.S)

@@ -1,4 +1,4 @@
-"""The machine record and GEMM rates every benchmark reports (``jetjax.suite.machine``)."""
+"""The machine record and GEMM rates every benchmark reports (``jetjax.bench.machine``)."""
 
 import math
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jetjax.suite.machine import FLAGS, GEMMS, describe, gemm_rates, machine
+from jetjax.bench.machine import FLAGS, GEMMS, describe, gemm_rates, machine
 
 
 def _proc_cpuinfo():
@@ -107,6 +107,6 @@ def test_describe(info):
 
 
 def test_importing_the_module_imports_no_torch():
-    code = "import sys, jetjax.suite.machine; print('torch' in sys.modules)"
+    code = "import sys, jetjax.bench.machine; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

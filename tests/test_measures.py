@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax.attribution import PathAttribution, cancellation, remainder_ratio
+from jetjax.paths.attribution import PathAttribution, cancellation, remainder_ratio
 from jetjax.models import ModelConfig, random_model
 
 
@@ -80,7 +80,7 @@ def test_path_scores_measures_against_expand_all():
 
 
 def test_cli_paths_and_attribute_report_the_measures(capsys, tmp_path):
-    from jetjax.attribution import remainder_ratio as ratio_of
+    from jetjax.paths.attribution import remainder_ratio as ratio_of
     from tests.test_cli import run, run_json
 
     doc, _ = run_json(capsys, tmp_path, "paths", "--text", "To be, or not to be", "--top", "3", "--max-length", "2")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax import cli
-from jetjax.frozen import frozen_path_attribution
+from jetjax.cli import app as cli
+from jetjax.paths.frozen import frozen_path_attribution
 from jetjax.models import ModelConfig, random_model
 
 IDS = [3, 1, 4, 1, 5]
@@ -141,7 +141,8 @@ def test_cli_method_errors_before_loading(capsys, monkeypatch, args, message):
 def test_auto_searches_when_the_path_streams_would_not_fit(monkeypatch):
     """``auto`` enumerates jet paths only when their streams fit AUTO_JET_BYTES; otherwise it searches,
     and an explicit ``method="jet"`` past the machine's memory is refused before any work."""
-    from jetjax import attribution, checks
+    from jetjax.paths import attribution
+    from jetjax._internal import checks
     from jetjax.models import ModelConfig, random_model
 
     cfg = ModelConfig(arch="gpt2", n_layers=3, d_model=16, n_heads=2, d_head=8, d_mlp=32, vocab_size=19,

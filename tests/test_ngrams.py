@@ -146,7 +146,7 @@ def _reduction(tiles: str) -> tuple[str, int]:
 def test_vocabulary_tiles_break_ties_like_one_top_k(tiles):
     """Equal logits in different tiles (and a padded last tile) keep the lower ids, as one lax.top_k does."""
     from jetjax.ngrams.sweep import _step, _tile_unembedding
-    from jetjax.parallel import path_mesh
+    from jetjax._internal.parallel import path_mesh
 
     v, kk = 11, 4
     w = np.zeros((3, v), np.float32)
@@ -175,7 +175,7 @@ def test_grouped_prefilter_keeps_the_exact_top_k_with_ties(tile, tiles):
     group, which goes without it): heavy ties across groups and tiles, all-equal rows, a -inf
     padded tail; ids and values equal one lax.top_k over the whole row."""
     from jetjax.ngrams.sweep import _candidate_group, _step, _tile_unembedding
-    from jetjax.parallel import path_mesh
+    from jetjax._internal.parallel import path_mesh
 
     v, d, kk = 2048 + 37, 6, 10
     rng = np.random.default_rng(0)
@@ -466,7 +466,7 @@ def test_rows_top_k_first_writes_the_same_files(tmp_path, monkeypatch, reduce_mo
     1/rank bound cannot vouch for their global top) write the files of sweeps that keep
     max(top_k, global_k) per row throughout, byte for byte: flat rows (a constant embedding is a
     uniform row) fail the bound, peaked ones pass it, a one-row chunk has too few entries."""
-    from jetjax._compiled import built
+    from jetjax._internal.compiled import built
     from jetjax.ngrams import sweep
 
     if reduce_mode != "xla":

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax import lenses
-from jetjax.checks import count_nonfinite, json_safe
+from jetjax.lenses import lens as lenses
+from jetjax._internal.checks import count_nonfinite, json_safe
 from jetjax.models import ModelConfig, random_model
 from jetjax.models.model import Model
 
@@ -90,7 +90,7 @@ def test_attribution_counts_must_be_non_negative_ints(n):
 def test_cli_json_output_stays_valid_json_with_nan(tmp_path, capsys):
     import argparse
 
-    from jetjax import cli
+    from jetjax.cli import app as cli
 
     out = tmp_path / "out.json"
     cli._emit(argparse.Namespace(json=str(out)), {"kl": [0.5, float("nan")], "x": np.float32(np.inf)})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax.parallel import path_mesh
+from jetjax._internal.parallel import path_mesh
 from tests.test_expand import _hf_logits, _path_by_hand, gpt2  # noqa: F401  (gpt2: the shared fixture)
 
 
@@ -99,7 +99,7 @@ def test_path_attribution(gpt2, rng):
 
 
 def test_affine_unembedding_detection(gpt2):
-    from jetjax.attribution import _affine_unembedding
+    from jetjax.paths.attribution import _affine_unembedding
 
     model, _ = gpt2
     w, b, gram, _, _ = _affine_unembedding(model, model.params, 28, jnp.float32)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax._compiled import built
-from jetjax.labels import Component
-from jetjax.spec import PathSpec
+from jetjax._internal.compiled import built
+from jetjax.paths.labels import Component
+from jetjax.paths.spec import PathSpec
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax import assets
+from jetjax.io import assets
 from tests.test_families import _forward_pieces, _hf_run
 
 pytestmark = pytest.mark.skipif(assets.smollm2_path() is None,
@@ -72,7 +72,7 @@ def demo_run(tmp_path_factory):
     """``jetjax demo`` on SmolLM2, run once: its printout and summary.json back the findings below."""
     import json
 
-    from jetjax import cli
+    from jetjax.cli import app as cli
 
     out = tmp_path_factory.mktemp("demo")
     assert cli.main(["demo", "--out", str(out)]) == 0

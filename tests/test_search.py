@@ -1,4 +1,4 @@
-"""Path search (``jetjax.search.top_paths``) against full enumeration of the frozen paths.
+"""Path search (``jetjax.paths.search.top_paths``) against full enumeration of the frozen paths.
 
 The reference is :func:`jetjax.frozen_path_attribution` (every path enumerated and scored) on
 10- and 12-layer random models at block granularity and a 5-layer one at branch granularity;
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax import search
-from jetjax.frozen import frozen_linear, frozen_path_attribution
+from jetjax.paths import search
+from jetjax.paths.frozen import frozen_linear, frozen_path_attribution
 from jetjax.models import ModelConfig, random_model
-from jetjax.parallel import path_mesh
-from jetjax.search import TopPaths, top_paths
+from jetjax._internal.parallel import path_mesh
+from jetjax.paths.search import TopPaths, top_paths
 
 IDS = [3, 1, 4, 1, 5]
 TARGET, FOIL = 7, 2
@@ -181,7 +181,7 @@ def test_k_above_the_number_of_paths_returns_all_with_a_warning():
 
 def test_closed_form_path_count_matches_the_plan():
     """count_frozen_paths no longer enumerates labels; its closed form equals the plan's length."""
-    from jetjax import frozen
+    from jetjax.paths import frozen
     for layers in range(5):
         for granularity in ("block", "branch"):
             for parallel in (False, True):
@@ -193,7 +193,7 @@ def test_closed_form_path_count_matches_the_plan():
 
 
 def test_cli_search_on_the_shipped_model(capsys, tmp_path):
-    from jetjax import cli
+    from jetjax.cli import app as cli
 
     out_json = tmp_path / "search.json"
     code = cli.main(["search", "--model", "shakespeare", "--text", "To be, or not to", "--target", " be",

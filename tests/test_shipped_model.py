@@ -1,4 +1,4 @@
-"""The Shakespeare GPT-2 shipped in jetjax/assets, and the training code that made it (jetjax.train)."""
+"""The Shakespeare GPT-2 shipped in jetjax/assets, and the training code that made it (jetjax.training.toy)."""
 
 import dataclasses
 import io
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import jetjax as jj
-from jetjax import train
-from jetjax.train import TrainSettings, shipped_model_path
+from jetjax.training import toy as train
+from jetjax.training.toy import TrainSettings, shipped_model_path
 
 MODEL_DIR = shipped_model_path()
 
@@ -81,7 +81,7 @@ def test_tokenizer_round_trips_shakespeare(shipped):
 
 
 # ---------------------------------------------------------------------------------------------
-# jetjax.train on a tiny corpus
+# jetjax.training.toy on a tiny corpus
 
 TINY_TEXTS = [
     "Friends, Romans, countrymen, lend me your ears;\nI come to bury Caesar, not to praise him.\n" * 3,

@@ -91,7 +91,7 @@ def test_no_private_name_crosses_modules():
 def test_the_scan_sees_imports():
     """The scanner is not vacuous: it finds the imports we know are there."""
     graph = _graph()
-    assert "jetjax.hf" in graph["jetjax"] and "jetjax.models" in graph["jetjax.hf"]
+    assert "jetjax.io.hf" in graph["jetjax"] and "jetjax.models" in graph["jetjax.io.hf"]
     assert len(MODULES) > 20
 
 
@@ -100,6 +100,6 @@ def test_importing_jetjax_imports_no_torch(heavy):
     import subprocess
     import sys
 
-    code = f"import sys, jetjax, jetjax.cli, jetjax.gguf, jetjax.assets; print({heavy!r} in sys.modules)"
+    code = f"import sys, jetjax, jetjax.cli, jetjax.io.gguf, jetjax.io.assets; print({heavy!r} in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

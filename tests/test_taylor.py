@@ -1,4 +1,4 @@
-"""jetjax.taylor: each Taylor-mode rule alone against nested jax.jvp / analytic derivatives, and the
+"""jetjax.jet.taylor: each Taylor-mode rule alone against nested jax.jvp / analytic derivatives, and the
 nested-jvp fallback (forced, or chosen when the jax internals drift) against the interpreter."""
 
 import math
@@ -11,7 +11,7 @@ import pytest
 from jax import lax
 
 import jetjax as jj
-from jetjax import taylor
+from jetjax.jet import taylor
 from tests.test_jet import nested_jvp_terms
 
 needs_internals = pytest.mark.skipif(not taylor.AVAILABLE, reason=f"jax internals: {taylor.INTERNALS_ERROR}")

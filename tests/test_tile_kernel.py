@@ -19,7 +19,7 @@ import pytest
 from jetjax.models import ModelConfig, random_model
 from jetjax.ngrams import jet_bigrams, native
 from jetjax.ngrams.sweep import _step, _tile_unembedding
-from jetjax.parallel import path_mesh
+from jetjax._internal.parallel import path_mesh
 
 
 @pytest.fixture(scope="module")

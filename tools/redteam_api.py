@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import jetjax as jj  # noqa: E402
 from jetjax import ngrams  # noqa: E402
 from jetjax.models import ModelConfig, random_model  # noqa: E402
-from jetjax.parallel import path_mesh  # noqa: E402
+from jetjax._internal.parallel import path_mesh  # noqa: E402
 
 JETJAX_DIR = str(Path(jj.__file__).resolve().parent)
 
@@ -184,7 +184,7 @@ class Ctx:
 
     @built
     def _ckpt(self) -> Path:
-        from jetjax.train import save_pretrained
+        from jetjax.training.toy import save_pretrained
 
         return save_pretrained(self.g, self.g.tokenizer, self._tmp / "ckpt")
 

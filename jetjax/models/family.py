@@ -1,6 +1,6 @@
 """The contract between an architecture family and the loaders: one frozen :class:`Family` record each.
 
-The loaders (:mod:`jetjax.hf` for safetensors, :mod:`jetjax.gguf` for GGUF) know no architecture:
+The loaders (:mod:`jetjax.io.hf` for safetensors, :mod:`jetjax.io.gguf` for GGUF) know no architecture:
 they look the checkpoint's ``model_type`` up in :data:`FAMILIES` and use only the record found there.
 Each family file ends with ``FAMILY = Family(...)``; ``jetjax/models/__init__.py`` passes it to
 :func:`register`, which checks it, so a malformed record fails at import with a message naming it.

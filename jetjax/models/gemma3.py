@@ -12,7 +12,7 @@ norm gains, GeGLU, tied unembedding), all read from ``config.json``:
 * ``query_pre_attn_scalar``: scores scaled by its ``-1/2`` power instead of ``d_head``'s;
 * **soft-capping** (Gemma 2): attention scores and final logits pass through ``c · tanh(x / c)``
   (``attn_logit_softcapping``, ``final_logit_softcapping``). Capped logits make the unembedding
-  non-affine: jets of the decoder are then taken through the cap (:mod:`jetjax.expand`), and what
+  non-affine: jets of the decoder are then taken through the cap (:mod:`jetjax.paths.expand`), and what
   needs ``unembed(x) = x W + b`` (the n-gram sweep's GEMM) refuses such a model by name;
 * **Gemma 3**: RMS norms on each query and key head before the rotary embedding (``q_norm``,
   ``k_norm``), and two rotary embeddings: ``rope_parameters["sliding_attention"]`` on the local

@@ -8,7 +8,7 @@ Every nonlinearity of a residual branch goes through one of the :data:`freeze` h
 operations in the same order, so results are bit for bit those of the plain layers). Under
 ``freeze.record()`` each hook also writes its nonlinear *factor* from this forward pass onto a
 :class:`Tape`, in call order; under ``freeze.replay(tape)`` each hook uses the recorded factor
-instead, and the layer becomes affine in its input (:mod:`jetjax.frozen` builds the linearised path
+instead, and the layer becomes affine in its input (:mod:`jetjax.paths.frozen` builds the linearised path
 decomposition on this). The factors:
 
 * LayerNorm / RMSNorm: the per-token ``1/sqrt(var + eps)`` (LayerNorm's centring is linear and stays);
@@ -313,7 +313,60 @@ def causal_attention(q: Array, k: Array, v: Array, *, scale: float, window: int 
 
     probs = freeze.factor("attention", pattern)
     out = jnp.einsum("...kgqs,...skd->...qkgd", probs, v)
-    return out.reshape(*out.shape[:-3], n_heads, d_head)
+    return _edited_heads(out.reshape(*out.shape[:-3], n_heads, d_head))
+
+
+# -- per-head interventions ------------------------------------------------------------------
+
+_HEAD_EDITS: contextvars.ContextVar = contextvars.ContextVar("jetjax_head_edits", default=None)
+
+
+class _HeadEdits:
+    def __init__(self, edits):
+        self.edits, self.used = list(edits), 0
+
+
+@contextlib.contextmanager
+def edit_heads(*edits: Callable[[Array], Array] | None) -> Iterator[None]:
+    """Pass the per-head outputs of the attention calls made inside the context through ``edits``.
+
+    The ``i``-th call of :func:`causal_attention` in the context hands its output ``[..., T, heads,
+    d_head]`` (the heads before the output projection) to ``edits[i]`` and returns what that gives
+    (``None``: unchanged). This is how a graph names one head's output and how an ablation replaces
+    it. On leaving, every edit must have been used: a family whose attention does not go through
+    :func:`causal_attention` has no per-head outputs here, and this says so instead of ignoring them.
+
+    Example (silence the second of two heads):
+      >>> q = jnp.zeros((3, 2, 1)); k = jnp.zeros((3, 1, 1)); v = jnp.ones((3, 1, 1))
+      >>> with edit_heads(lambda out: out * jnp.array([1.0, 0.0])[:, None]):
+      ...     out = causal_attention(q, k, v, scale=1.0)
+      >>> out[:, :, 0].tolist()
+      [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
+    """
+    if _HEAD_EDITS.get() is not None:
+        raise RuntimeError("edit_heads() inside another edit_heads() context; they do not nest")
+    state = _HeadEdits(edits)
+    token = _HEAD_EDITS.set(state)
+    try:
+        yield
+    finally:
+        _HEAD_EDITS.reset(token)
+    if state.used != len(state.edits):
+        raise ValueError(f"edit_heads: {len(state.edits)} head edits were given but the computation made "
+                         f"{state.used} attention calls through causal_attention: this family does not expose "
+                         "per-head outputs there")
+
+
+def _edited_heads(out: Array) -> Array:
+    state = _HEAD_EDITS.get()
+    if state is None:
+        return out
+    if state.used >= len(state.edits):
+        raise ValueError(f"edit_heads: the computation made more attention calls than the {len(state.edits)} "
+                         "head edits given")
+    edit = state.edits[state.used]
+    state.used += 1
+    return out if edit is None else edit(out)
 
 
 # -- modules ---------------------------------------------------------------------------------
@@ -381,4 +434,4 @@ class GatedMLP(nnx.Module):
 
 __all__ = ["ACTIVATIONS", "Tape", "Freezing", "freeze",
            "compute_dtype_for", "embedding_lookup", "layer_norm", "rms_norm", "causal_attention", "Linear", "LayerNorm",
-           "RMSNorm", "make_norm", "GatedMLP"]
+           "RMSNorm", "make_norm", "GatedMLP", "edit_heads"]

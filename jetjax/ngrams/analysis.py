@@ -16,10 +16,10 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from jetjax.checks import check_nonnegative_int, check_positive_int, decode_text_file
+from jetjax._internal.checks import check_nonnegative_int, check_positive_int, decode_text_file
 from jetjax.models.model import Model
 from jetjax.ngrams.scorer import context_scorer
-from jetjax._compiled import per_model
+from jetjax._internal.compiled import per_model
 from jetjax.ngrams.sweep import model_fingerprint
 from jetjax.ngrams.table import NGramTable
 

@@ -39,7 +39,7 @@ error instead of a warning (sweeps on GPU/TPU devices still run the pure-JAX ste
 never uses :func:`gemm_reduce` or :func:`gemm_reduce_bf16` (XLA's GEMM and :func:`tile_reduce`, as
 before the fused kernels existed); ``xla`` never builds them.
 
-The build (about 2 s) is cached under :func:`jetjax.assets.cache_dir` ``/ native/<key>/``, the key
+The build (about 2 s) is cached under :func:`jetjax.io.assets.cache_dir` ``/ native/<key>/``, the key
 hashing the source, the compiler's version, the flags (``-march=native``: the machine's own ISA),
 jaxlib's version and the CPU's flags, so a different machine or jaxlib builds its own. The library
 is written to a temporary name and moved into place, so concurrent builds never see half a file.
@@ -70,7 +70,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jetjax._cache import cache_dir
+from jetjax._internal.cache import cache_dir
 
 __all__ = ["available", "mode", "tile_reduce", "gemm_reduce", "gemm_layout", "pack_rows", "pack_tile", "TARGET",
            "GEMM_TARGET", "MODES", "unavailable_reason", "usable_cores", "amx", "gemm_reduce_bf16", "pack_rows_bf16",

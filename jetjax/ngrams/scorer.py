@@ -1,6 +1,6 @@
 """Path names for jet n-grams, and the function that turns contexts into next-token scores.
 
-Path names are the labels of :mod:`jetjax.labels` (its grammar and rules, one owner), so every
+Path names are the labels of :mod:`jetjax.paths.labels` (its grammar and rules, one owner), so every
 label :func:`jetjax.expand_all` writes names an n-gram path too::
 
     path      := "emb" (">" component)* ">dec"
@@ -37,9 +37,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Sequence
 
-from jetjax.checks import check_order
+from jetjax._internal.checks import check_order
 from jetjax.jet import jet
-from jetjax.labels import PATH_FORMS, format_label, parse_label
+from jetjax.paths.labels import PATH_FORMS, format_label, parse_label
 from jetjax.models.model import Model
 
 __all__ = ["parse_path", "check_paths", "PATH_FORMS", "context_scorer"]
@@ -48,7 +48,7 @@ __all__ = ["parse_path", "check_paths", "PATH_FORMS", "context_scorer"]
 def parse_path(name: str, n_layers: int, *, parallel_residual: bool = False) -> tuple[tuple[str, int], ...]:
     """``"emb>attn0>mlp2>dec"`` -> ``(("attn", 0), ("mlp", 2))``, validated against the model's depth.
 
-    The grammar and its errors are :func:`jetjax.labels.parse_label`'s.
+    The grammar and its errors are :func:`jetjax.paths.labels.parse_label`'s.
 
     Example:
       >>> parse_path("emb>attn0>mlp2>dec", n_layers=3)
@@ -66,7 +66,7 @@ def check_paths(model: Model | None, paths: Sequence[str] | str) -> tuple[str, .
     """Validate path names (for ``model``, or by the grammar alone with ``None``); returns them as a tuple.
 
     One name alone (a ``str``) is a list of it. Each name is parsed and written back in its one
-    canonical spelling (:func:`jetjax.labels.format_label`), and duplicates are found on the parsed
+    canonical spelling (:func:`jetjax.paths.labels.format_label`), and duplicates are found on the parsed
     paths, so no two spellings of one path can count twice: the grammar refuses the others
     (``" emb>dec"``, ``"emb>mlp00>dec"``) with an error naming the canonical one.
 

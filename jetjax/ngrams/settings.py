@@ -8,7 +8,7 @@ fields, and a resumable sweep's ``manifest.json`` records it under ``"settings"`
 
 Integers must be ints (``2.0`` and ``True`` are refused, so a bad value can never share a cache key
 with a good one: ``2.0 == 2`` and ``True == 1`` in Python); paths are parsed by the label grammar
-(:mod:`jetjax.labels`) and kept in their one spelling.
+(:mod:`jetjax.paths.labels`) and kept in their one spelling.
 
 Example:
   >>> s = SweepSettings(paths="emb>mlp0>dec", top_k=5)
@@ -25,9 +25,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jetjax.checks import check_nonnegative_int, check_order, check_positive_int
+from jetjax._internal.checks import check_nonnegative_int, check_order, check_positive_int
 from jetjax.ngrams.scorer import check_paths
-from jetjax.precision import COMPUTE_DTYPES, check_compute_dtype
+from jetjax._internal.precision import COMPUTE_DTYPES, check_compute_dtype
 
 __all__ = ["SweepSettings", "resolve_settings", "default_vocab_tile", "MAX_TILE", "DEFAULT", "COMPUTE_DTYPES",
            "check_compute_dtype"]

@@ -54,14 +54,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jetjax._compiled import per_model
+from jetjax._internal.compiled import per_model
 from jetjax.models.model import Model
 from jetjax.ngrams import native
 from jetjax.ngrams.scorer import context_scorer
 from jetjax.ngrams.settings import DEFAULT, SweepSettings, resolve_settings
 from jetjax.ngrams.store import FORMAT, ChunkStore
 from jetjax.ngrams.table import NGramTable
-from jetjax.parallel import fetch, path_mesh
+from jetjax._internal.parallel import fetch, path_mesh
 
 __all__ = ["jet_bigrams", "sweep_contexts", "model_fingerprint"]
 

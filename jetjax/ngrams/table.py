@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jetjax.checks import check_nonnegative_int
+from jetjax._internal.checks import check_nonnegative_int
 
 __all__ = ["NGramTable", "atomic_write_bytes", "TABLE_FILE", "TABLE_META"]
 

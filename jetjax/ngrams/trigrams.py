@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jetjax.checks import check_positive_int
-from jetjax.labels import Component, format_label
+from jetjax._internal.checks import check_positive_int
+from jetjax.paths.labels import Component, format_label
 from jetjax.models.model import Model
 from jetjax.ngrams.settings import DEFAULT
 from jetjax.ngrams.sweep import sweep_contexts
