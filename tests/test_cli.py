@@ -7,6 +7,7 @@ import pytest
 
 import jetjax as jj
 from jetjax.cli import app as cli
+from jetjax.cli import common
 from jetjax.training.toy import shipped_model_path
 
 TEXT = "To be, or not to be, that is the"
@@ -188,7 +189,7 @@ def test_shipped_model_findings(shipped):
     (["bigrams", "--top", "-5"], "--top must be an int >= 0, got -5"),
     (["attribute", "--text", TEXT, "--target", " be", "--top", "-2"], "--top must be an int >= 0, got -2"),
     (["lens", "--text", TEXT, "--top-k", "0"], "--top-k must be an int >= 1, got 0"),
-    (["lens", "--text", TEXT, "--orders", "100"], f"--orders must be an int in 0..{cli.MAX_ORDER}"),
+    (["lens", "--text", TEXT, "--orders", "100"], f"--orders must be an int in 0..{common.MAX_ORDER}"),
     (["lens", "--ids", "1,2.5"], "--ids takes comma-separated token ids (ints), got '1,2.5'"),
     (["lens", "--ids", "-1,2"], "--ids: token id -1 is negative"),
     (["lens", "--ids", "1,99999"], "--ids: token id 99999 is out of range for a vocabulary of 4096"),

@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from jetjax.cli import app as cli
+from jetjax.cli import common
 from jetjax.training.toy import shipped_model_path
 
 TEXT = "To be, or not to be, that is the"
@@ -33,7 +34,8 @@ def no_work(monkeypatch):
         pytest.fail("heavy work started before the bad argument was reported")
 
     for name in ("jetjax.ngrams.jet_bigrams", "jetjax.lenses.lens.iterative_jet_lens", "jetjax.lenses.lens.joint_jet_lens",
-                 "jetjax.reduce_paths", "jetjax.path_attribution"):
+                 "jetjax.reduce_paths", "jetjax.path_attribution", "jetjax.attribution_graph",
+                 "jetjax.find_circuit"):
         monkeypatch.setattr(name, refuse)
 
 
@@ -64,7 +66,9 @@ def files(tmp_path):
     return tmp_path
 
 
-MAX = cli.MAX_ORDER
+MAX = common.MAX_ORDER
+GRAPH = ["graph", "--text", TEXT, "--target", " be"]
+CIRCUIT = ["circuit", "--text", TEXT, "--target", " be"]
 
 # (argv with {d} for the files directory, what the one line must contain)
 BEFORE_LOADING = [
@@ -148,13 +152,42 @@ BEFORE_LOADING = [
     (["lens", "--text", TEXT, "--granularity", "foo"], "invalid choice: 'foo'"),
     (["bigrams", "--paths"], "argument --paths: expected at least one argument"),
     ([], "the following arguments are required: COMMAND"),
+    # graph and circuit: thresholds, baselines and files, before any model is loaded
+    ([*GRAPH, "--prune", "0", "0.9"], "--prune must be a threshold in (0, 1], got 0"),
+    ([*GRAPH, "--prune", "0.8", "1.5"], "--prune must be a threshold in (0, 1], got 1.5"),
+    ([*GRAPH, "--prune", "x", "0.9"], "--prune must be a threshold in (0, 1], got 'x'"),
+    ([*GRAPH, "--prune", "0.8"], "argument --prune: expected 2 arguments"),
+    ([*GRAPH, "--baseline", "mean"], "--baseline mean needs --reference TEXT"),
+    ([*GRAPH, "--baseline", "zero", "--reference", "Good morrow"],
+     "--reference sets the mean baseline; it has no meaning with --baseline zero"),
+    ([*GRAPH, "--reference", " "], "--reference: text 1 is empty"),
+    ([*GRAPH, "--baseline", "median"], "invalid choice: 'median'"),
+    ([*GRAPH, "--html", "{d}/view.png"], "--html must name a .html file"),
+    ([*GRAPH, "--html", "{d}/afile/view.html"], "{d}/afile is a file, not a directory"),
+    ([*GRAPH, "--json", "{d}/adir"], "--json {d}/adir is a directory"),
+    ([*GRAPH, "--top", "-1"], "--top must be an int >= 0, got -1"),
+    ([*GRAPH, "--json-format", "neuronpedia"], "--json-format neuronpedia needs --json PATH"),
+    ([*GRAPH, "--json-format", "csv", "--json", "-"], "invalid choice: 'csv'"),
+    (["graph", "--text", TEXT, "--target", "-5"], "--target -5 is a negative token id"),
+    (["graph", "--text", TEXT], "the following arguments are required: --target"),
+    (["graph", "--target", " be"], "give the input as --text TEXT (or --ids 1,2,3)"),
+    ([*CIRCUIT, "--faithfulness", "0"], "--faithfulness must be a number in (0, 1], got 0"),
+    ([*CIRCUIT, "--faithfulness", "1.2"], "--faithfulness must be a number in (0, 1], got 1.2"),
+    ([*CIRCUIT, "--faithfulness", "nan"], "--faithfulness must be a number in (0, 1], got nan"),
+    ([*CIRCUIT, "--mode", "mean"], "--mode mean needs --reference TEXT"),
+    ([*CIRCUIT, "--mode", "zero", "--reference", "Good morrow"],
+     "--reference sets the mean baseline; it has no meaning with --mode zero"),
+    ([*CIRCUIT, "--max-passes", "-1"], "--max-passes must be an int >= 0, got -1"),
+    ([*CIRCUIT, "--position", "x"], "--position must be an int, got 'x'"),
+    ([*CIRCUIT, "--heads", "--bogus"], "jetjax circuit: error: unrecognized arguments: --bogus"),
 ]
 
 
 @pytest.mark.parametrize("argv,message", BEFORE_LOADING)
 def test_refused_before_loading(capsys, no_model, files, argv, message):
     argv = [a.replace("{d}", str(files)) for a in argv]
-    if argv and argv[0] in ("lens", "bigrams", "paths", "attribute", "diff", "index", "agree") and \
+    if argv and argv[0] in ("lens", "bigrams", "paths", "attribute", "diff", "index", "agree", "graph",
+                            "circuit") and \
             "--model" not in argv:
         argv += SHAKESPEARE
     code, line = one_line_error(capsys, argv)
@@ -181,6 +214,18 @@ NEEDS_THE_MODEL = [
     (["diff", "--model-b", "shakespeare", "--top-k", "4097"], "--top-k 4097 is larger than the vocabulary of --model"),
     (["index", "--keywords", "{d}/words.txt", "--paths", "emb>mlp4>dec"], "path 'emb>mlp4>dec'"),
     (["agree", "--corpus", "{d}/one_token.txt"], "--corpus {d}/one_token.txt has fewer than two tokens"),
+    (["graph", "--text", TEXT, "--target", " nonexistent-multitoken-word"], "expected exactly one"),
+    (["graph", "--text", TEXT, "--target", "99999"],
+     "--target token id 99999 is out of range for a vocabulary of 4096"),
+    ([*GRAPH, "--foil", " be"], "--foil and --target are the same token"),
+    (["graph", "--text", "To be", "--target", " be", "--position", "5"],
+     "--position 5 is out of range for 2 input tokens"),
+    (["graph", "--ids", "1,99999", "--target", " be"], "--ids: token id 99999 is out of range"),
+    ([*CIRCUIT, "--foil", "4096"], "--foil token id 4096 is out of range"),
+    (["circuit", "--text", TEXT, "--target", "text:-5"], "--target '-5' is 2 tokens, expected exactly one"),
+    ([*CIRCUIT, "--foil", "text: be"], "--foil and --target are the same token"),
+    ([*CIRCUIT, "--reference", "x" * 3000],
+     "--reference text 1: sequence of 3000 tokens is longer than the model's position table"),
 ]
 
 
@@ -230,7 +275,7 @@ def test_debug_after_the_command(capsys):
     """--debug shows the traceback wherever it is given; without it, the one line."""
     argv = ["lens", "--ids", "1,99999", *SHAKESPEARE]
     for where in (["--debug", *argv], [*argv, "--debug"], [argv[0], "--debug", *argv[1:]]):
-        with pytest.raises(cli.CLIError, match="--ids: token id 99999"):
+        with pytest.raises(common.CLIError, match="--ids: token id 99999"):
             cli.main(where)
     code, line = one_line_error(capsys, argv)
     assert code == 2 and line.startswith("jetjax lens: error: --ids: token id 99999")
@@ -240,7 +285,7 @@ def test_debug_after_the_command(capsys):
 
 def test_target_parsing():
     """An int-looking --target is a token id; text: forces text; anything else is text."""
-    parse = cli._token_option("--target")
+    parse = common.token_option("--target")
     assert parse("42") == 42 and parse("0") == 0
     assert parse("text:42") == "42" and parse("text:-5") == "-5" and parse("text:text:") == "text:"
     assert parse(" 42") == " 42" and parse(" Paris") == " Paris" and parse("²") == "²"
@@ -249,10 +294,10 @@ def test_target_parsing():
 
 
 def test_ids_parsing():
-    assert cli._parse_ids("5,6,7") == [5, 6, 7]
-    assert cli._parse_ids(" 1, 2") == [1, 2]
+    assert common.parse_ids("5,6,7") == [5, 6, 7]
+    assert common.parse_ids(" 1, 2") == [1, 2]
     with pytest.raises(Exception, match=r"--ids takes comma-separated token ids \(ints\), got '1,2.5'"):
-        cli._parse_ids("1,2.5")
+        common.parse_ids("1,2.5")
 
 
 def test_dash_values_are_values():

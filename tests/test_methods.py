@@ -132,7 +132,7 @@ def test_jet_on_a_deep_model_still_refuses_enumeration():
 def test_cli_method_errors_before_loading(capsys, monkeypatch, args, message):
     def refuse(*a, **k):
         pytest.fail("a model was loaded before the bad argument was reported")
-    monkeypatch.setattr(cli, "load_model", refuse)
+    monkeypatch.setattr("jetjax.cli.attribute.load_model", refuse)
     rc = cli.main(["attribute", "--model", "/nonexistent/model", "--text", "x", "--target", "1"] + args)
     assert rc == 2
     assert message in capsys.readouterr().err

@@ -90,10 +90,10 @@ def test_attribution_counts_must_be_non_negative_ints(n):
 def test_cli_json_output_stays_valid_json_with_nan(tmp_path, capsys):
     import argparse
 
-    from jetjax.cli import app as cli
+    from jetjax.cli import common
 
     out = tmp_path / "out.json"
-    cli._emit(argparse.Namespace(json=str(out)), {"kl": [0.5, float("nan")], "x": np.float32(np.inf)})
+    common.emit(argparse.Namespace(json=str(out)), {"kl": [0.5, float("nan")], "x": np.float32(np.inf)})
     text = out.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"kl": [0.5, None], "x": None}

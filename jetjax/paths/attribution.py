@@ -35,7 +35,7 @@ from jetjax.paths.search import top_paths
 from jetjax.paths.spec import UNSET, PathSpec, resolve_spec
 
 __all__ = ["remainder_ratio", "cancellation", "PathScores", "reduce_paths", "PathAttribution", "path_attribution",
-           "METHODS", "SEARCH_K", "EXPLAINED_WARNING", "token_id"]
+           "METHODS", "SEARCH_K", "method_settings", "EXPLAINED_WARNING", "token_id"]
 
 
 def _cached(model: Model, key, build: Callable):
@@ -367,6 +367,33 @@ SEARCH_K = 20
 """How many paths ``method="search"`` lists when ``k`` is not given (the faithfulness study's setting)."""
 
 _JET_ONLY = ("order", "weights", "include", "exclude", "attention_free", "spec")
+
+
+def method_settings(method: str = "auto", *, order=None, max_length=None, k=None, beam=None) -> tuple[str, str | None]:
+    """``(method, conflict)``: the method asked for, as far as the settings alone (no model) settle it,
+    and the first setting that does not belong to it (``None`` when all do).
+
+    ``k`` or ``beam`` with ``"auto"`` ask for ``"search"``; ``"auto"`` otherwise stays ``"auto"`` (the
+    model decides, see :func:`path_attribution`). ``conflict`` is ``"order"`` (a jet order with
+    ``"frozen"`` or ``"search"``: frozen paths take no jet), ``"max_length"`` (with ``"search"``: it
+    searches paths of every length), ``"k"`` (``k`` or ``beam`` without ``"search"``) or ``"beam"`` (a
+    beam smaller than ``k``, default :data:`SEARCH_K`). For callers that word the errors themselves
+    (the ``jetjax attribute`` command) before any model is loaded; ``None`` means "not given".
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method={method!r}; accepted: {', '.join(METHODS)}")
+    searching = k is not None or beam is not None
+    if method == "auto" and searching:
+        method = "search"
+    if method in ("frozen", "search") and order is not None:
+        return method, "order"
+    if method == "search" and max_length is not None:
+        return method, "max_length"
+    if method != "search" and searching:
+        return method, "k"
+    if beam is not None and beam < (SEARCH_K if k is None else k):
+        return method, "beam"
+    return method, None
 
 
 def path_attribution(model: Model, ids, target, foil=None, position: int = -1, order: int = UNSET, *,

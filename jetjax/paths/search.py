@@ -46,7 +46,7 @@ from jetjax.models.layers import freeze
 from jetjax.models.model import Model
 from jetjax._internal.parallel import constrain_leading, fetch, mesh_axis
 
-__all__ = ["TopPaths", "top_paths", "SCORES", "RANKINGS", "PRIORITIES"]
+__all__ = ["TopPaths", "top_paths", "default_beam", "SCORES", "RANKINGS", "PRIORITIES"]
 
 SCORES = ("logit_diff", "logit", "centered_logit")
 """Named scores: ``logit(target) − logit(foil)``; ``logit(target)``; ``logit(target) − mean logit``
@@ -70,6 +70,11 @@ above it, by power iteration (see :data:`NORM_MARGIN`)."""
 POWER_ITERATIONS = 40
 NORM_MARGIN = 1.05
 """Power iteration approaches an operator norm from below; its estimate is multiplied by this."""
+
+
+def default_beam(k: int) -> int:
+    """The beam :func:`top_paths` keeps for ``k`` paths when none is given: ``max(256, 8k)``."""
+    return max(256, 8 * k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,11 +379,11 @@ def top_paths(model: Model, ids, k: int = 20, *, target=None, foil=None, score: 
     check_granularity(granularity)
     _, _, n_dev = mesh_axis(mesh)
     if beam is None:
-        beam = max(256, 8 * k)
+        beam = default_beam(k)
     beam = check_positive_int("beam", beam)
     if beam < k:
         raise ValueError(f"beam={beam} is too small to return k={k} paths: the beam must hold at least k "
-                         f"prefixes (use beam >= {k}, e.g. {max(256, 8 * k)})")
+                         f"prefixes (use beam >= {k}, e.g. {default_beam(k)})")
     beam = -(-beam // n_dev) * n_dev
     if score is None:
         score = "logit_diff" if foil is not None else "logit"
