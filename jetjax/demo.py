@@ -9,9 +9,9 @@ otherwise the small Shakespeare GPT-2 shipped with jetjax, or ``--model ...``), 
 2. jet bigrams: for ``emb>dec`` and every ``emb>mlp{l}>dec`` (and ``emb>attn{l}>dec``), how well
    the path's next-token table agrees with held-out Shakespeare on its most frequent contexts,
    against the model itself on one-token contexts and the corpus's unigram distribution;
-3. path attribution of the model's prediction at the end of a prompt against a foil under the
-   library's default (:func:`jetjax.path_attribution`, ``method="auto"``: the path search over
-   frozen paths on a deep model), with the remainder the paths leave unexplained, stated plainly.
+3. the exact attribution graph of the model's prediction at the end of a prompt against a foil
+   (:func:`jetjax.attribution_graph`), and the smallest circuit :func:`jetjax.find_circuit` finds that
+   carries it in the real model (mean ablation over the other prompts), with its faithfulness.
 
 PNG pictures and ``summary.json`` go to ``./jetjax-demo/``. Run: ``python -m jetjax.demo``.
 """
@@ -29,6 +29,7 @@ from jetjax.viz import show_token
 
 ATTRIBUTION_PROMPT = "The capital of France is"
 ATTRIBUTION_PAIR = (" Paris", " London")
+CIRCUIT_FAITHFULNESS = 0.8
 
 
 def _lens_block(res, tokens, width: int) -> list[str]:
@@ -126,30 +127,36 @@ def main(argv=None) -> dict:
     summary["bigrams"] = [{"context": c, "next": nx, "prob": p} for c, nx, p in top]
     summary["timings_s"]["bigrams"] = round(time.perf_counter() - t, 1)
 
-    # 3. path attribution under the library's default, with the remainder stated plainly
+    # 3. the attribution graph, and a circuit verified in the real model
     t = time.perf_counter()
     target, foil = _attribution_pair(model, ids)
-    att = jj.path_attribution(model, ids, target=target, foil=foil)
-    how = ("the top frozen paths by beam search (the default on a deep model: every nonlinear factor held at "
-           "the forward pass, so all paths add up to the model)" if att.method == "search" else
-           f"every {att.granularity} path, order {att.order} (Algorithm 2)")
-    print(f"\n== 3. path attribution of logit({att.target_str!r}) − logit({att.foil_str!r}) after "
-          f"{ATTRIBUTION_PROMPT!r}:\n   {how}")
-    print("\n".join("   " + line for line in att.table(5).splitlines()))
-    print(f"   the listed paths carry {float(att.scores.sum()):+.3f} of the model's {att.total:+.3f} "
-          f"(|remainder| / |total| = {att.remainder_ratio:.2f}; cancellation {att.cancellation:.1f}); "
-          "docs/faithfulness.md compares the settings over 48 prompts.")
-    summary["attribution"] = {"prompt": ATTRIBUTION_PROMPT, "target": att.target_str, "foil": att.foil_str,
-                              "method": att.method, "semantics": att.semantics, "granularity": att.granularity,
-                              "total": att.total, "remainder": att.remainder, "n_paths": len(att.labels),
-                              "unlisted": att.unlisted, "unexplored": att.unexplored,
-                              "remainder_over_total": att.remainder_ratio,
-                              "cancellation": att.cancellation, "top": att.top(6), "bottom": att.bottom(6)}
-    summary["timings_s"]["attribution"] = round(time.perf_counter() - t, 1)
+    reference = [p for p in findings.all_prompts() if p != ATTRIBUTION_PROMPT]
+    circuit = jj.find_circuit(model, ids, target, foil, faithfulness=CIRCUIT_FAITHFULNESS, mode="mean",
+                              reference=reference)
+    graph = circuit.graph
+    print(f"\n== 3. what computed logit({graph.target_str!r}) − logit({graph.foil_str!r}) = {graph.total:+.3f} "
+          f"after {ATTRIBUTION_PROMPT!r}\n   the exact attribution graph of the frozen model (every nonlinear "
+          f"factor held at this forward pass): {len(graph)} nodes;\n   its direct effects plus the decoder's "
+          f"constant give {graph.value:+.4f}. Largest total effects (TE: the change when a node is replaced "
+          f"by its mean\n   output over the demo's other {len(reference)} prompts, in the frozen model):")
+    print("\n".join("   " + line for line in graph.table(8).splitlines()[1:]))
+    print(f"   verified in the real model: {circuit}")
+    print("   circuit: " + ", ".join(f"{n} ({show_token(graph.tokens[int(n.rsplit('@', 1)[1])])})"
+                                     for n in circuit.nodes))
+    viz.graph_picture(graph, out / "graph.png", highlight=circuit.nodes)
+    graph.to_html(out / "graph.html")
+    summary["circuit"] = {"prompt": ATTRIBUTION_PROMPT, "target": graph.target_str, "foil": graph.foil_str,
+                          "total": graph.total, "frozen_value": graph.value, "n_graph_nodes": len(graph),
+                          "nodes": list(circuit.nodes), "n_components": circuit.n_components,
+                          "faithfulness": circuit.faithfulness, "target_faithfulness": circuit.target,
+                          "forward_passes": circuit.forward_passes, "mode": circuit.mode,
+                          "n_reference": len(reference), "top": graph.top(8)}
+    summary["timings_s"]["circuit"] = round(time.perf_counter() - t, 1)
 
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nwrote {out}/lens_metrics.png, lens_order0.png, lens_order1.png, bigram_layers.png, summary.json "
+    print(f"\nwrote {out}/lens_metrics.png, lens_order0.png, lens_order1.png, bigram_layers.png, graph.png, "
+          f"graph.html, summary.json "
           f"({summary['seconds']} s)")
     return summary
 

@@ -22,7 +22,7 @@ def _save(fig, path, **kwargs) -> None:
         fig.savefig(path, **kwargs)
 
 __all__ = ["show_token", "lens_table", "metric_curves", "joint_weights", "study_curves", "bigram_layers",
-           "diff_bars", "loss_curve"]
+           "diff_bars", "loss_curve", "graph_picture"]
 
 _METRIC_TITLES = {
     "cosine": "cosine with model logits",
@@ -359,4 +359,74 @@ def loss_curve(card: dict, path) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path, dpi=110)
+    return str(path)
+
+
+def graph_picture(graph, path, *, highlight: Sequence[str] = (), n_edges: int = 60, dpi: int = 110) -> str:
+    """An attribution graph (:class:`~jetjax.AttributionGraph`) as a picture: positions as columns (token
+    strings below), rows ``emb``, then ``attn{l}`` / ``mlp{l}`` per layer upwards, the logit on top. A
+    node's area is its ``|TE|`` and its colour the sign (blue +, red −); the nodes of ``highlight`` (a
+    circuit) are ringed in black and the ``n_edges`` strongest edges among them (and into the logit) are
+    drawn, width ``|w|``, colour its sign. Heads share their component's row, side by side; constants
+    are left out (their weight is part of their component's TE).
+
+    Example:
+      >>> import jetjax as jj, tempfile, os
+      >>> from jetjax.testing import tiny_model
+      >>> g = jj.attribution_graph(tiny_model(), [3, 1, 4, 1], target=5, foil=2)
+      >>> p = graph_picture(g, os.path.join(tempfile.mkdtemp(), "g.png"), highlight=["mlp1@3", "attn1@3"])
+      >>> os.path.getsize(p) > 10_000
+      True
+    """
+    from jetjax.paths.labels import parse_node
+
+    nodes = [parse_node(n) for n in graph.nodes]
+    layers = 1 + max((n.layer for n in nodes if n.layer is not None), default=0)
+    t = graph.position + 1
+    heads = 1 + max((n.head for n in nodes if n.head is not None), default=0)
+
+    def xy(n):
+        if n.kind == "emb":
+            return float(n.position), 0.0
+        x = float(n.position)
+        if n.head is not None:
+            x += (n.head - (heads - 1) / 2) * 0.7 / max(heads, 1)
+        return x, 1.0 + 2 * n.layer + (n.kind == "mlp")
+
+    shown = [i for i, n in enumerate(nodes) if not n.constant]
+    te = np.abs(graph.te[shown])
+    size = 10 + 240 * te / te.max() if te.max() > 0 else np.full(len(shown), 10.0)
+    keep = set(highlight)
+    fig = _figure(max(6.0, 0.9 * t + 2), max(5.0, 0.16 * (2 * layers + 2) + 2))
+    ax = fig.subplots()
+    top = 2.0 + 2 * layers
+    # edges among the highlighted nodes (and into the logit), strongest first
+    index = graph.index
+    pairs = [(abs(graph.edges[index[b], index[a]]), a, b) for a in keep for b in keep
+             if a in index and b in index and graph.edges[index[b], index[a]] != 0]
+    pairs += [(abs(graph.de[index[a]]), a, None) for a in keep if a in index and graph.de[index[a]] != 0]
+    pairs.sort(key=lambda p: -p[0])
+    wmax = pairs[0][0] if pairs else 1.0
+    for w, a, b in pairs[:n_edges]:
+        xa, ya = xy(parse_node(a))
+        xb, yb = (float(graph.position), top) if b is None else xy(parse_node(b))
+        weight = graph.de[index[a]] if b is None else graph.edges[index[b], index[a]]
+        ax.plot([xa, xb], [ya, yb], color="tab:blue" if weight > 0 else "tab:red", alpha=0.6,
+                linewidth=0.4 + 3.0 * w / wmax, zorder=1)
+    pts = [xy(nodes[i]) for i in shown]
+    colors = ["tab:blue" if graph.te[i] > 0 else "tab:red" for i in shown]
+    edge = ["black" if graph.nodes[i] in keep else "none" for i in shown]
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=size, c=colors, alpha=0.55, edgecolors=edge,
+               linewidths=1.2, zorder=2)
+    ax.scatter([graph.position], [top], s=120, marker="D", c="gold", edgecolors="black", zorder=3)
+    ax.set_xticks(range(t), [_show(tok, 10) for tok in graph.tokens], rotation=45, ha="right", fontsize=8)
+    rows = ["emb"] + [f"{k}{l}" for l in range(layers) for k in ("attn", "mlp")] + ["logit"]
+    step = max(1, len(rows) // 24)
+    ax.set_yticks(range(0, len(rows), step), rows[::step], fontsize=7)
+    ax.set_xlim(-0.6, t - 0.4)
+    foil = f" − logit({_show(graph.foil_str or str(graph.foil), 12)})" if graph.foil is not None else ""
+    ax.set_title(f"logit({_show(graph.target_str or str(graph.target), 12)}){foil} = {graph.total:+.3f}: "
+                 f"node area |TE|, blue +, red −; ringed: {len(keep)} circuit nodes", fontsize=9)
+    ax.grid(alpha=0.2)
+    _save(fig, path, dpi=dpi)
     return str(path)

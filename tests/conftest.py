@@ -67,7 +67,8 @@ TIERS = {
     # against transformers/torch on tiny random checkpoints (and nested jvp through HF-shaped models)
     "parity": {"test_expand.py", "test_families.py", "test_gguf.py", "test_gguf_tokenizer.py", "test_gpt2.py",
                "test_hf_errors.py", "test_lenses.py", "test_paths.py", "test_shipped_model.py", "test_frozen.py",
-               "test_gguf_gemma.py", "test_gemma.py", "test_adapters.py"},
+               "test_gguf_gemma.py", "test_gemma.py", "test_adapters.py",
+               "test_ablate.py"},
     # the product on real models: SmolLM2 (its wheel) and the CLI end to end
     "product": {"test_real_model.py", "test_cli.py", "test_multiprocess.py", "test_gemma3_real.py", "test_lora_real.py"},
     "notebooks": {"test_notebooks.py"},

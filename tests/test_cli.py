@@ -156,7 +156,8 @@ def test_demo(capsys, tmp_path):
     code, out, err = run(capsys, "demo", "--out", str(tmp_path / "demo"))
     assert code == 0, err
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert {"lens", "bigrams", "attribution", "agreement"} <= set(summary)
+    assert {"lens", "bigrams", "circuit", "agreement"} <= set(summary)
+    assert summary["circuit"]["faithfulness"] >= 0.8
     for name in ("lens_order0.png", "lens_order1.png", "lens_metrics.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 10_000
     assert "iterative jet lens, order 1" in out

@@ -222,6 +222,11 @@ def ablate(model: Model, ids, *, nodes=(), edges=(), mode: str = "zero", referen
     heads = any(parse_node(n).head is not None for n in nodes)
     nodes = _check_nodes(model, nodes, t, heads)
     edges = tuple(edges)
+    if edges and heads:
+        raise ValueError("edges cannot be combined with head nodes (attn{l}.h{h}@p) yet: ablate heads in a "
+                         "separate call, or ablate whole attention components (attn{l}@p) with the edges")
+    component_slots = GraphSlots.of(model, False)
+    step = dict(zip(component_slots.names, component_slots.steps))      # emb: -1; a parallel layer: one step
     for pair in edges:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ValueError(f"edges are (source, receiver) pairs of node ids, got {pair!r}")
@@ -234,6 +239,10 @@ def ablate(model: Model, ids, *, nodes=(), edges=(), mode: str = "zero", referen
         if src.position > dst.position:
             raise ValueError(f"edge {pair!r}: a receiver at position {dst.position} cannot read position "
                              f"{src.position} (the model is causal)")
+        if step[src.slot] >= step[dst.slot]:
+            raise ValueError(f"edge {pair!r}: {dst.slot} does not read {src.slot}'s output (a source must run "
+                             "in an earlier step than its receiver; in parallel-residual models a layer's attn "
+                             "and mlp read the same stream)")
     params = model.params if params is None else params
     b = _baselines(model, params, mode, reference, heads)
     masks = _drop_masks(model, heads, t, [()])[0] * 0.0

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from jetjax._internal.checks import check_position
+from jetjax._internal.checks import check_position, check_positive_int
 from jetjax.models.model import Model
 from jetjax.paths.ablate import Evaluator
 from jetjax.paths.graph import AttributionGraph, attribution_graph
@@ -59,8 +59,10 @@ def find_circuit(model: Model, ids, target, foil=None, faithfulness: float = 0.8
     Guided by the exact graph: components are ranked by ``|TE|`` against the same baseline; the top
     ``k`` are tried for a geometric grid of ``k`` (one batched call), the smallest passing ``k`` is
     narrowed by bisection, then components are dropped one at a time from the least ``|TE|`` up,
-    each drop kept while ``f`` stays at or above the target (ACDC's rule, one forward pass each), until
-    ``max_passes``.
+    each drop kept while ``f`` stays at or above the target (ACDC's rule, one forward pass each), in
+    sweeps until a sweep drops nothing or ``max_passes`` is reached. The first two passes (``F(M)``,
+    ``F(∅)``) and the grid (about ``log(N) / log(1.25)`` passes for ``N`` components) always run; the
+    budget bounds the rest.
 
     Example:
       >>> import jetjax as jj
@@ -73,6 +75,7 @@ def find_circuit(model: Model, ids, target, foil=None, faithfulness: float = 0.8
     if isinstance(faithfulness, bool) or not isinstance(faithfulness, (int, float)) or not 0 < faithfulness <= 1:
         raise ValueError(f"faithfulness must be a number in (0, 1], got {faithfulness!r}")
     mode = check_baseline(mode, reference)
+    max_passes = check_positive_int("max_passes", max_passes)
     if isinstance(ids, str):
         ids = model.tokenize(ids)
     ids = model.check_ids(ids)
@@ -86,24 +89,28 @@ def find_circuit(model: Model, ids, target, foil=None, faithfulness: float = 0.8
     ranked = sorted(graph.components, key=lambda n: -abs(te[n]))
     n = len(ranked)
     grid = sorted({min(n, max(1, int(round(1.25 ** i)))) for i in range(0, 64)} | {n})
-    fs = ev.f([tuple(ranked[:k]) for k in grid])
-    passing = [k for k, f in zip(grid, fs) if f >= faithfulness]
-    best = passing[0] if passing else n
+    fs = dict(zip(grid, ev.f([tuple(ranked[:k]) for k in grid])))
+    best = next((k for k in grid if fs[k] >= faithfulness), n)
+    f_keep = float(fs[best])
     lo = max([k for k in grid if k < best], default=0)
     while best - lo > 1 and ev.passes < max_passes:          # bisection between the grid's neighbours
         mid = (lo + best) // 2
-        if ev.f([tuple(ranked[:mid])])[0] >= faithfulness:
-            best = mid
+        f_mid = float(ev.f([tuple(ranked[:mid])])[0])
+        if f_mid >= faithfulness:
+            best, f_keep = mid, f_mid
         else:
             lo = mid
     keep = list(ranked[:best])
-    for node in reversed(ranked[:best]):                      # drop from the least |TE| up
-        if ev.passes >= max_passes:
-            break
-        trial = [x for x in keep if x != node]
-        if trial and ev.f([tuple(trial)])[0] >= faithfulness:
-            keep = trial
-    f = float(ev.f([tuple(keep)])[0])
+    dropped = True
+    while dropped and ev.passes < max_passes:        # sweeps of drops, from the least |TE| up, until none holds
+        dropped = False
+        for node in sorted(keep, key=lambda x: abs(te[x])):
+            if ev.passes >= max_passes:
+                break
+            trial = [x for x in keep if x != node]
+            f_trial = float(ev.f([tuple(trial)])[0]) if trial else float("-inf")
+            if f_trial >= faithfulness:
+                keep, f_keep, dropped = trial, f_trial, True
     order = {x: i for i, x in enumerate(graph.nodes)}
-    return Circuit(tuple(sorted(keep, key=order.get)), f, float(faithfulness), ev.passes, n, mode,
+    return Circuit(tuple(sorted(keep, key=order.get)), f_keep, float(faithfulness), ev.passes, n, mode,
                    time.perf_counter() - start, graph)

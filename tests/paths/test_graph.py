@@ -4,6 +4,7 @@ References are independent of the graph code: the model's own logits, :func:`jet
 (which enumerates every frozen path), and the flow identities of a linear DAG.
 """
 
+import functools
 import json
 
 import jax
@@ -27,6 +28,12 @@ MODELS = {  # name -> kwargs of tiny_model
 def x64():
     with jax.enable_x64(True):
         yield
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name="gpt2", x64=False):
+    """One model per setting for the whole module, so its compiled graph functions are shared."""
+    return tiny_model(**MODELS[name], dtype=jnp.float64 if x64 else jnp.float32)
 
 
 def _roles(graph):
@@ -76,7 +83,7 @@ def _step(node):
 @pytest.mark.parametrize("heads", [False, True], ids=["components", "heads"])
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_identities_float64(x64, name, heads):
-    model = tiny_model(**MODELS[name], dtype=jnp.float64)
+    model = _model(name, True)
     graph = jj.attribution_graph(model, IDS, target=5, foil=2, heads=heads)
     assert graph.de.dtype == np.float64
     logits = np.asarray(model.logits(IDS), np.float64)[-1]
@@ -86,13 +93,13 @@ def test_identities_float64(x64, name, heads):
 
 @pytest.mark.parametrize("heads", [False, True], ids=["components", "heads"])
 def test_identities_float32(heads):
-    graph = jj.attribution_graph(tiny_model("llama"), IDS, target=5, foil=2, heads=heads, position=3)
+    graph = jj.attribution_graph(_model("llama"), IDS, target=5, foil=2, heads=heads, position=3)
     assert graph.position == 3 and len(graph.tokens) == 4
     _check_identities(graph, 2e-5)
 
 
 def test_parallel_residual_steps_do_not_read_each_other(x64):
-    graph = jj.attribution_graph(tiny_model(**MODELS["gpt2_parallel"], dtype=jnp.float64), IDS, 5, 2)
+    graph = jj.attribution_graph(_model("gpt2_parallel", True), IDS, 5, 2)
     i, j = graph.node("attn0@2"), graph.node("mlp0@2")
     assert graph.edges[j, i] == 0 and graph.edges[i, j] == 0
     assert graph.edges[graph.node("attn1@4"), i] != 0      # the next step reads it (mlp1@2 cannot reach position 4)
@@ -112,7 +119,7 @@ def _sum(att, keep):
 def test_edges_and_effects_equal_enumerated_frozen_paths(x64, name):
     """Summed over positions, an edge m→n is every frozen path with n right after m; a node's TE every path
     through it; its DE every path that ends on it (jj.frozen_path_attribution enumerates them all)."""
-    model = tiny_model(**MODELS[name], dtype=jnp.float64)
+    model = _model(name, True)
     graph = jj.attribution_graph(model, IDS, target=5, foil=2)
     att = jj.frozen_path_attribution(model, IDS, target=5, foil=2, granularity="branch")
     assert att.remainder_ratio < 1e-10
@@ -167,7 +174,7 @@ def test_mean_baseline_te_is_the_frozen_change_of_replacing_one_output(x64):
     """TE against the mean baseline = the change of the frozen number when that one output is replaced by
     its mean over every reference token (the frozen model rerun by hand; the mean from the model's own
     streams)."""
-    model = tiny_model("llama", dtype=jnp.float64)
+    model = _model("llama", True)
     reference = [[7, 8, 9, 10], [11, 12, 13]]
     graph = jj.attribution_graph(model, IDS, 5, 2, baseline="mean", reference=reference)
     zero = jj.attribution_graph(model, IDS, 5, 2)
@@ -188,7 +195,7 @@ def test_mean_baseline_te_is_the_frozen_change_of_replacing_one_output(x64):
 
 
 def test_prune_keeps_the_strongest_and_its_value_is_exact(x64):
-    model = tiny_model("llama", dtype=jnp.float64)
+    model = _model("llama", True)
     graph = jj.attribution_graph(model, IDS, 5, 2)
     assert graph.value == pytest.approx(graph.total, abs=1e-10)
     full = graph.prune(1.0, 1.0)
@@ -206,7 +213,7 @@ def test_prune_keeps_the_strongest_and_its_value_is_exact(x64):
 def test_pruned_value_is_the_sum_of_the_frozen_paths_it_keeps(x64):
     """Dropping every position of some components: the kept graph's frozen value is the sum of the
     enumerated frozen paths that avoid them (independent: jj.frozen_path_attribution)."""
-    model = tiny_model("gpt2", dtype=jnp.float64)
+    model = _model("gpt2", True)
     graph = jj.attribution_graph(model, IDS, 5, 2)
     att = jj.frozen_path_attribution(model, IDS, target=5, foil=2, granularity="branch")
     for dropped in (["attn0"], ["mlp0", "attn1"], ["mlp1"]):
@@ -218,7 +225,7 @@ def test_pruned_value_is_the_sum_of_the_frozen_paths_it_keeps(x64):
 
 
 def test_influence_of_sources_adds_up_to_one(x64):
-    graph = jj.attribution_graph(tiny_model("gpt2", dtype=jnp.float64), IDS, 5, 2, heads=True)
+    graph = jj.attribution_graph(_model("gpt2", True), IDS, 5, 2, heads=True)
     infl = graph.influence()
     roles = _roles(graph)
     assert sum(infl[i] for i, r in enumerate(roles) if r != "component") == pytest.approx(1.0, abs=1e-9)
@@ -226,7 +233,7 @@ def test_influence_of_sources_adds_up_to_one(x64):
 
 
 def test_json_round_trip(tmp_path):
-    graph = jj.attribution_graph(tiny_model("llama"), IDS, 5, 2, heads=True)
+    graph = jj.attribution_graph(_model("llama"), IDS, 5, 2, heads=True)
     path = tmp_path / "g.json"
     graph.to_json(path)
     back = jj.AttributionGraph.load(path)
@@ -243,7 +250,7 @@ def test_json_round_trip(tmp_path):
 
 
 def test_table_and_top():
-    graph = jj.attribution_graph(tiny_model(), IDS, 5, 2)
+    graph = jj.attribution_graph(_model(), IDS, 5, 2)
     top = graph.top(3)
     assert [abs(v) for _, v in top] == sorted((abs(v) for v in graph.te), reverse=True)[:3]
     text = graph.table(3)
@@ -263,4 +270,4 @@ def test_table_and_top():
 ])
 def test_bad_input(call, match):
     with pytest.raises((ValueError, IndexError, KeyError, TypeError), match=match):
-        call(tiny_model())
+        call(_model())
