@@ -397,9 +397,9 @@ def graph_picture(graph, path, *, highlight: Sequence[str] = (), n_edges: int = 
     te = np.abs(graph.te[shown])
     size = 10 + 240 * te / te.max() if te.max() > 0 else np.full(len(shown), 10.0)
     keep = set(highlight)
-    fig = _figure(max(6.0, 0.9 * t + 2), max(5.0, 0.16 * (2 * layers + 2) + 2))
+    fig = _figure(max(7.0, 1.3 * t + 2.5), max(5.0, 0.13 * (2 * layers + 2) + 2))
     ax = fig.subplots()
-    top = 2.0 + 2 * layers
+    top = 1.0 + 2 * layers                         # the row after mlp{L-1}
     # edges among the highlighted nodes (and into the logit), strongest first
     index = graph.index
     pairs = [(abs(graph.edges[index[b], index[a]]), a, b) for a in keep for b in keep
@@ -413,16 +413,22 @@ def graph_picture(graph, path, *, highlight: Sequence[str] = (), n_edges: int = 
         weight = graph.de[index[a]] if b is None else graph.edges[index[b], index[a]]
         ax.plot([xa, xb], [ya, yb], color="tab:blue" if weight > 0 else "tab:red", alpha=0.6,
                 linewidth=0.4 + 3.0 * w / wmax, zorder=1)
-    pts = [xy(nodes[i]) for i in shown]
-    colors = ["tab:blue" if graph.te[i] > 0 else "tab:red" for i in shown]
-    edge = ["black" if graph.nodes[i] in keep else "none" for i in shown]
-    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=size, c=colors, alpha=0.55, edgecolors=edge,
-               linewidths=1.2, zorder=2)
+    pts = np.array([xy(nodes[i]) for i in shown])
+    colors = np.array(["tab:blue" if graph.te[i] > 0 else "tab:red" for i in shown])
+    ringed = np.array([graph.nodes[i] in keep for i in shown], bool)
+    ax.scatter(pts[~ringed, 0], pts[~ringed, 1], s=size[~ringed], c=colors[~ringed], alpha=0.3, linewidths=0,
+               zorder=2)
+    if ringed.any():
+        ax.scatter(pts[ringed, 0], pts[ringed, 1], s=size[ringed] + 30, c=colors[ringed], alpha=0.85,
+                   edgecolors="black", linewidths=1.8, zorder=3)
+        for (x, y), i in zip(pts[ringed], np.asarray(shown)[ringed]):
+            ax.annotate(graph.nodes[i].split("@")[0], (x, y), xytext=(6, 3), textcoords="offset points",
+                        fontsize=7, zorder=4)
     ax.scatter([graph.position], [top], s=120, marker="D", c="gold", edgecolors="black", zorder=3)
     ax.set_xticks(range(t), [_show(tok, 10) for tok in graph.tokens], rotation=45, ha="right", fontsize=8)
     rows = ["emb"] + [f"{k}{l}" for l in range(layers) for k in ("attn", "mlp")] + ["logit"]
-    step = max(1, len(rows) // 24)
-    ax.set_yticks(range(0, len(rows), step), rows[::step], fontsize=7)
+    step = max(1, len(rows) // 64)
+    ax.set_yticks(range(0, len(rows), step), rows[::step], fontsize=6 if len(rows) > 30 else 8)
     ax.set_xlim(-0.6, t - 0.4)
     foil = f" − logit({_show(graph.foil_str or str(graph.foil), 12)})" if graph.foil is not None else ""
     ax.set_title(f"logit({_show(graph.target_str or str(graph.target), 12)}){foil} = {graph.total:+.3f}: "

@@ -22,6 +22,73 @@ from jetjax.models.model import ResidualModule, nest
 WeightMap = dict[str, tuple[tuple, bool]]
 
 
+# ---------------------------------------------------------------------------------------------
+# GGUF: what a family tells the GGUF loader (jetjax.io.gguf), and the metadata helpers its
+# config builders share.
+
+def keep_layout(hf_name: str, w: np.ndarray, cfg: dict) -> np.ndarray:
+    """The :attr:`GgufArch.fix` of an architecture whose tensors llama.cpp stores as Hugging Face does."""
+    return w
+
+
+@dataclasses.dataclass(frozen=True)
+class GgufArch:
+    """How one GGUF ``general.architecture`` maps onto a family (an entry of :attr:`Family.gguf`).
+
+    Attributes:
+      model_type: the Hugging Face ``model_type`` the file is read as (one of the family's ``config_keys``).
+      handled: the ``<arch>.*`` metadata keys ``config`` reads (without the ``<arch>.`` prefix).
+      ignored: ``<arch>.*`` keys known to have no effect on the computation. Any other ``<arch>.*``
+        key makes the loader refuse the file, naming it.
+      config: ``(metadata, tensor names) -> config.json dict`` in the family's Hugging Face vocabulary
+        (checked against its allowlist, then parsed by ``config_from_hf``). Whether the output is tied
+        to the embedding is decided here, from the tensor names (``"output.weight" in names``).
+      global_tensors: GGUF tensor name -> Hugging Face name (without the family's prefix), for the
+        tensors outside the layers.
+      layer_tensors: the same for one layer, with ``{i}`` standing for the layer index.
+      fix: ``(hf_name, array, hf_config) -> array``, undoing llama.cpp's layout changes (row order,
+        transposes, stored offsets) on the dequantized float32 array.
+    """
+
+    model_type: str
+    handled: frozenset[str]
+    ignored: frozenset[str]
+    config: Callable[[dict, set], dict]
+    global_tensors: Mapping[str, str]
+    layer_tensors: Mapping[str, str]
+    fix: Callable[[str, np.ndarray, dict], np.ndarray] = keep_layout
+
+
+def gguf_need(meta: dict, key: str):
+    """``meta[key]``, or a ``ValueError`` saying the GGUF metadata lacks it."""
+    if key not in meta:
+        raise ValueError(f"the GGUF metadata lacks {key!r}, which jetjax needs for "
+                         f"{meta.get('general.architecture')!r}")
+    return meta[key]
+
+
+def gguf_vocab_size(meta: dict, a: str) -> int:
+    """The vocabulary size: ``<a>.vocab_size``, else the length of ``tokenizer.ggml.tokens``."""
+    if f"{a}.vocab_size" in meta:
+        return int(meta[f"{a}.vocab_size"])
+    if "tokenizer.ggml.tokens" in meta:
+        return len(meta["tokenizer.ggml.tokens"])
+    raise ValueError(f"the file states no vocabulary size ({a}.vocab_size or tokenizer.ggml.tokens)")
+
+
+def gguf_rope_scaling(meta: dict, a: str) -> dict:
+    """``<a>.rope.scaling.*`` as ``rope_parameters`` entries (``{}`` for none, linear only)."""
+    kind = meta.get(f"{a}.rope.scaling.type", "none")
+    if kind == "none":
+        return {}
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": float(gguf_need(meta, f"{a}.rope.scaling.factor"))}
+    raise ValueError(f"{a}.rope.scaling.type={kind!r} is not supported (jetjax implements 'none' and 'linear')")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Family:
     """Everything a loader needs to know about one architecture family.
@@ -55,6 +122,13 @@ class Family:
       ignored_tensors: suffixes of tensor names that are buffers, not weights (mask buffers,
         ``.rotary_emb.inv_freq`` that old checkpoints saved): the loader skips them rather than
         refuse the checkpoint for holding tensors nobody maps. May be empty.
+      gguf: ``{GGUF general.architecture: GgufArch}``: the llama.cpp architectures this family
+        reads from GGUF files (:mod:`jetjax.io.gguf`), each with its metadata keys, config builder,
+        tensor names and layout fix; each entry's ``model_type`` is one of ``config_keys``. Empty:
+        no GGUF support. Stored read-only.
+      independent_head_dim: whether ``d_head`` may differ from ``d_model / n_heads`` (Llama,
+        Gemma); when ``False``, :func:`~jetjax.models.random_model` requires
+        ``n_heads * d_head == d_model``.
 
     Example (a second name for GPT-2 is refused: ``"gpt2"`` is registered already):
       >>> import dataclasses
@@ -72,6 +146,8 @@ class Family:
     weight_map: Callable[[ModelConfig], WeightMap]
     strip_prefixes: tuple[str, ...]
     ignored_tensors: tuple[str, ...] = ()
+    gguf: Mapping[str, GgufArch] = dataclasses.field(default_factory=dict)
+    independent_head_dim: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -96,12 +172,25 @@ class Family:
             # a bare str would pass `startswith`/`endswith` one character at a time
             if not isinstance(value, tuple) or not all(isinstance(s, str) and s for s in value):
                 raise TypeError(f"{where}: {field} must be a tuple of non-empty strings, got {value!r}")
+        if not isinstance(self.gguf, Mapping):
+            raise TypeError(f"{where}: gguf must map GGUF architecture names to GgufArch records, got {self.gguf!r}")
+        for arch, entry in self.gguf.items():
+            if not isinstance(arch, str) or not arch:
+                raise ValueError(f"{where}: GGUF architecture names must be non-empty strings, got {arch!r}")
+            if not isinstance(entry, GgufArch):
+                raise TypeError(f"{where}: gguf[{arch!r}] must be a GgufArch, got {type(entry).__name__}")
+        if not isinstance(self.independent_head_dim, bool):
+            raise TypeError(f"{where}: independent_head_dim must be a bool, got {self.independent_head_dim!r}")
         object.__setattr__(self, "config_keys", MappingProxyType(dict(self.config_keys)))
+        object.__setattr__(self, "gguf", MappingProxyType(dict(self.gguf)))
 
 
 _REGISTRY: dict[str, Family] = {}
 # Hugging Face model_type -> its Family; read-only: families enter through `register`.
 FAMILIES: Mapping[str, Family] = MappingProxyType(_REGISTRY)
+_GGUF_REGISTRY: dict[str, Family] = {}
+# GGUF general.architecture -> the Family whose `gguf` map reads it; read-only, filled by `register`.
+GGUF_FAMILIES: Mapping[str, Family] = MappingProxyType(_GGUF_REGISTRY)
 
 
 def register(family: Family) -> Family:
@@ -109,7 +198,7 @@ def register(family: Family) -> Family:
 
     Raises:
       TypeError: ``family`` is not a :class:`Family` (a malformed record fails when it is built).
-      ValueError: one of its model types, or its name, is registered already.
+      ValueError: one of its model types, GGUF architectures or its name is registered already.
     """
     if not isinstance(family, Family):
         raise TypeError(f"register expects a Family record, got {type(family).__name__}")
@@ -120,8 +209,18 @@ def register(family: Family) -> Family:
                          f"(by family {owner!r})")
     if any(f.name == family.name for f in _REGISTRY.values()):
         raise ValueError(f"a family named {family.name!r} is registered already")
+    foreign = sorted(a for a, entry in family.gguf.items() if entry.model_type not in family.config_keys)
+    if foreign:   # e.g. a `dataclasses.replace` of another family that kept its GGUF map
+        raise ValueError(f"family {family.name!r}: gguf{foreign} build(s) model types outside its config_keys "
+                         f"{sorted(family.config_keys)}")
+    taken = sorted(a for a in family.gguf if a in _GGUF_REGISTRY)
+    if taken:
+        raise ValueError(f"family {family.name!r}: GGUF architecture(s) {taken} are registered already "
+                         f"(by family {_GGUF_REGISTRY[taken[0]].name!r})")
     for model_type in family.config_keys:
         _REGISTRY[model_type] = family
+    for arch in family.gguf:
+        _GGUF_REGISTRY[arch] = family
     return family
 
 
@@ -205,5 +304,5 @@ def assign_params(config, family: Family, tensors: dict, expected: dict, path, d
     return nest(flat)
 
 
-__all__ = ["Family", "FAMILIES", "register", "WeightMap", "family_for", "assign_params", "config_for",
-           "check_finite_tensors"]
+__all__ = ["Family", "FAMILIES", "GGUF_FAMILIES", "GgufArch", "register", "WeightMap", "family_for", "assign_params",
+           "config_for", "check_finite_tensors", "gguf_need", "gguf_vocab_size", "gguf_rope_scaling", "keep_layout"]
