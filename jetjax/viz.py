@@ -93,10 +93,9 @@ def lens_table(result: LensResult, path, *, batch: int = 0, positions: slice | N
     Example:
       >>> import os, tempfile
       >>> import jetjax.lenses.lens as lenses, jetjax.viz as viz
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> lens = lenses.logit_lens(random_model(cfg), [1, 2, 3])
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
+      >>> lens = lenses.logit_lens(model, [1, 2, 3])
       >>> out = viz.lens_table(lens, os.path.join(tempfile.mkdtemp(), "lens.png"))
       >>> os.path.getsize(out) > 0
       True
@@ -157,10 +156,8 @@ def metric_curves(results: Sequence[LensResult] | Mapping[str, LensResult], path
     Example:
       >>> import os, tempfile
       >>> import jetjax.lenses.lens as lenses, jetjax.viz as viz
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> model = random_model(cfg)
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
       >>> runs = [lenses.iterative_jet_lens(model, [1, 2, 3], order=k) for k in (0, 1)]
       >>> out = viz.metric_curves(runs, os.path.join(tempfile.mkdtemp(), "curves.png"))
       >>> os.path.getsize(out) > 0
@@ -212,10 +209,9 @@ def joint_weights(result: LensResult, path, *, batch: int = 0, dpi: int = 110) -
     Example:
       >>> import os, tempfile
       >>> import jetjax.lenses.lens as lenses, jetjax.viz as viz
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> lens = lenses.joint_jet_lens(random_model(cfg), [1, 2, 3], fit_steps=10)
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
+      >>> lens = lenses.joint_jet_lens(model, [1, 2, 3], fit_steps=10)
       >>> out = viz.joint_weights(lens, os.path.join(tempfile.mkdtemp(), "weights.png"))
       >>> os.path.getsize(out) > 0
       True
@@ -262,10 +258,9 @@ def study_curves(study, path, *, dpi: int = 110) -> str:
       >>> import os, tempfile
       >>> import jetjax.viz as viz
       >>> from jetjax.studies.findings import lens_study
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> study = lens_study(random_model(cfg), [[1, 2, 3]], orders=(0, 1))
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
+      >>> study = lens_study(model, [[1, 2, 3]], orders=(0, 1))
       >>> os.path.getsize(viz.study_curves(study, os.path.join(tempfile.mkdtemp(), "c.png"))) > 0
       True
     """

@@ -52,10 +52,8 @@ def clear_caches() -> None:
 
     Example:
       >>> import jetjax as jj
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> model = random_model(cfg)
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(n_layers=1, d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
       >>> _ = jj.iterative_jet_lens(model, [1, 2], order=1)
       >>> len(built(model, "lenses")), clear_caches(), len(built(model, "lenses"))
       (1, None, 0)

@@ -16,10 +16,8 @@ records both, and their fidelity, on the machine that ran them).
 
 Example:
   >>> import jax.numpy as jnp
-  >>> from jetjax.models import ModelConfig, random_model
-  >>> cfg = ModelConfig(arch="gpt2", n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-  ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-  >>> model = random_model(cfg)
+  >>> from jetjax.testing import tiny_model
+  >>> model = tiny_model(n_layers=1, d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
   >>> x = jnp.ones((3, 8))
   >>> w, b = unembedding_operands(model, "bfloat16")
   >>> w.dtype, b.dtype, unembed(x, w, b).dtype, unembed(x, w, b).shape

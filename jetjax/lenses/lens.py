@@ -78,10 +78,8 @@ def row_labels(model: Model, granularity: str = "block") -> tuple[str, ...]:
     """Labels of all rows of an iterative lens: ``h0..hL`` (block) or ``emb, attn0, mlp0, ...`` (branch).
 
     Example:
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> model = random_model(cfg)
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
       >>> row_labels(model), row_labels(model, "branch")
       (('h0', 'h1', 'h2'), ('emb', 'attn0', 'mlp0', 'attn1', 'mlp1'))
     """
@@ -136,10 +134,9 @@ def check_rows(model: Model, rows, granularity: str = "block") -> tuple[int, ...
     non-negative ints; ``TypeError`` / ``IndexError`` / ``ValueError`` naming the bad index otherwise.
 
     Example:
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> check_rows(random_model(cfg), [0, -1]), check_rows(random_model(cfg), None, "branch")
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
+      >>> check_rows(model, [0, -1]), check_rows(model, None, "branch")
       ((0, 2), (0, 1, 2, 3, 4))
     """
     return _check_rows(rows, _n_rows(model, granularity), granularity)
@@ -466,10 +463,8 @@ def iterative_jet_lens(model: Model, ids, rows=None, order: int = 1, *,
 
     Example:
       >>> import jetjax.lenses.lens as lenses
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> model = random_model(cfg)
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
       >>> lens = lenses.iterative_jet_lens(model, [1, 2, 3], order=1)
       >>> lens.rows, lens.logits.shape, lens.metrics["cosine"].shape
       (('h0', 'h1', 'h2'), (3, 3, 11), (3, 3))
@@ -497,10 +492,8 @@ def logit_lens(model: Model, ids, rows=None, *, granularity: str = "block", comp
 
     Example:
       >>> import jetjax.lenses.lens as lenses
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> model = random_model(cfg)
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
       >>> lens = lenses.logit_lens(model, [[1, 2, 3], [4, 5, 6]], rows=[0, -1])
       >>> lens.kind, lens.rows, lens.logits.shape
       ('logit', ('h0', 'h2'), (2, 2, 3, 11))
@@ -538,10 +531,8 @@ def joint_jet_lens(model: Model, ids, rows=None, order: int = 1, *, granularity:
 
     Example:
       >>> import jetjax.lenses.lens as lenses
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-      ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> model = random_model(cfg)
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
       >>> lens = lenses.joint_jet_lens(model, [1, 2, 3], order=1, fit_steps=20)
       >>> lens.rows, lens.weights.shape, lens.combined.shape
       (('emb', 'block0', 'block1'), (3, 3), (3, 11))

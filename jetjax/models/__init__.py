@@ -15,7 +15,7 @@ from flax import nnx
 from jetjax.models import gemma3, gpt2, gpt_neo, gpt_neox, llama, olmo
 from jetjax.models.config import ModelConfig
 from jetjax.models.layers import ACTIVATIONS
-from jetjax.models.family import FAMILIES, Family, register
+from jetjax.models.family import FAMILIES, GGUF_FAMILIES, Family, GgufArch, register
 from jetjax.models.model import Model, ResidualModule, nest
 
 for _family in (gpt2.FAMILY, gpt_neox.FAMILY, llama.FAMILY, gpt_neo.FAMILY, olmo.FAMILY, gemma3.FAMILY):
@@ -40,10 +40,11 @@ def random_model(config: ModelConfig, *, seed: int = 0, scale: float = 0.02, dty
         raise ValueError(f"unknown arch {config.arch!r}; known: {sorted(FAMILIES)}")
     if config.activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {config.activation!r}; known: {sorted(ACTIVATIONS)}")
-    if config.arch not in ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text") and config.n_heads * config.d_head != config.d_model:
+    family = FAMILIES[config.arch]
+    if not family.independent_head_dim and config.n_heads * config.d_head != config.d_model:
         raise ValueError(f"{config.arch} needs n_heads × d_head == d_model, got {config.n_heads} × {config.d_head} != "
                          f"{config.d_model}")
-    module = FAMILIES[config.arch].module(config, dtype=dtype)
+    module = family.module(config, dtype=dtype)
     _, state = nnx.split(module)
     initial = {tuple(path): var[...] for path, var in nnx.to_flat_state(state)}
     keys = jax.random.split(jax.random.key(seed), len(initial))
@@ -54,4 +55,5 @@ def random_model(config: ModelConfig, *, seed: int = 0, scale: float = 0.02, dty
     return Model(module, nest(flat), source=f"random({config.arch}, seed={seed})")
 
 
-__all__ = ["Model", "ModelConfig", "ResidualModule", "Family", "FAMILIES", "register", "random_model"]
+__all__ = ["Model", "ModelConfig", "ResidualModule", "Family", "FAMILIES", "GGUF_FAMILIES", "GgufArch", "register",
+           "random_model"]

@@ -1,7 +1,8 @@
 """The contract between an architecture family and the loaders: one frozen :class:`Family` record each.
 
 The loaders (:mod:`jetjax.io.hf` for safetensors, :mod:`jetjax.io.gguf` for GGUF) know no architecture:
-they look the checkpoint's ``model_type`` up in :data:`FAMILIES` and use only the record found there.
+they look the checkpoint's ``model_type`` up in :data:`FAMILIES` (a GGUF file's ``general.architecture``
+in :data:`GGUF_FAMILIES`) and use only the record found there.
 Each family file ends with ``FAMILY = Family(...)``; ``jetjax/models/__init__.py`` passes it to
 :func:`register`, which checks it, so a malformed record fails at import with a message naming it.
 """
@@ -58,6 +59,16 @@ class GgufArch:
     layer_tensors: Mapping[str, str]
     fix: Callable[[str, np.ndarray, dict], np.ndarray] = keep_layout
 
+    def __post_init__(self):
+        for field in ("handled", "ignored"):
+            object.__setattr__(self, field, frozenset(getattr(self, field)))
+        for field in ("global_tensors", "layer_tensors"):
+            object.__setattr__(self, field, MappingProxyType(dict(getattr(self, field))))
+        for field in ("config", "fix"):
+            if not callable(getattr(self, field)):
+                raise TypeError(f"GgufArch for {self.model_type!r}: {field} must be callable, "
+                                f"got {getattr(self, field)!r}")
+
 
 def gguf_need(meta: dict, key: str):
     """``meta[key]``, or a ``ValueError`` saying the GGUF metadata lacks it."""
@@ -87,7 +98,7 @@ def gguf_rope_scaling(meta: dict, a: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-
+# The record and the registry.
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Family:
@@ -211,8 +222,8 @@ def register(family: Family) -> Family:
         raise ValueError(f"a family named {family.name!r} is registered already")
     foreign = sorted(a for a, entry in family.gguf.items() if entry.model_type not in family.config_keys)
     if foreign:   # e.g. a `dataclasses.replace` of another family that kept its GGUF map
-        raise ValueError(f"family {family.name!r}: gguf{foreign} build(s) model types outside its config_keys "
-                         f"{sorted(family.config_keys)}")
+        raise ValueError(f"family {family.name!r}: GGUF architecture(s) {foreign} build model types outside its "
+                         f"config_keys {sorted(family.config_keys)}")
     taken = sorted(a for a in family.gguf if a in _GGUF_REGISTRY)
     if taken:
         raise ValueError(f"family {family.name!r}: GGUF architecture(s) {taken} are registered already "

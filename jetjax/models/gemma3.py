@@ -42,6 +42,7 @@ from flax import nnx
 
 from jetjax.models import llama
 from jetjax.models.config import ModelConfig
+from jetjax.models.family import GgufArch, gguf_need, gguf_rope_scaling, gguf_vocab_size
 from jetjax.models.hf_config import ConfigKeys, activation_from_hf, get_bool, get_float, get_int, rope_from_hf
 from jetjax.models.layers import GatedMLP, freeze, make_norm
 
@@ -186,5 +187,139 @@ def weight_map(c: ModelConfig) -> dict[str, tuple[tuple, bool]]:
     return m
 
 
+# ---------------------------------------------------------------------------------------------
+# GGUF (llama.cpp's format, read by jetjax.io.gguf). llama.cpp's converter stores these like Llama's,
+# except: every RMS norm gain is written as 1 + w (the factor Gemma's norm multiplies by), Q and K rows
+# keep HF's order (llama.cpp runs Gemma with the "rotate half" rope), and the output matrix is the
+# embedding. What the metadata leaves out, llama.cpp's loader (src/llama-model.cpp) hard-codes; the
+# comments below name each such value, and the config follows llama.cpp where transformers' GGUF loader
+# falls back to class defaults instead (it does on query_pre_attn_scalar and the soft-caps).
+
+def _gguf_config(model_type: str, extra, layers_of_27b: int):
+    """``extra``: ``(meta, a, n_layers) -> dict`` of the version's own keys; ``layers_of_27b``: the depth
+    of its 27B model, which llama.cpp scales queries differently for (see :func:`_query_pre_attn_scalar`)."""
+    def build(meta: dict, names: set) -> dict:
+        a = meta["general.architecture"]
+        key = lambda k, default=None: meta.get(f"{a}.{k}", default)  # noqa: E731
+        d, heads = gguf_need(meta, f"{a}.embedding_length"), gguf_need(meta, f"{a}.attention.head_count")
+        n_layers = gguf_need(meta, f"{a}.block_count")
+        head_dim = key("attention.key_length", d // heads)
+        _same(a, "attention.value_length", key("attention.value_length", head_dim), "the key length", head_dim)
+        _same(a, "rope.dimension_count", key("rope.dimension_count", head_dim), "the head size", head_dim)
+        cfg = {
+            "model_type": model_type,
+            "hidden_size": d,
+            "num_hidden_layers": n_layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": key("attention.head_count_kv", heads),
+            "head_dim": head_dim,
+            "intermediate_size": gguf_need(meta, f"{a}.feed_forward_length"),
+            "vocab_size": gguf_vocab_size(meta, a),
+            "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6),
+            "tie_word_embeddings": "output.weight" not in names,
+            "hidden_activation": "gelu_pytorch_tanh",  # llama.cpp's Gemma FFN: ggml_gelu, the tanh form
+            "query_pre_attn_scalar": _query_pre_attn_scalar(d, heads, head_dim, n_layers, layers_of_27b),
+        }
+        return {**cfg, **extra(meta, a, n_layers)}
+
+    return build
+
+
+def _same(a: str, k: str, value, what: str, expected) -> None:
+    if value != expected:
+        raise ValueError(f"{a}.{k}={value} differs from {what} {expected}; jetjax supports {a} "
+                         f"only with them equal, as llama.cpp's converter writes them")
+
+
+def _query_pre_attn_scalar(d: int, heads: int, head_dim: int, n_layers: int, layers_of_27b: int) -> int:
+    # llama.cpp scales queries by head size^-1/2, except for the 27B models (46 Gemma 2 / 62 Gemma 3
+    # layers), which use d_model / n_heads, after gemma_pytorch's configs
+    return d // heads if n_layers == layers_of_27b else head_dim
+
+
+def _pattern(n_layers: int, period: int) -> list[str]:
+    """llama.cpp's ``set_swa_pattern(period)``: each run of ``period`` layers ends with a global one."""
+    return ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(n_layers)]
+
+
+def _softcap(meta: dict, k: str, default):
+    value = meta.get(k, default)
+    if value is not None and not value > 0:
+        raise ValueError(f"{k}={value!r}: a soft-cap must be positive (llama.cpp divides by it)")
+    return None if value is None else float(value)
+
+
+def _gemma2_extra(meta: dict, a: str, n_layers: int) -> dict:
+    base = float(meta.get(f"{a}.rope.freq_base", 10000.0))  # llama.cpp's default; Gemma 2 files omit it
+    return {
+        "sliding_window": int(meta.get(f"{a}.attention.sliding_window", 4096)),  # llama.cpp's Gemma 2 default
+        "layer_types": _pattern(n_layers, 2),  # hard-coded in llama.cpp: local, global, local, ...
+        # llama.cpp always caps Gemma 2; these are its defaults when the file omits the values
+        "attn_logit_softcapping": _softcap(meta, f"{a}.attn_logit_softcapping", 50.0),
+        "final_logit_softcapping": _softcap(meta, f"{a}.final_logit_softcapping", 30.0),
+        "rope_parameters": {"rope_type": "default", "rope_theta": base, **gguf_rope_scaling(meta, a)},
+    }
+
+
+def _gemma3_extra(meta: dict, a: str, n_layers: int) -> dict:
+    window = meta.get(f"{a}.attention.sliding_window", 0)
+    base = float(meta.get(f"{a}.rope.freq_base", 10000.0))  # llama.cpp's default when absent
+    cap = f"{a}.final_logit_softcapping"
+    return {
+        # llama.cpp: no window (or 0) means every layer is global; else 5 local layers per global one
+        "sliding_window": int(window) or None,
+        "layer_types": _pattern(n_layers, 6) if window else ["full_attention"] * n_layers,
+        "attn_logit_softcapping": None,  # Gemma 3 has none (llama.cpp applies none)
+        # llama.cpp: absent or 0 means no cap
+        "final_logit_softcapping": _softcap(meta, cap, None) if meta.get(cap) else None,
+        "rope_parameters": {
+            # rope scaling (linear, Gemma 3 4B+) applies to the global layers only, as in llama.cpp
+            "full_attention": {"rope_type": "default", "rope_theta": base, **gguf_rope_scaling(meta, a)},
+            # llama.cpp hard-codes the local layers' rope: base 10000, no scaling
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+    }
+
+
+def _gguf_fix(hf_name: str, w: np.ndarray, cfg: dict) -> np.ndarray:
+    # llama.cpp stores Gemma's RMS norm gains as 1 + w (q_norm and k_norm too); HF keeps w
+    return w - np.float32(1) if hf_name.endswith("norm.weight") else w
+
+
+_GGUF_KEYS = frozenset({
+    "block_count", "embedding_length", "feed_forward_length", "attention.head_count", "attention.head_count_kv",
+    "attention.key_length", "attention.value_length", "attention.layer_norm_rms_epsilon", "rope.freq_base",
+    "rope.dimension_count", "attention.sliding_window", "final_logit_softcapping", "vocab_size",
+})
+_GEMMA2_GGUF_KEYS = _GGUF_KEYS | {"attn_logit_softcapping", "rope.scaling.type", "rope.scaling.factor"}
+_GEMMA3_GGUF_KEYS = _GGUF_KEYS | {"rope.scaling.type", "rope.scaling.factor"}
+
+_GEMMA2_GGUF_LAYER = {
+    f"blk.{{i}}.{g}.weight": f"model.layers.{{i}}.{h}.weight"
+    for g, h in (("attn_norm", "input_layernorm"), ("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"),
+                 ("attn_v", "self_attn.v_proj"), ("attn_output", "self_attn.o_proj"),
+                 ("post_attention_norm", "post_attention_layernorm"), ("ffn_norm", "pre_feedforward_layernorm"),
+                 ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"), ("ffn_down", "mlp.down_proj"),
+                 ("post_ffw_norm", "post_feedforward_layernorm"))
+}
+_GEMMA3_GGUF_LAYER = {**_GEMMA2_GGUF_LAYER,
+                      "blk.{i}.attn_q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight",
+                      "blk.{i}.attn_k_norm.weight": "model.layers.{i}.self_attn.k_norm.weight"}
+# llama.cpp's Gemma 2 always ties the output to the embedding (it has no 'output' tensor); Gemma 3
+# reads one when present
+_GEMMA2_GGUF_GLOBAL = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"}
+_GEMMA3_GGUF_GLOBAL = {**_GEMMA2_GGUF_GLOBAL, "output.weight": "lm_head.weight"}
+
+_GGUF = {
+    "gemma2": GgufArch("gemma2", _GEMMA2_GGUF_KEYS, llama.GGUF_IGNORED, _gguf_config("gemma2", _gemma2_extra, 46),
+                       _GEMMA2_GGUF_GLOBAL, _GEMMA2_GGUF_LAYER, _gguf_fix),
+    # transformers' model type for the text-only Gemma 3 (a GGUF 'gemma3' file holds no vision tower)
+    "gemma3": GgufArch("gemma3_text", _GEMMA3_GGUF_KEYS, llama.GGUF_IGNORED,
+                       _gguf_config("gemma3_text", _gemma3_extra, 62), _GEMMA3_GGUF_GLOBAL, _GEMMA3_GGUF_LAYER,
+                       _gguf_fix),
+}
+
+
+# Llama's strip prefix and ignored buffers; its independent head size (head_dim is a config key)
 FAMILY = dataclasses.replace(llama.FAMILY, name="gemma3", config_keys=_CONFIG_KEYS, config_from_hf=config_from_hf,
-                             module=Gemma3, weight_map=weight_map)
+                             module=Gemma3, weight_map=weight_map, gguf=_GGUF)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jetjax.models.config import ModelConfig
-from jetjax.models.family import Family
+from jetjax.models.family import Family, GgufArch, gguf_need, gguf_vocab_size
 from jetjax.models.hf_config import ConfigKeys, activation_from_hf, get_bool, get_float, get_int
 from jetjax.models.layers import LayerNorm, Linear, causal_attention, compute_dtype_for, embedding_lookup, freeze
 from jetjax.models.model import ResidualModule
@@ -143,6 +143,81 @@ def weight_map(c: ModelConfig) -> dict[str, tuple[tuple, bool]]:
     return m
 
 
+def toy_config(*, vocab_size: int, n_layers: int = 4, d_model: int = 128, n_heads: int = 4,
+               n_positions: int = 128) -> ModelConfig:
+    """A small GPT-2 :class:`ModelConfig` to train from scratch (MLP width 4·d, tanh GELU, tied embeddings).
+
+    Example:
+      >>> toy_config(vocab_size=300, n_layers=1, d_model=16, n_heads=2, n_positions=8).d_head
+      8
+    """
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+    return ModelConfig(arch="gpt2", n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                       d_head=d_model // n_heads, d_mlp=4 * d_model, vocab_size=vocab_size,
+                       n_positions=n_positions, norm_eps=1e-5, activation="gelu_new")
+
+
+def config_to_hf(config: ModelConfig, **extra) -> dict:
+    """The ``config.json`` dict of ``GPT2LMHeadModel`` for ``config`` (the inverse of :func:`config_from_hf`),
+    dropout off, with ``extra`` keys (token ids) added.
+
+    Example:
+      >>> cfg = config_to_hf(toy_config(vocab_size=300, n_layers=1, d_model=16, n_heads=2), eos_token_id=0)
+      >>> config_from_hf(cfg) == toy_config(vocab_size=300, n_layers=1, d_model=16, n_heads=2)
+      True
+    """
+    if FAMILY.config_keys.get(config.arch) is None:
+        raise ValueError(f"config_to_hf writes GPT-2 configs, got arch {config.arch!r}")
+    return {
+        "model_type": config.arch, "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": config.vocab_size, "n_positions": config.n_positions, "n_embd": config.d_model,
+        "n_layer": config.n_layers, "n_head": config.n_heads, "n_inner": config.d_mlp,
+        "activation_function": config.activation, "layer_norm_epsilon": config.norm_eps,
+        "tie_word_embeddings": config.tie_embeddings, "scale_attn_weights": config.attn_scale,
+        "scale_attn_by_inverse_layer_idx": config.attn_scale_by_layer,
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF (llama.cpp's format, read by jetjax.io.gguf): metadata -> config.json, tensor names, layout.
+
+def _gguf_config(meta: dict, names: set) -> dict:
+    return {
+        "model_type": "gpt2",
+        "n_embd": gguf_need(meta, "gpt2.embedding_length"),
+        "n_layer": gguf_need(meta, "gpt2.block_count"),
+        "n_head": gguf_need(meta, "gpt2.attention.head_count"),
+        "n_inner": gguf_need(meta, "gpt2.feed_forward_length"),
+        "n_positions": gguf_need(meta, "gpt2.context_length"),
+        "layer_norm_epsilon": meta.get("gpt2.attention.layer_norm_epsilon", 1e-5),
+        "vocab_size": gguf_vocab_size(meta, "gpt2"),
+        "tie_word_embeddings": "output.weight" not in names,
+    }
+
+
+def _gguf_fix(hf_name: str, w: np.ndarray, cfg: dict) -> np.ndarray:
+    # HF GPT-2 stores Conv1D weights (in, out); llama.cpp's converter transposed them to (out, in)
+    if w.ndim == 2 and hf_name.startswith("h.") and hf_name.endswith(".weight"):
+        return w.T
+    return w
+
+
+_GGUF_LAYER = {
+    f"blk.{{i}}.{g}.{p}": f"h.{{i}}.{h}.{p}"
+    for g, h in (("attn_norm", "ln_1"), ("attn_qkv", "attn.c_attn"), ("attn_output", "attn.c_proj"),
+                 ("ffn_norm", "ln_2"), ("ffn_up", "mlp.c_fc"), ("ffn_down", "mlp.c_proj"))
+    for p in ("weight", "bias")
+}
+_GGUF_GLOBAL = {"token_embd.weight": "wte.weight", "position_embd.weight": "wpe.weight",
+                "output_norm.weight": "ln_f.weight", "output_norm.bias": "ln_f.bias",
+                "output.weight": "lm_head.weight"}
+_GGUF_KEYS = frozenset({"block_count", "embedding_length", "feed_forward_length", "attention.head_count",
+                        "attention.layer_norm_epsilon", "context_length", "vocab_size"})
+
+
 FAMILY = Family(
     name="gpt2",
     config_keys={"gpt2": ConfigKeys(frozenset(_HANDLED_KEYS), frozenset(_IGNORED_KEYS), _REQUIRED_VALUES)},
@@ -151,4 +226,5 @@ FAMILY = Family(
     weight_map=weight_map,
     strip_prefixes=("transformer.",),
     ignored_tensors=(".attn.bias", ".attn.masked_bias"),  # mask buffers, not weights
+    gguf={"gpt2": GgufArch("gpt2", _GGUF_KEYS, frozenset(), _gguf_config, _GGUF_GLOBAL, _GGUF_LAYER, _gguf_fix)},
 )

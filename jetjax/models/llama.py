@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jetjax.models.config import ModelConfig
-from jetjax.models.family import Family
+from jetjax.models.family import Family, GgufArch, gguf_need, gguf_rope_scaling, gguf_vocab_size, keep_layout
 from jetjax.models.hf_config import (ConfigKeys, activation_from_hf, get_bool, get_float, get_int, rope_from_hf,
                                      windows_for)
 from jetjax.models.layers import (GatedMLP, Linear, RMSNorm, causal_attention, compute_dtype_for, embedding_lookup,
@@ -211,6 +211,100 @@ def weight_map(c: ModelConfig) -> dict[str, tuple[tuple, bool]]:
     return m
 
 
+# ---------------------------------------------------------------------------------------------
+# GGUF (llama.cpp's format, read by jetjax.io.gguf): metadata -> config.json, tensor names, layout.
+
+def _gguf_config(model_type: str):
+    def build(meta: dict, names: set) -> dict:
+        a = meta["general.architecture"]
+        key = lambda k, default=None: meta.get(f"{a}.{k}", default)  # noqa: E731
+        d, heads = gguf_need(meta, f"{a}.embedding_length"), gguf_need(meta, f"{a}.attention.head_count")
+        head_dim = key("attention.key_length", d // heads)
+        if key("attention.value_length", head_dim) != head_dim:
+            raise ValueError(f"{a}.attention.value_length={key('attention.value_length')} differs from the "
+                             f"key length {head_dim}; jetjax supports equal key and value head sizes only")
+        rope_dim = key("rope.dimension_count", head_dim)
+        if rope_dim != head_dim:
+            raise ValueError(f"{a}.rope.dimension_count={rope_dim} rotates part of each head (head size "
+                             f"{head_dim}); partial rotary embeddings are not supported for {a}")
+        cfg = {
+            "model_type": model_type,
+            "hidden_size": d,
+            "num_hidden_layers": gguf_need(meta, f"{a}.block_count"),
+            "num_attention_heads": heads,
+            "num_key_value_heads": key("attention.head_count_kv", heads),
+            "head_dim": head_dim,
+            "intermediate_size": gguf_need(meta, f"{a}.feed_forward_length"),
+            "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6),
+            "vocab_size": gguf_vocab_size(meta, a),
+            "tie_word_embeddings": "output.weight" not in names,
+            "rope_parameters": {"rope_theta": float(key("rope.freq_base", 10000.0)), **gguf_rope_scaling(meta, a)},
+        }
+        if model_type == "llama":
+            cfg["attention_bias"] = "blk.0.attn_q.bias" in names
+        return cfg
+
+    return build
+
+
+def _unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's row order for Q/K of rotary models.
+
+    llama.cpp's rope kernel rotates adjacent pairs ``(2i, 2i+1)``, the Hugging Face layout rotates
+    ``(i, i + d/2)``; its converter reorders each head's rows from ``[first half; second half]`` to
+    ``[r0, r_{d/2}, r1, r_{d/2+1}, ...]``. This puts them back.
+    """
+    rows = w.shape[0]
+    per_head = rows // n_heads
+    return w.reshape(n_heads, per_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_fix(hf_name: str, w: np.ndarray, cfg: dict) -> np.ndarray:
+    if ".self_attn.q_proj." in hf_name:
+        return _unpermute_rows(w, cfg["num_attention_heads"])
+    if ".self_attn.k_proj." in hf_name:
+        return _unpermute_rows(w, cfg["num_key_value_heads"])
+    return w
+
+
+_GGUF_KEYS = frozenset({
+    "block_count", "embedding_length", "feed_forward_length", "attention.head_count", "attention.head_count_kv",
+    "attention.key_length", "attention.value_length", "attention.layer_norm_rms_epsilon", "rope.freq_base",
+    "rope.dimension_count", "rope.scaling.type", "rope.scaling.factor", "vocab_size",
+})
+#: GGUF metadata of this family (and Gemma's) known not to matter: the position limit is not
+#: enforced by HF either; the original context of a rope scaling is only informative for 'linear'.
+GGUF_IGNORED = frozenset({"context_length", "rope.scaling.original_context_length"})
+
+_GGUF_LAYER = {
+    "blk.{i}.attn_norm.weight": "layers.{i}.input_layernorm.weight",
+    "blk.{i}.attn_q.weight": "layers.{i}.self_attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "layers.{i}.self_attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "layers.{i}.self_attn.o_proj.weight",
+    "blk.{i}.attn_q.bias": "layers.{i}.self_attn.q_proj.bias",
+    "blk.{i}.attn_k.bias": "layers.{i}.self_attn.k_proj.bias",
+    "blk.{i}.attn_v.bias": "layers.{i}.self_attn.v_proj.bias",
+    "blk.{i}.attn_output.bias": "layers.{i}.self_attn.o_proj.bias",
+    "blk.{i}.ffn_norm.weight": "layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.ffn_gate.weight": "layers.{i}.mlp.gate_proj.weight",
+    "blk.{i}.ffn_up.weight": "layers.{i}.mlp.up_proj.weight",
+    "blk.{i}.ffn_down.weight": "layers.{i}.mlp.down_proj.weight",
+}
+_GGUF_GLOBAL = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
+                "output.weight": "lm_head.weight"}
+
+_GGUF = {
+    # llama.cpp writes Mistral checkpoints as 'llama' too (no sliding window in the metadata: a
+    # file whose window matters would need 'llama.attention.sliding_window', which is refused)
+    "llama": GgufArch("llama", _GGUF_KEYS, GGUF_IGNORED, _gguf_config("llama"), _GGUF_GLOBAL, _GGUF_LAYER,
+                      _gguf_fix),
+    # llama.cpp runs Qwen2 with the "rotate half" rope of HF: no row reordering
+    "qwen2": GgufArch("qwen2", _GGUF_KEYS, GGUF_IGNORED, _gguf_config("qwen2"), _GGUF_GLOBAL, _GGUF_LAYER,
+                      keep_layout),
+}
+
+
 FAMILY = Family(
     name="llama",
     config_keys=_CONFIG_KEYS,
@@ -219,4 +313,6 @@ FAMILY = Family(
     weight_map=weight_map,
     strip_prefixes=("model.",),
     ignored_tensors=(".rotary_emb.inv_freq",),  # a buffer older checkpoints saved; we recompute it
+    gguf=_GGUF,
+    independent_head_dim=True,  # Gemma's head_dim is its own config key
 )

@@ -57,5 +57,7 @@ def config_from_hf(cfg: dict) -> ModelConfig:
     )
 
 
-# Llama's module, weight map and tensor names; only the config differs
-FAMILY = dataclasses.replace(llama.FAMILY, name="olmo", config_keys=_CONFIG_KEYS, config_from_hf=config_from_hf)
+# Llama's module, weight map and tensor names; only the config differs. No GGUF reader, and
+# d_head = d_model / n_heads (the config has no head_dim)
+FAMILY = dataclasses.replace(llama.FAMILY, name="olmo", config_keys=_CONFIG_KEYS, config_from_hf=config_from_hf,
+                             gguf={}, independent_head_dim=False)

@@ -26,6 +26,7 @@ from jetjax.models.layers import edit_heads
 from jetjax.models.model import Model
 from jetjax.paths.labels import EMB, parse_node
 from jetjax.paths.plan import component_steps
+from jetjax.paths.results import one_sequence
 from jetjax.paths.slots import GraphSlots, check_baseline, reference_ids
 
 __all__ = ["ablate", "faithfulness", "Faithfulness", "Evaluator"]
@@ -212,11 +213,7 @@ def ablate(model: Model, ids, *, nodes=(), edges=(), mode: str = "zero", referen
       >>> bool(jnp.allclose(logits[0], model.logits([3, 1, 4])[0])), bool(jnp.allclose(logits[1], model.logits([3, 1, 4])[1]))
       (True, False)
     """
-    if isinstance(ids, str):
-        ids = model.tokenize(ids)
-    ids = model.check_ids(ids)
-    if ids.ndim != 1:
-        raise ValueError(f"ablate takes one sequence of token ids [T], got shape {tuple(ids.shape)}")
+    ids = one_sequence(model, ids, "ablate")
     mode = check_baseline(mode, reference)
     t = int(ids.shape[0])
     heads = any(parse_node(n).head is not None for n in nodes)

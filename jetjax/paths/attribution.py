@@ -29,7 +29,7 @@ from jetjax.models.model import Model
 from jetjax._internal.parallel import constrain_leading, fetch, mesh_axis, pad_leading, shard_leading
 from jetjax._internal.precision import AFFINE_TOL, affine_read, check_compute_dtype, unembedding_operands
 from jetjax.paths.results import (EXPLAINED_WARNING, PathAttribution, attribution_from_scores, cancellation,
-                                       explained_warning, remainder_ratio, token_id)
+                                  explained_warning, one_sequence, remainder_ratio, token_id)
 from jetjax.paths.frozen import frozen_path_attribution
 from jetjax.paths.search import top_paths
 from jetjax.paths.spec import UNSET, PathSpec, resolve_spec
@@ -247,10 +247,8 @@ def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UN
 
     Example:
       >>> import jetjax as jj
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=3, d_model=16, n_heads=2, d_head=8, d_mlp=32,
-      ...                   vocab_size=19, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> model = random_model(cfg, scale=0.5)
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(n_layers=3)
       >>> res = jj.reduce_paths(model, [3, 1, 4], top_k=2, chunk_size=3)
       >>> len(res), res.top_logits.shape
       (8, (2, 3, 19))
@@ -450,10 +448,8 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
 
     Example:
       >>> import jetjax as jj
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
-      ...                   vocab_size=19, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> model = random_model(cfg, scale=0.5)
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model()
       >>> att = jj.path_attribution(model, [3, 1, 4], target=7, foil=2)      # 2 layers: "auto" is "jet"
       >>> att.method, len(att.labels), sorted(att.components), att.top(1)[0][0] in att.labels
       ('jet', 4, ['block0', 'block1'], True)
@@ -517,12 +513,7 @@ def _jet_attribution(model: Model, ids, target, foil=None, position: int = -1, o
                      spec: PathSpec | None = None) -> PathAttribution:
     spec = resolve_spec(spec, order=order, granularity=granularity, weights=weights, include=include,
                         exclude=exclude, max_length=max_length, attention_free=attention_free).validate(model)
-    if isinstance(ids, str):
-        ids = model.tokenize(ids)
-    ids = model.check_ids(ids)
-    if ids.ndim != 1:
-        raise ValueError(f"path_attribution takes one sequence of token ids [T], got shape {tuple(ids.shape)}; "
-                         "loop over a batch yourself")
+    ids = one_sequence(model, ids, "path_attribution")
     target, target_str = token_id(model, target, "target")
     foil, foil_str = (None, None) if foil is None else token_id(model, foil, "foil")
     if foil == target:

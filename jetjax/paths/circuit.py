@@ -15,6 +15,7 @@ from jetjax._internal.checks import check_position, check_positive_int
 from jetjax.models.model import Model
 from jetjax.paths.ablate import Evaluator
 from jetjax.paths.graph import AttributionGraph, attribution_graph
+from jetjax.paths.results import one_sequence
 from jetjax.paths.slots import check_baseline
 
 __all__ = ["Circuit", "find_circuit"]
@@ -76,11 +77,7 @@ def find_circuit(model: Model, ids, target, foil=None, faithfulness: float = 0.8
         raise ValueError(f"faithfulness must be a number in (0, 1], got {faithfulness!r}")
     mode = check_baseline(mode, reference)
     max_passes = check_positive_int("max_passes", max_passes)
-    if isinstance(ids, str):
-        ids = model.tokenize(ids)
-    ids = model.check_ids(ids)
-    if ids.ndim != 1:
-        raise ValueError(f"find_circuit takes one sequence of token ids [T], got shape {tuple(ids.shape)}")
+    ids = one_sequence(model, ids, "find_circuit")
     position = check_position(position, int(ids.shape[0]))
     graph = attribution_graph(model, ids, target, foil, position=position, heads=heads, baseline=mode,
                               reference=reference, params=params)

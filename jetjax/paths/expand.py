@@ -353,10 +353,8 @@ def path_streams(model: Model, ids, order: int = UNSET, *, granularity: str = UN
 
     Example:
       >>> import jetjax as jj
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
-      ...                   vocab_size=19, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> paths = jj.path_streams(random_model(cfg), [3, 1, 4])
+      >>> from jetjax.testing import tiny_model
+      >>> paths = jj.path_streams(tiny_model(scale=0.02), [3, 1, 4])
       >>> paths.labels, paths.terms.shape
       (('emb>block0>block1', 'emb>block1', 'emb>block0', 'emb'), (4, 3, 16))
     """

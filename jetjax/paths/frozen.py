@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax._internal.compiled import per_model
-from jetjax.paths.results import PathAttribution, attribution_from_scores, token_id
+from jetjax.paths.results import PathAttribution, attribution_from_scores, one_sequence, token_id
 from jetjax._internal.checks import check_nonnegative_int, check_position, count_nonfinite
 from jetjax.paths.labels import BIAS, DEC, EMB, Component, check_granularity, extend_label, format_label
 from jetjax.models.layers import freeze
@@ -154,10 +154,8 @@ def frozen_linear(fn, x_star):
     them for a batch).
 
     Example:
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, vocab_size=11,
-      ...                   n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> model = random_model(cfg, scale=0.5)
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(n_layers=1, d_model=8, d_head=4, d_mlp=16, vocab_size=11)
       >>> x = model.embed(jnp.asarray([1, 2, 3]))
       >>> out, b, lin, lin_t = frozen_linear(lambda v: model.mlp(0, v), x)
       >>> bool(jnp.allclose(lin(x) + b, out, atol=1e-5))   # at the actual input: the model's own output
@@ -249,10 +247,8 @@ def frozen_path_streams(model: Model, ids, *, granularity: str = "block", max_le
 
     Example:
       >>> import jetjax as jj
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
-      ...                   vocab_size=19, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> paths = frozen_path_streams(random_model(cfg, scale=0.5), [3, 1, 4])
+      >>> from jetjax.testing import tiny_model
+      >>> paths = frozen_path_streams(tiny_model(), [3, 1, 4])
       >>> paths.labels
       ('emb>block0>block1', 'bias>block0>block1', 'emb>block1', 'bias>block1', 'emb>block0', 'bias>block0', 'emb')
       >>> float(jnp.max(jnp.abs(paths.remainder))) < 1e-4
@@ -302,20 +298,13 @@ def frozen_path_attribution(model: Model, ids, target, foil=None, position: int 
 
     Example:
       >>> import jetjax as jj
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
-      ...                   vocab_size=19, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> att = frozen_path_attribution(random_model(cfg, scale=0.5), [3, 1, 4], target=7, foil=2)
+      >>> from jetjax.testing import tiny_model
+      >>> att = frozen_path_attribution(tiny_model(), [3, 1, 4], target=7, foil=2)
       >>> len(att.labels), att.labels[-1], att.remainder_ratio < 1e-4
       (32, 'bias>dec', True)
     """
     max_length = _settings(granularity, max_length)
-    if isinstance(ids, str):
-        ids = model.tokenize(ids)
-    ids = model.check_ids(ids)
-    if ids.ndim != 1:
-        raise ValueError(f"frozen_path_attribution takes one sequence of token ids [T], got shape "
-                         f"{tuple(ids.shape)}; loop over a batch yourself")
+    ids = one_sequence(model, ids, "frozen_path_attribution")
     t = int(ids.shape[0])
     position = check_position(position, t)
     target, target_str = token_id(model, target, "target")

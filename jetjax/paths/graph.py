@@ -43,10 +43,10 @@ from jetjax._internal.compiled import per_model
 from jetjax.models.layers import edit_heads, freeze
 from jetjax.models.model import Model
 from jetjax.paths.ablate import faithfulness as _faithfulness
-from jetjax.paths.graph_view import graph_html, neuronpedia_dict
+from jetjax.paths.graph_view import graph_fields_from_neuronpedia, graph_html, is_neuronpedia, neuronpedia_dict
 from jetjax.paths.labels import BIAS, EMB, LOGIT, SEP, parse_node
 from jetjax.paths.plan import component_steps
-from jetjax.paths.results import token_id
+from jetjax.paths.results import one_sequence, token_id
 from jetjax.paths.slots import BASELINES, GraphSlots, check_baseline, reference_ids
 
 __all__ = ["AttributionGraph", "attribution_graph", "BASELINES", "JSON_FORMATS"]
@@ -403,9 +403,10 @@ class AttributionGraph:
         })
 
     def to_json(self, path=None, *, format: str = "jetjax") -> str:
-        """The graph as JSON (written to ``path`` when given; returned either way). ``format="jetjax"``
-        round-trips through :meth:`load`; ``format="neuronpedia"`` is the schema circuit-tracer writes
-        (its local server and Neuronpedia load it; :func:`jetjax.paths.graph_view.neuronpedia_dict`)."""
+        """The graph as JSON (written to ``path`` when given; returned either way). ``format="jetjax"`` is
+        jetjax's own; ``format="neuronpedia"`` is the schema circuit-tracer writes (its local server and
+        Neuronpedia load it; :func:`jetjax.paths.graph_view.neuronpedia_dict`), with jetjax's values in
+        fields the frontend ignores. Both round-trip through :meth:`load`."""
         if format not in JSON_FORMATS:
             raise ValueError(f"format must be one of {JSON_FORMATS}, got {format!r}")
         data = self.to_dict() if format == "jetjax" else neuronpedia_dict(self)
@@ -424,8 +425,14 @@ class AttributionGraph:
 
     @classmethod
     def from_dict(cls, data: dict) -> "AttributionGraph":
+        """The graph of :meth:`to_dict`, or of :func:`~jetjax.paths.graph_view.neuronpedia_dict` (recognised
+        by its top-level keys ``metadata``, ``qParams``, ``nodes``, ``links``; read by
+        :func:`~jetjax.paths.graph_view.graph_fields_from_neuronpedia`)."""
+        if is_neuronpedia(data):
+            return cls(**graph_fields_from_neuronpedia(data))
         if not isinstance(data, dict) or data.get("format") != "jetjax.attribution_graph":
-            raise ValueError("not a jetjax attribution graph (its 'format' must be 'jetjax.attribution_graph')")
+            raise ValueError("not a jetjax attribution graph (its 'format' must be 'jetjax.attribution_graph', "
+                             "or a Neuronpedia graph's keys metadata, qParams, nodes, links)")
         nodes = tuple(n["id"] for n in data["nodes"])
         for n in nodes:
             parse_node(n)
@@ -450,7 +457,7 @@ class AttributionGraph:
 
     @classmethod
     def load(cls, path) -> "AttributionGraph":
-        """A graph written by :meth:`to_json` (``format="jetjax"``)."""
+        """A graph written by :meth:`to_json`, in either format (``"jetjax"`` or ``"neuronpedia"``)."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def to_dataframe(self):
@@ -549,11 +556,7 @@ def attribution_graph(model: Model, ids, target, foil=None, *, position: int = -
       >>> abs(float(graph.de.sum()) + graph.constant - graph.total) < 1e-4   # the number = Σ DE + c
       True
     """
-    if isinstance(ids, str):
-        ids = model.tokenize(ids)
-    ids = model.check_ids(ids)
-    if ids.ndim != 1:
-        raise ValueError(f"attribution_graph takes one sequence of token ids [T], got shape {tuple(ids.shape)}")
+    ids = one_sequence(model, ids, "attribution_graph")
     position = check_position(position, int(ids.shape[0]))
     if not isinstance(heads, bool):
         raise TypeError(f"heads must be True or False, got {heads!r}")

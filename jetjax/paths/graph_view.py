@@ -51,6 +51,14 @@ Mapping:
 * links: every edge ``{source, target, weight}`` (``weight`` = ``edges[j, i]``) and every kept direct
   edge (``weight`` = DE) into the logit node. ``metadata.scan`` defaults to ``"jetjax"``.
 
+*Round trip*: what the schema has no field for rides along in fields the frontend ignores, so that
+``AttributionGraph.load`` rebuilds the same graph (:func:`graph_fields_from_neuronpedia`): each node but
+the logit carries ``"jetjax": {"id", "te", "de", "direct"}`` (our node id, its TE, DE and whether the
+graph keeps its direct edge), and ``metadata["jetjax"]`` holds the graph's ``format``, ``version``,
+``settings`` (target, foil, their strings, position, baseline, heads, reference), ``total``,
+``constant``, ``value`` and ``ids``; the tokens are ``metadata.prompt_tokens``, the edges the links
+(those into the logit node are the direct edges, whose weights are the nodes' DEs).
+
 Example:
   >>> import jetjax as jj
   >>> from jetjax.testing import tiny_model
@@ -60,6 +68,9 @@ Example:
   (True, False)
   >>> sorted(neuronpedia_dict(graph))
   ['links', 'metadata', 'nodes', 'qParams']
+  >>> back = graph_fields_from_neuronpedia(neuronpedia_dict(graph))
+  >>> back["nodes"] == graph.nodes, bool((back["edges"] == graph.edges).all())
+  (True, True)
 """
 
 from __future__ import annotations
@@ -73,9 +84,13 @@ import numpy as np
 from jetjax._internal.checks import json_safe
 from jetjax.paths.labels import EMB, LOGIT, parse_node
 
-__all__ = ["graph_html", "neuronpedia_dict", "NODE_THRESHOLD", "EDGE_THRESHOLD"]
+__all__ = ["graph_html", "neuronpedia_dict", "is_neuronpedia", "graph_fields_from_neuronpedia",
+           "NODE_THRESHOLD", "EDGE_THRESHOLD"]
 
 NODE_THRESHOLD, EDGE_THRESHOLD = 0.8, 0.98     # the sliders' defaults (those of AttributionGraph.prune)
+FORMAT = "jetjax.attribution_graph"             # the jetjax file format (AttributionGraph.to_dict), also
+                                               # marking a Neuronpedia file's metadata["jetjax"]
+NEURONPEDIA_KEYS = ("metadata", "qParams", "nodes", "links")
 
 
 def _check(name, value):
@@ -189,6 +204,8 @@ def neuronpedia_dict(graph, *, slug: str = "jetjax-graph", scan: str = "jetjax")
         else:
             f, kind = _feature(p), "mlp reconstruction error" if p.constant else "cross layer transcoder"
             nodes.append(node(f"{p.layer}_{f}_{q}", f, str(p.layer), q, kind, f"{p.layer}_{f}-{q}", clerp, share[i]))
+        nodes[-1]["jetjax"] = {"id": graph.nodes[i], "te": float(graph.te[i]), "de": float(graph.de[i]),
+                               "direct": bool(graph.direct[i])}
     ids = [n["node_id"] for n in nodes]
     target = graph.target_str if graph.target_str is not None else str(graph.target)
     foil = "" if graph.foil is None else f' − "{graph.foil_str if graph.foil_str is not None else graph.foil}"'
@@ -201,9 +218,98 @@ def neuronpedia_dict(graph, *, slug: str = "jetjax-graph", scan: str = "jetjax")
     links += [{"source": ids[i], "target": logit, "weight": float(graph.de[i])}
               for i in np.flatnonzero(np.asarray(graph.direct, bool) & (graph.de != 0))]
     metadata = {"slug": slug, "scan": scan, "transcoder_list": [], "prompt_tokens": list(graph.tokens),
-                "prompt": "".join(graph.tokens), "node_threshold": None, "schema_version": 1}
+                "prompt": "".join(graph.tokens), "node_threshold": None, "schema_version": 1,
+                "jetjax": _graph_values(graph)}
     qparams = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
     return json_safe({"metadata": metadata, "qParams": qparams, "nodes": nodes, "links": links})
+
+
+
+def _graph_values(graph) -> dict:
+    """The graph-level values the schema has no field for (``metadata["jetjax"]``)."""
+    return {"format": FORMAT, "version": 1,
+            "settings": {"target": graph.target, "foil": graph.foil, "target_str": graph.target_str,
+                         "foil_str": graph.foil_str, "position": graph.position, "baseline": graph.baseline,
+                         "heads": graph.heads, "reference": list(graph.reference) if graph.reference else None},
+            "total": graph.total, "constant": graph.constant, "value": graph.value, "ids": list(graph.ids)}
+
+
+def is_neuronpedia(data) -> bool:
+    """Whether ``data`` (parsed JSON) is in the Neuronpedia / circuit-tracer schema: a dict with the
+    top-level keys ``metadata``, ``qParams``, ``nodes`` and ``links`` (and no jetjax ``format``)."""
+    return isinstance(data, dict) and "format" not in data and all(k in data for k in NEURONPEDIA_KEYS)
+
+
+def _number_or_nan(value) -> float:
+    return float("nan") if value is None else float(value)      # json_safe wrote NaN as null
+
+
+def graph_fields_from_neuronpedia(data: dict) -> dict:
+    """The constructor arguments of the ``AttributionGraph`` that :func:`neuronpedia_dict` wrote as
+    ``data`` (``AttributionGraph.load`` / ``from_dict`` call this on such a file): nodes, TE, DE and
+    direct flags from each node's ``"jetjax"`` field, edges from the links (those into the logit node,
+    the direct edges, are skipped: their weights are the DEs), the rest from ``metadata["jetjax"]``
+    and ``metadata.prompt_tokens``. A ``ValueError`` for a file without jetjax's fields (one written by
+    circuit-tracer itself) or an inconsistent one (a link naming a node that is not in the file, a
+    node listed twice, a field missing).
+
+    Example:
+      >>> import jetjax as jj
+      >>> from jetjax.testing import tiny_model
+      >>> graph = jj.attribution_graph(tiny_model(), [3, 1, 4, 1], target=5, foil=2)
+      >>> fields = graph_fields_from_neuronpedia(neuronpedia_dict(graph))
+      >>> fields["nodes"] == graph.nodes, fields["total"] == graph.total, fields["tokens"] == graph.tokens
+      (True, True, True)
+    """
+    if not is_neuronpedia(data):
+        raise ValueError(f"not a Neuronpedia / circuit-tracer graph (its top-level keys must be {NEURONPEDIA_KEYS})")
+    meta = data["metadata"]
+    extra = meta.get("jetjax") if isinstance(meta, dict) else None
+    if not isinstance(extra, dict) or extra.get("format") != FORMAT:
+        raise ValueError("this Neuronpedia / circuit-tracer graph has no jetjax fields (metadata['jetjax']): only a "
+                         "file written by graph.to_json(path, format='neuronpedia') can be loaded as an "
+                         "AttributionGraph")
+    try:
+        own, index, logits = [], {}, set()
+        for n in data["nodes"]:
+            node_id = n["node_id"]
+            if node_id in index or node_id in logits:
+                raise ValueError(f"a Neuronpedia graph file lists the node {node_id!r} twice")
+            if n.get("feature_type") == "logit":
+                logits.add(node_id)
+                continue
+            if not isinstance(n.get("jetjax"), dict):
+                raise ValueError(f"the node {node_id!r} has no 'jetjax' field (not written by jetjax)")
+            index[node_id] = len(own)
+            own.append(n["jetjax"])
+        if len(logits) != 1:
+            raise ValueError(f"a jetjax graph has one logit node, the file has {len(logits)}")
+        nodes = tuple(n["id"] for n in own)
+        for n in nodes:
+            parse_node(n)
+        if len(set(nodes)) != len(nodes):
+            raise ValueError("a Neuronpedia graph file gives two nodes the same jetjax id")
+        edges = np.zeros((len(nodes), len(nodes)))
+        for link in data["links"]:
+            source, target = link["source"], link["target"]
+            for end in (source, target):
+                if end not in index and end not in logits:
+                    raise ValueError(f"a link names {end!r}, which is not a node of the file")
+            if source in logits:
+                raise ValueError(f"a link leaves the logit node {source!r}")
+            if target not in logits:                    # into the logit: a direct edge, its weight the DE
+                edges[index[target], index[source]] = float(link["weight"])
+        s = extra["settings"]
+        return dict(nodes=nodes, de=np.array([_number_or_nan(n["de"]) for n in own], np.float64),
+                    te=np.array([_number_or_nan(n["te"]) for n in own], np.float64), edges=edges,
+                    direct=np.array([bool(n["direct"]) for n in own], bool), total=_number_or_nan(extra["total"]),
+                    constant=_number_or_nan(extra["constant"]), value=_number_or_nan(extra["value"]),
+                    ids=tuple(int(i) for i in extra["ids"]), tokens=tuple(meta["prompt_tokens"]),
+                    target=s["target"], foil=s["foil"], position=s["position"], baseline=s["baseline"],
+                    heads=s["heads"], target_str=s["target_str"], foil_str=s["foil_str"],
+                    reference=tuple(s["reference"]) if s["reference"] else None)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"a malformed jetjax Neuronpedia graph file ({type(err).__name__}: {err})") from None
 
 
 # -- the page ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from jetjax.paths.labels import EMB, SEP
 from jetjax.models.model import Model
 
 __all__ = ["EXPLAINED_WARNING", "remainder_ratio", "cancellation", "explained_warning", "PathAttribution",
-           "attribution_from_scores", "token_id"]
+           "attribution_from_scores", "token_id", "one_sequence"]
 
 EXPLAINED_WARNING = 0.5   # warn when |remainder| > this × |model total|
 
@@ -235,6 +235,25 @@ def attribution_from_scores(labels, scores, total: float, **fields) -> PathAttri
             direct[parts[1]] = float(sc)
     return PathAttribution(labels, scores, total, remainder, abs(remainder) / mass if mass else 0.0, components,
                            direct, **fields)
+
+
+def one_sequence(model: Model, ids, what: str):
+    """``ids`` (token ids, or a text to tokenize) as one checked sequence ``[T]``; errors name ``what``.
+
+    Example:
+      >>> from jetjax.testing import tiny_model
+      >>> one_sequence(tiny_model(), [[1, 2]], "top_paths")
+      Traceback (most recent call last):
+      ...
+      ValueError: top_paths takes one sequence of token ids [T], got shape (1, 2); loop over a batch yourself
+    """
+    if isinstance(ids, str):
+        ids = model.tokenize(ids)
+    ids = model.check_ids(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"{what} takes one sequence of token ids [T], got shape {tuple(ids.shape)}; loop over a "
+                         "batch yourself")
+    return ids
 
 
 def token_id(model: Model, token, what: str) -> tuple[int, str | None]:

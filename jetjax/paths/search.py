@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax._internal.compiled import per_model
-from jetjax.paths.results import token_id
+from jetjax.paths.results import one_sequence, token_id
 from jetjax._internal.checks import check_position, check_positive_int, count_nonfinite, json_safe
 from jetjax.paths.frozen import count_frozen_paths, frozen_linear
 from jetjax.paths.plan import component_steps
@@ -360,10 +360,8 @@ def top_paths(model: Model, ids, k: int = 20, *, target=None, foil=None, score: 
 
     Example:
       >>> import jetjax as jj
-      >>> from jetjax.models import ModelConfig, random_model
-      >>> cfg = ModelConfig(arch="gpt2", n_layers=4, d_model=16, n_heads=2, d_head=8, d_mlp=32,
-      ...                   vocab_size=19, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-      >>> model = random_model(cfg, scale=0.5)
+      >>> from jetjax.testing import tiny_model
+      >>> model = tiny_model(n_layers=4)
       >>> res = top_paths(model, [3, 1, 4], 5, target=7, foil=2, by="positive", beam=192)
       >>> len(res), res.n_paths, abs(res.residual) < 1e-3
       (5, 512, True)
@@ -388,11 +386,7 @@ def top_paths(model: Model, ids, k: int = 20, *, target=None, foil=None, score: 
     if score is None:
         score = "logit_diff" if foil is not None else "logit"
     name, direction, target_id, foil_id = _direction(model, score, target, foil)
-    if isinstance(ids, str):
-        ids = model.tokenize(ids)
-    ids = model.check_ids(ids)
-    if ids.ndim != 1:
-        raise ValueError(f"top_paths takes one sequence of token ids [T], got shape {tuple(ids.shape)}")
+    ids = one_sequence(model, ids, "top_paths")
     t = int(ids.shape[0])
     position = check_position(position, t)
     c = model.config

@@ -16,10 +16,9 @@ Shakespeare LoRA adapter, :mod:`jetjax.io.adapters`), both computed, never typed
 
 Example (two random tiny models sharing a vocabulary; the figures mean nothing, the shapes do):
   >>> from tokenizers import Tokenizer, models, pre_tokenizers
-  >>> from jetjax.models import ModelConfig, random_model
-  >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16, vocab_size=5,
-  ...                   n_positions=8, norm_eps=1e-5, activation="gelu_new")
-  >>> a, b = random_model(cfg, seed=0), random_model(cfg, seed=1)
+  >>> from jetjax.testing import tiny_model
+  >>> sizes = dict(d_model=8, d_head=4, d_mlp=16, vocab_size=5, scale=0.02)
+  >>> a, b = tiny_model(seed=0, **sizes), tiny_model(seed=1, **sizes)
   >>> tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate("a b c d e".split())}, unk_token="a"))
   >>> tok.pre_tokenizer = pre_tokenizers.Whitespace()
   >>> a.tokenizer = b.tokenizer = tok

@@ -15,10 +15,9 @@ Paths are evaluated at order 0 with unit weight (the plain composition their lab
 paper's ``s(x) = Σ_{e∈ξ} e(x) / |ξ|``.
 
 Example (a random model: the numbers mean nothing, the shapes do):
-  >>> from jetjax.models import ModelConfig, random_model
-  >>> cfg = ModelConfig(arch="gpt2", n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16,
-  ...                   vocab_size=11, n_positions=8, norm_eps=1e-5, activation="gelu_new")
-  >>> study = lens_study(random_model(cfg), [[1, 2, 3], [4, 5]], orders=(0, 1))
+  >>> from jetjax.testing import tiny_model
+  >>> model = tiny_model(d_model=8, d_head=4, d_mlp=16, vocab_size=11, scale=0.02)
+  >>> study = lens_study(model, [[1, 2, 3], [4, 5]], orders=(0, 1))
   >>> study.rows, study.metrics["cosine"].shape, study.n_positions
   (('h0', 'h1', 'h2'), (2, 3), 5)
 """

@@ -16,13 +16,12 @@ file and fingerprint, data, settings, losses, wall time, machine) as safetensors
 
 Example (three steps of a rank-2 adapter on a tiny random Llama):
   >>> import numpy as np
-  >>> from jetjax.models import ModelConfig, random_model
+  >>> from jetjax.testing import tiny_model
   >>> from jetjax.io.adapters import init_lora
   >>> from jetjax.training.lora import train_lora
   >>> from jetjax.training.toy import TrainSettings
-  >>> base = random_model(ModelConfig(arch="llama", n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=24,
-  ...                                 vocab_size=31, n_positions=32, n_kv_heads=1, norm_eps=1e-5,
-  ...                                 activation="silu"))
+  >>> base = tiny_model("llama", n_heads=2, d_head=8, n_kv_heads=1, vocab_size=31, n_positions=32, norm_eps=1e-5,
+  ...                   rope_dim=0, norm="layernorm", tie_embeddings=True, scale=0.02)
   >>> tokens = np.arange(300) % 31
   >>> adapter, losses = train_lora(base, tokens, init_lora(base, rank=2),
   ...                              TrainSettings(steps=3, batch_size=2, seq_len=8, warmup=1), log=None)

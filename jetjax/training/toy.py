@@ -175,12 +175,10 @@ def encode_documents(tokenizer, texts: Sequence[str]) -> np.ndarray:
 
 def gpt2_config(*, vocab_size: int, n_layers: int = 4, d_model: int = 128, n_heads: int = 4,
                 n_positions: int = 128) -> ModelConfig:
-    """A GPT-2 :class:`ModelConfig` (MLP width 4·d, tanh GELU, tied embeddings)."""
-    if d_model % n_heads:
-        raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
-    return ModelConfig(arch="gpt2", n_layers=n_layers, d_model=d_model, n_heads=n_heads,
-                       d_head=d_model // n_heads, d_mlp=4 * d_model, vocab_size=vocab_size,
-                       n_positions=n_positions, norm_eps=1e-5, activation="gelu_new")
+    """A GPT-2 :class:`ModelConfig` (MLP width 4·d, tanh GELU, tied embeddings):
+    :func:`jetjax.models.gpt2.toy_config`."""
+    return gpt2.toy_config(vocab_size=vocab_size, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                           n_positions=n_positions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,17 +349,9 @@ def sample(model: Model, prompt: str, n_new: int, *, temperature: float = 0.8, s
 # Saving
 
 def hf_config(config: ModelConfig, eos_id: int) -> dict:
-    """``config.json`` for ``GPT2LMHeadModel`` (and for :func:`jetjax.from_pretrained`)."""
-    return {
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": config.vocab_size, "n_positions": config.n_positions, "n_embd": config.d_model,
-        "n_layer": config.n_layers, "n_head": config.n_heads, "n_inner": config.d_mlp,
-        "activation_function": config.activation, "layer_norm_epsilon": config.norm_eps,
-        "tie_word_embeddings": config.tie_embeddings, "scale_attn_weights": config.attn_scale,
-        "scale_attn_by_inverse_layer_idx": config.attn_scale_by_layer,
-        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-        "bos_token_id": eos_id, "eos_token_id": eos_id,
-    }
+    """``config.json`` for ``GPT2LMHeadModel`` (and for :func:`jetjax.from_pretrained`), with ``eos_id``
+    as both BOS and EOS: :func:`jetjax.models.gpt2.config_to_hf`."""
+    return gpt2.config_to_hf(config, bos_token_id=eos_id, eos_token_id=eos_id)
 
 
 def hf_tensors(model: Model) -> dict[str, np.ndarray]:
