@@ -62,17 +62,9 @@ def rng():
     return np.random.default_rng(0)
 
 
-# Test tiers (pytest markers), by file: `make test-fast` runs the unit tier only; `make test` (CI) all.
-TIERS = {
-    # against transformers/torch on tiny random checkpoints (and nested jvp through HF-shaped models)
-    "parity": {"test_expand.py", "test_families.py", "test_gguf.py", "test_gguf_tokenizer.py", "test_gpt2.py",
-               "test_hf_errors.py", "test_lenses.py", "test_paths.py", "test_shipped_model.py", "test_frozen.py",
-               "test_gguf_gemma.py", "test_gemma.py", "test_adapters.py",
-               "test_ablate.py"},
-    # the product on real models: SmolLM2 (its wheel) and the CLI end to end
-    "product": {"test_real_model.py", "test_cli.py", "test_multiprocess.py", "test_gemma3_real.py", "test_lora_real.py"},
-    "notebooks": {"test_notebooks.py"},
-}
+# Test tiers (pytest markers): a file that is not unit-tier says so with `pytestmark = pytest.mark.parity`
+# (or product, notebooks); every other test is unit-tier. `make test-fast` runs the unit tier; `make test` (CI) all.
+TIERS = ("parity", "product", "notebooks")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -83,6 +75,5 @@ def pytest_collection_modifyitems(config, items):
         if "verify_claims" in item.keywords and not full:
             item.add_marker(pytest.mark.skip(reason="a README figure recomputed in full: make verify-claims"))
     for item in items:
-        name = item.path.name
-        tier = next((t for t, files in TIERS.items() if name in files), "unit")
-        item.add_marker(getattr(pytest.mark, tier))
+        if not any(tier in item.keywords for tier in TIERS):
+            item.add_marker(pytest.mark.unit)

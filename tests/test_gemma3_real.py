@@ -5,7 +5,7 @@ contexts); these tests recompute the claims on a part of that work, with margins
 the logit lens fails in the middle streams while the order-1 jet lens does not, and no MLP's bigram
 path reproduces the model's own one-token predictions. Without the wheels (CI does not install them:
 ~250 MB under the Gemma terms of use) they are skipped with the install command as the reason.
-(Parity with transformers on the same file: tests/test_gguf_gemma.py.)
+(Parity with transformers on the same file: tests/io/test_gguf_gemma.py.)
 """
 
 import jax
@@ -16,8 +16,9 @@ import pytest
 from jetjax.io import assets
 from jetjax.studies import findings
 
-pytestmark = pytest.mark.skipif(assets.gemma3_270m_path() is None,
-                                reason=f"Gemma-3-270M wheels not installed ({assets.GEMMA3_INSTALL})")
+pytestmark = [pytest.mark.product,   # tier: the product on real models and the CLI end to end
+              pytest.mark.skipif(assets.gemma3_270m_path() is None,
+                                reason=f"Gemma-3-270M wheels not installed ({assets.GEMMA3_INSTALL})")]
 
 
 @pytest.fixture(scope="module")

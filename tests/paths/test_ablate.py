@@ -18,6 +18,8 @@ from jetjax.testing import tiny_model
 from tests.conftest import GPT2_CONFIGS, make_gpt2_checkpoint
 from tests.family_checkpoints import make_family_checkpoint
 
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
+
 IDS = [3, 1, 4, 1, 5, 9, 2, 6, 5]          # T = 9; below every vocabulary here
 T = len(IDS)
 REFERENCE = [[1, 2, 3, 4, 5], [7, 3, 2], [0, 6, 6, 8, 9, 10, 2, 11], [12]]   # ragged on purpose

@@ -12,7 +12,7 @@ from jax import lax
 
 import jetjax as jj
 from jetjax.jet import taylor
-from tests.test_jet import nested_jvp_terms
+from tests.jet.test_jet import nested_jvp_terms
 
 needs_internals = pytest.mark.skipif(not taylor.AVAILABLE, reason=f"jax internals: {taylor.INTERNALS_ERROR}")
 

@@ -18,6 +18,8 @@ from jetjax.io.gguf import read_gguf_metadata
 from tests.gguf_checkpoints import write_metadata_gguf
 from jetjax.io.gguf_tokenizer import PRE_TOKENIZERS, tokenizer_from_gguf
 
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
+
 VALIDATION = Path(jetjax.__file__).parent / "assets" / "shakespeare" / "validation.txt"
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

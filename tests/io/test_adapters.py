@@ -15,6 +15,8 @@ from jetjax.training.toy import TrainSettings
 from tests.conftest import make_gpt2_checkpoint
 from tests.family_checkpoints import SEQ, make_family_checkpoint
 
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
+
 peft = pytest.importorskip("peft")
 
 

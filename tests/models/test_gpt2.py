@@ -8,7 +8,9 @@ import torch
 
 import jetjax as jj
 from tests.conftest import GPT2_CONFIGS, make_gpt2_checkpoint
-from tests.test_jet import nested_jvp_terms
+from tests.jet.test_jet import nested_jvp_terms
+
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
 
 CONFIG_NAMES = list(GPT2_CONFIGS)
 

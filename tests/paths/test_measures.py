@@ -81,7 +81,7 @@ def test_path_scores_measures_against_expand_all():
 
 def test_cli_paths_and_attribute_report_the_measures(capsys, tmp_path):
     from jetjax.paths.attribution import remainder_ratio as ratio_of
-    from tests.test_cli import run, run_json
+    from tests.cli.test_cli import run, run_json
 
     doc, _ = run_json(capsys, tmp_path, "paths", "--text", "To be, or not to be", "--top", "3", "--max-length", "2")
     assert doc["remainder_ratio"] > 0.5 and doc["cancellation"] >= 1.0   # short paths: an incomplete account
@@ -94,7 +94,7 @@ def test_cli_paths_and_attribute_report_the_measures(capsys, tmp_path):
 
 
 def test_cli_attribute_frozen_adds_up(capsys, tmp_path):
-    from tests.test_cli import run, run_json
+    from tests.cli.test_cli import run, run_json
 
     doc, _ = run_json(capsys, tmp_path, "attribute", "--text", "To be, or not to be, that is the", "--target",
                       " question", "--granularity", "branch", "--frozen")

@@ -28,6 +28,8 @@ from jetjax.io import assets
 from jetjax.io import gguf as jgguf
 from tests.gguf_checkpoints import GGUF_CONFIGS, SEQ, make_hf_model, write_gguf
 
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
+
 CASES = [("gemma2_capped", "F32"), ("gemma2_capped", "Q8_0"), ("gemma3_local", "F32"),
          ("gemma3_scaled", "F32"), ("gemma3_scaled", "Q4_0")]
 # config keys llama.cpp reads (or hard-codes) and transformers' GGUF loader does not

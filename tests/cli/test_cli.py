@@ -10,6 +10,8 @@ from jetjax.cli import app as cli
 from jetjax.cli import common
 from jetjax.training.toy import shipped_model_path
 
+pytestmark = pytest.mark.product   # tier: the product on real models and the CLI end to end
+
 TEXT = "To be, or not to be, that is the"
 
 

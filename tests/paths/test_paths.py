@@ -7,7 +7,9 @@ import pytest
 
 import jetjax as jj
 from jetjax._internal.parallel import path_mesh
-from tests.test_expand import _hf_logits, _path_by_hand, gpt2  # noqa: F401  (gpt2: the shared fixture)
+from tests.paths.test_expand import _hf_logits, _path_by_hand, gpt2  # noqa: F401  (gpt2: the shared fixture)
+
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
 
 
 def _by_hand(model, ids, labels):

@@ -332,7 +332,7 @@ def test_good_counts_parse_unchanged():
     (["attribute", "--text", "To be", "--target", " be", "--position", "-9"], "--position -9 is out of range"),
 ])
 def test_row_and_position_errors_name_their_option(capsys, argv, message):
-    from tests.test_cli import run
+    from tests.cli.test_cli import run
 
     code, _, err = run(capsys, *argv)
     lines = err.strip().splitlines()

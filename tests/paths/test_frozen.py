@@ -16,6 +16,8 @@ from jetjax.models import ModelConfig, random_model
 from jetjax.models.layers import ACTIVATIONS, Tape, freeze
 from jetjax.models.rope import apply_rotary, rotary_tables
 
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
+
 CONFIGS = {
     "gpt2": dict(arch="gpt2", n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, vocab_size=19,
                  n_positions=8, norm_eps=1e-5, activation="gelu_new"),

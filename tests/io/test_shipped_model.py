@@ -14,6 +14,8 @@ import jetjax as jj
 from jetjax.training import toy as train
 from jetjax.training.toy import TrainSettings, shipped_model_path
 
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
+
 MODEL_DIR = shipped_model_path()
 
 

@@ -16,7 +16,9 @@ import jetjax as jj
 from jetjax.io import gguf as jgguf
 from tests.gguf_checkpoints import (GGUF_CONFIGS, SEQ, byte_level_tokenizer_metadata, finish, make_hf_model,
                                     write_gguf)
-from tests.test_families import _forward_pieces, _hf_run
+from tests.models.test_families import _forward_pieces, _hf_run
+
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
 
 CASES = [("llama_gqa", "F32"), ("llama_gqa", "Q8_0"), ("llama_gqa", "Q4_0"), ("llama_gqa", "Q5_1"),
          ("llama_k_quants", "Q4_K"), ("llama_k_quants", "Q6_K"), ("llama_k_quants", "BF16"),

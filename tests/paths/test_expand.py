@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import jetjax as jj
-from tests.test_jet import nested_jvp_terms
+from tests.jet.test_jet import nested_jvp_terms
+
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
 
 
 # ---- toy residual nets ---------------------------------------------------------------------

@@ -4,7 +4,7 @@ With ``final_logit_softcapping`` the unembedding is ``c · tanh((x W) / c)``, no
 must be taken through the cap, the frozen decoder freezes the cap's ratio, and what needs the matrix
 ``W`` (n-gram sweeps, bfloat16 operands) refuses the model by name. References here are written
 independently: ``jax.jvp`` of the model's own ``decode``, its logits, and its decode of token embeddings.
-(HF parity of both families: tests/test_families.py; GGUF: tests/test_gguf_gemma.py.)
+(HF parity of both families: tests/models/test_families.py; GGUF: tests/io/test_gguf_gemma.py.)
 """
 
 import jax
@@ -16,6 +16,8 @@ import jetjax as jj
 from jetjax.paths.expand import final_norm_jets
 from jetjax.models import random_model
 from jetjax.models.gemma3 import config_from_hf
+
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
 
 IDS = np.array([3, 1, 4, 1, 5, 9, 2], np.int32)
 

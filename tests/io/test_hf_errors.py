@@ -14,6 +14,8 @@ import pytest
 import jetjax as jj
 from tests.conftest import GPT2_CONFIGS
 
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
+
 
 @pytest.fixture
 def ckpt(gpt2_checkpoints, tmp_path):

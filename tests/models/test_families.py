@@ -21,7 +21,9 @@ import jetjax as jj
 from jetjax.models import FAMILIES
 from jetjax.models.model import Model
 from tests.family_checkpoints import FAMILY_CONFIGS, SEQ, make_family_checkpoint
-from tests.test_jet import nested_jvp_terms
+from tests.jet.test_jet import nested_jvp_terms
+
+pytestmark = pytest.mark.parity   # tier: against transformers / nested jvp on tiny random checkpoints
 
 NAMES = list(FAMILY_CONFIGS)
 # partial rotary + parallel residual; GQA + llama3 rope; clipped qkv + non-parametric norm; post-norms,
