@@ -50,7 +50,8 @@ def test_neuronpedia_schema_nodes_and_links(graphs, name):
     assert set(data["qParams"]) == {"pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos"}
     nodes = data["nodes"]
     assert len(nodes) == len(graph.nodes) + 1
-    assert all(set(n) == NODE_FIELDS for n in nodes)
+    # circuit-tracer's node fields, plus jetjax's own (for the round trip) on every node but the logit
+    assert all(set(n) == NODE_FIELDS | {"jetjax"} for n in nodes[:-1]) and set(nodes[-1]) == NODE_FIELDS
     assert len({n["node_id"] for n in nodes}) == len(nodes) and len({n["jsNodeId"] for n in nodes}) == len(nodes)
     for n, node in zip(nodes, graph.nodes):
         p = parse_node(node)
@@ -92,6 +93,65 @@ def test_jetjax_json_round_trip(graphs, name, tmp_path):
         np.testing.assert_array_equal(getattr(back, field), getattr(graph, field))
     assert (back.total, back.constant, back.value, back.target, back.foil, back.position, back.heads) == \
         (graph.total, graph.constant, graph.value, graph.target, graph.foil, graph.position, graph.heads)
+
+
+def _assert_same_graph(back, graph):
+    assert type(back) is AttributionGraph
+    for field in ("de", "te", "edges", "direct"):
+        got, want = getattr(back, field), getattr(graph, field)
+        assert got.dtype == want.dtype and got.shape == want.shape, field
+        np.testing.assert_array_equal(got, want, err_msg=field)
+    for field in dataclasses.fields(AttributionGraph):
+        if field.name not in ("de", "te", "edges", "direct", "_source"):
+            assert getattr(back, field.name) == getattr(graph, field.name), field.name
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_heads"])
+def test_neuronpedia_json_round_trip(graphs, name, tmp_path):
+    _, graph = graphs[name]
+    assert graph.heads == (name == "llama_heads")
+    if name == "gpt2":     # the graph has constants (bias>…) and a decoder constant to carry
+        assert graph.constant != 0 and any(n.startswith("bias>") for n in graph.nodes)
+    text = graph.to_json(tmp_path / "np.json", format="neuronpedia")
+    back = AttributionGraph.load(tmp_path / "np.json")
+    _assert_same_graph(back, graph)
+    assert back.to_json(format="neuronpedia") == text                  # and it writes the same file again
+    _assert_same_graph(AttributionGraph.from_dict(json.loads(text)), graph)
+
+
+def test_neuronpedia_json_round_trip_pruned(graphs, tmp_path):
+    """A pruned graph: some direct edges dropped (``direct`` false), its own frozen ``value``."""
+    model, graph = graphs["llama_heads"]
+    small = graph.prune(0.5, 0.9, model=model)
+    assert not small.direct.all() and small.value != graph.value
+    small.to_json(tmp_path / "np.json", format="neuronpedia")
+    _assert_same_graph(AttributionGraph.load(tmp_path / "np.json"), small)
+
+
+def test_neuronpedia_json_corrupted(graphs, tmp_path):
+    _, graph = graphs["gpt2"]
+    data = neuronpedia_dict(graph)
+    bad = json.loads(json.dumps(data))
+    bad["links"][3]["source"] = "7_99_0"
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="'7_99_0'.*not a node"):
+        AttributionGraph.load(tmp_path / "bad.json")
+    bad = json.loads(json.dumps(data))
+    bad["links"][-1]["target"] = "L_ghost"                                  # a direct edge into no logit
+    with pytest.raises(ValueError, match="'L_ghost'.*not a node"):
+        AttributionGraph.from_dict(bad)
+    foreign = json.loads(json.dumps(data))                   # circuit-tracer's own file: no jetjax fields
+    del foreign["metadata"]["jetjax"]
+    with pytest.raises(ValueError, match="no jetjax fields"):
+        AttributionGraph.from_dict(foreign)
+    twice = json.loads(json.dumps(data))
+    twice["nodes"][1]["node_id"] = twice["nodes"][0]["node_id"]
+    with pytest.raises(ValueError, match="twice"):
+        AttributionGraph.from_dict(twice)
+    missing = json.loads(json.dumps(data))
+    del missing["nodes"][2]["jetjax"]["te"]
+    with pytest.raises(ValueError, match="malformed.*'te'"):
+        AttributionGraph.from_dict(missing)
 
 
 # -- the page, statically ---------------------------------------------------------------------------
