@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("jet_order", "paths", "lenses", "ngrams", "families", "real_model")
+BENCHMARKS = ("jet_order", "paths", "lenses", "ngrams", "families", "real_model", "graph")
 DTYPES = ("float32", "bfloat16")
 # Small sizes for a smoke run of every script (seconds each on a laptop CPU).
 QUICK_ARGS = {
@@ -38,6 +38,7 @@ QUICK_ARGS = {
     "ngrams": ["--vocab", "1000", "--paths", "emb>dec"],
     "families": ["--repeats", "1", "--batch", "1", "--seq", "16"],
     "real_model": ["--quick"],
+    "graph": ["--quick"],
 }
 
 

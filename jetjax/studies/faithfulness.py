@@ -503,7 +503,7 @@ def choose(records: Sequence[dict], prompts: Sequence[Prompt], settings: Sequenc
 
 # ---- the run ------------------------------------------------------------------------------------
 
-def _write(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:   # via a temporary file and a rename: never half a file
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -573,8 +573,8 @@ def run_study(model, prompts: Sequence[Prompt], settings: dict[str, Setting] | S
             from jetjax.bench.real_model import peak_rss_mb
             result["peak_rss_mb"] = peak_rss_mb()
             Path(out_dir).mkdir(parents=True, exist_ok=True)
-            _write(json_path, json.dumps(json_safe(result), indent=1))
-            _write(Path(out_dir) / f"{stem}.md", markdown(result))
+            write_atomic(json_path, json.dumps(json_safe(result), indent=1))
+            write_atomic(Path(out_dir) / f"{stem}.md", markdown(result))
 
     order = sorted(range(len(prompts)), key=lambda i: (len(all_ids[i]), i))
     seen_shapes: set = set()
