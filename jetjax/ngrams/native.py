@@ -1,19 +1,13 @@
 """The sweep's tiles as compiled XLA:CPU kernels (``kernels/tile_reduce.cc``), built on first use.
 
 A sweep step spends, per vocabulary tile, one GEMM and then the tile's reductions: the online
-logsumexp and the running top-k. In XLA those are separate passes and calls (a max, an exp-sum,
-the group maxima, ``lax.top_k`` over them, a gather, ``lax.top_k`` again to merge). On a 2-core
-Xeon with AMX, a bfloat16 step of 13 ``[1024, 768] @ [768, 4096]`` tiles took 137-143 ms, of which
-its GEMMs alone 59-65. :func:`tile_reduce` does a tile's reductions in one pass over each row
-(vectorized max and exp-sum, then a scan that looks closer only at the 16-column runs holding a
-value above the row's current k-th), splitting the rows over the cores: the same step took 80-85 ms.
-
-In float32 the GEMM itself was the next limit: XLA:CPU's float32 dot ran at 84-85% of torch's on
-that machine. :func:`gemm_reduce` forms the float32 logits too, with its own register-blocked GEMM
-(packed operands, a 12 x 32 block of logits in AVX-512 registers, 6 x 16 with AVX2), and folds
-each few hundred columns into the row states while they are still in the L1 cache: one call per
-step for all tiles. A GPT-2-sized float32 step (1024 rows, d = 768, 13 tiles of 3872) took 258-262
-ms against 318-320 with XLA's GEMM and :func:`tile_reduce` (d = 1280: 424-435 against 542-545).
+logsumexp and the running top-k. :func:`tile_reduce` does a tile's reductions in one pass over each
+row (vectorized max and exp-sum, then a scan that looks closer only at the 16-column runs holding a
+value above the row's current k-th), splitting the rows over the cores. :func:`gemm_reduce` forms
+the float32 logits too, with its own register-blocked GEMM (packed operands, a 12 x 32 block of
+logits in AVX-512 registers, 6 x 16 with AVX2), and folds each few hundred columns into the row
+states while they are still in the L1 cache: one call per step for all tiles. What each of them
+gained, measured, is in ``docs/performance.md``.
 
 The kernels hold the rule of the pure-JAX step exactly: the running top k keeps "larger value
 first, then lower token id", so on the same logits the ids and top logits are the same; the
@@ -23,11 +17,9 @@ equal columns of ``W`` give equal logits, so exact ties stay ties). A sweep reco
 (``tile_reduce`` in its manifest settings: ``"fused"`` or ``"kernel"``; absent for XLA alone), so a
 resumed sweep never mixes them.
 
-In bfloat16, XLA's dot (AMX where there is one) ran at about half of torch's bfloat16 GEMM on that
-machine, and the tile's float32 logits (16 MB per ``[1024, 4096]`` tile) went to memory and back
-for the reduction. Where the CPU has AMX (and the OS grants its tile state), :func:`gemm_reduce_bf16`
-forms the logits with AMX's bfloat16 dot products, 32 x 32 at a time, float32 accumulation, and folds
-them like :func:`gemm_reduce`.
+Where the CPU has AMX (and the OS grants its tile state), :func:`gemm_reduce_bf16` forms bfloat16
+logits with AMX's bfloat16 dot products, 32 x 32 at a time, float32 accumulation, and folds them
+like :func:`gemm_reduce`.
 
 They are used when the sweep runs on CPU devices, a C++ compiler is found (``$CXX``, else ``c++``,
 ``g++``, ``clang++``) and the build succeeds: :func:`gemm_reduce` for float32 weights and compute,

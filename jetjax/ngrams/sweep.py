@@ -5,9 +5,7 @@ vocabulary in tiles of ``vocab_tile`` columns: the tile's logits ``r @ W_t + b_t
 GEMM), an online logsumexp (running max and rescaled sum of exponentials) and a running top ``k``
 (the previous top ``k`` merged with the tile). Only the top ``k`` and the row's logsumexp come back:
 neither the ``R × V`` score matrix nor a block's ``B × V`` logits ever exist, and each tile's logits
-stay in cache while they are reduced. On XLA:CPU this lifted a full GPT-2-sized sweep from 52-54%
-to 71-78% of the plain GEMM rate (one step alone: 85-90%); row reductions over a ``[B, V]`` array
-that has left the cache cost as much as a third of the GEMM. The running top-k merges only a
+stay in cache while they are reduced (``docs/performance.md``: what that gained). The running top-k merges only a
 tile's candidates: the columns of the ``k`` column groups with the largest maxima, an exact
 superset (:func:`_tile_candidates`), so the one ``top_k`` over a whole tile, the costliest of the
 per-tile reductions, runs on ``tile / 16`` group maxima instead. Ties between equal logits go to the
