@@ -64,7 +64,7 @@ def _attribution_case(jj, model, mesh):
 
 def _reduce_case(jj, model, mesh):
     res = jj.reduce_paths(model, IDS, granularity="branch", top_k=3, chunk_size=CHUNK, mesh=mesh, progress=False)
-    return ({"scores": res.scores, "norms": res.norms, "top": np.asarray(res.top),
+    return ({"scores": res.scores, "norms": res.norms, "top": np.asarray(res.top_indices),
              "top_logits": res.top_logits, "remainder": res.remainder},
             {"labels": list(res.labels)})
 

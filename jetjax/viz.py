@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from jetjax.lenses.lens import METRICS, LensResult, token_texts
+from jetjax.lenses.result import METRICS, LensResult
 
 
 def _save(fig, path, **kwargs) -> None:
@@ -104,16 +104,16 @@ def lens_table(result: LensResult, path, *, batch: int = 0, positions: slice | N
 
     b = _batch_slice(result, batch)
     cols = slice(None) if positions is None else positions
-    ids, probs = result.top_k(1)
+    ids, probs = result.top(1)
     rows = [(label, _pick(ids[r, ..., 0], result, b, 0)[cols], _pick(probs[r, ..., 0], result, b, 0)[cols])
             for r, label in enumerate(result.rows)]
-    model_ids, model_probs = (_pick(a[..., 0], result, b, 0)[cols] for a in result.top_k(1, which="model"))
+    model_ids, model_probs = (_pick(a[..., 0], result, b, 0)[cols] for a in result.top(1, which="model"))
     extra = [("model", model_ids, model_probs)]
     if result.combined is not None:
-        c_ids, c_probs = (_pick(a[..., 0], result, b, 0)[cols] for a in result.top_k(1, which="combined"))
+        c_ids, c_probs = (_pick(a[..., 0], result, b, 0)[cols] for a in result.top(1, which="combined"))
         extra.insert(0, ("combined", c_ids, c_probs))
     table = rows + extra
-    inputs = [_show(t) for t in token_texts(result.model, _pick(result.ids, result, b, 0)[cols])]
+    inputs = [_show(t) for t in result.token_strings(_pick(result.ids, result, b, 0)[cols])]
     n_rows, n_cols = len(table), len(inputs)
 
     fig = _figure(1.6 + 0.78 * n_cols, 1.5 + 0.34 * n_rows)
@@ -122,7 +122,7 @@ def lens_table(result: LensResult, path, *, batch: int = 0, positions: slice | N
     cmap = colormaps["YlGnBu"]
     image = ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
     for i, (_, tok_ids, tok_probs) in enumerate(table):
-        texts = token_texts(result.model, tok_ids)
+        texts = result.token_strings(tok_ids)
         for j in range(n_cols):
             agrees = tok_ids[j] == model_ids[j]
             ax.text(j, i, _show(texts[j]), ha="center", va="center", fontsize=8,
@@ -220,7 +220,7 @@ def joint_weights(result: LensResult, path, *, batch: int = 0, dpi: int = 110) -
         raise ValueError(f"joint_weights draws a joint jet lens's weights; this result is a {result.kind} lens")
     b = _batch_slice(result, batch)
     weights = _pick(np.asarray(result.weights), result, b, 1)
-    inputs = [_show(t) for t in token_texts(result.model, _pick(result.ids, result, b, 0))]
+    inputs = [_show(t) for t in result.token_strings(_pick(result.ids, result, b, 0))]
     n_rows, n_cols = weights.shape
     fitted = result.fit_losses is not None
 

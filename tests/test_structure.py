@@ -203,3 +203,45 @@ def test_no_module_is_too_long():
     assert not over, "modules too long (split them by topic):\n" + "\n".join(over)
     stale = sorted(rel for rel in LONG_MODULE_ALLOWLIST if lengths.get(rel, 0) <= MAX_MODULE_LINES)
     assert not stale, f"these modules are short enough now; remove them from LONG_MODULE_ALLOWLIST: {stale}"
+
+
+# -- one results protocol ------------------------------------------------------------------------
+
+def _result_types():
+    from jetjax.lenses.result import LensResult
+    from jetjax.ngrams.analysis import KeywordMass, TableDiff
+    from jetjax.ngrams.table import NGramTable
+    from jetjax.paths.attribution import PathScores
+    from jetjax.paths.expand import Expansion
+    from jetjax.paths.frozen import FrozenPaths
+    from jetjax.paths.results import PathAttribution, TopPaths
+    from jetjax.studies.diffing import BigramDiff, DataCheck
+
+    return (LensResult, PathAttribution, TopPaths, PathScores, FrozenPaths, Expansion, NGramTable, TableDiff,
+            KeywordMass, DataCheck, BigramDiff)
+
+
+RESULT_TYPES = _result_types()
+
+# Types without a ``top``, and why (each documents it in its docstring too).
+NO_TOP = {
+    "KeywordMass": "a handful of figures (masses and counts): nothing to rank",
+}
+
+
+@pytest.mark.parametrize("cls", RESULT_TYPES, ids=lambda c: c.__name__)
+def test_result_types_follow_one_protocol(cls):
+    import dataclasses
+    import inspect
+
+    assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, \
+        f"{cls.__name__} is not a frozen dataclass"
+    for f in dataclasses.fields(cls):
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", repr(f.type))
+        assert not re.search(r"\bModel\b", annotation), f"{cls.__name__}.{f.name} is annotated {annotation}: a Model"
+    names = ("to_json", "load", "from_json", "table", "to_dataframe") + (() if cls.__name__ in NO_TOP else ("top",))
+    missing = [name for name in names if not callable(getattr(cls, name, None))]
+    assert not missing, f"{cls.__name__} lacks {missing}"
+    total = inspect.getattr_static(cls, "total", None)   # a field (no class attribute), a property, or absent
+    assert total is None or isinstance(total, property), \
+        f"{cls.__name__}.total is a {type(total).__name__}; it must be a value (a field or a property)"

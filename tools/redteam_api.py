@@ -382,11 +382,11 @@ CASES: list[Case] = [
          "weights"),
     case("joint/weights-ragged", lambda c: jj.joint_jet_lens(c.g, [2, 3], weights=[[1, 2], [3]]),
          (TypeError, ValueError), "weights"),
-    case("lensresult/top_k-0", lambda c: c.lens.top_k(0), ValueError, "0"),
-    case("lensresult/top_k-negative", lambda c: c.lens.top_k(-1), ValueError, "-1"),
-    case("lensresult/top_k-above-vocab", lambda c: c.lens.top_k(100), ValueError, "100"),
-    case("lensresult/top_k-float", lambda c: c.lens.top_k(2.0), ValueError, "2.0"),
-    case("lensresult/which-combined-on-logit-lens", lambda c: c.lens.top_k(2, which="combined"), ValueError,
+    case("lensresult/top-0", lambda c: c.lens.top(0), ValueError, "0"),
+    case("lensresult/top-negative", lambda c: c.lens.top(-1), ValueError, "-1"),
+    case("lensresult/top-above-vocab", lambda c: c.lens.top(100), ValueError, "100"),
+    case("lensresult/top-float", lambda c: c.lens.top(2.0), ValueError, "2.0"),
+    case("lensresult/which-combined-on-logit-lens", lambda c: c.lens.top(2, which="combined"), ValueError,
          "combined"),
     case("lensresult/to_json-top_k-0", lambda c: c.lens.to_json(top_k=0), ValueError, "0"),
     case("lensresult/to_json-path-is-dir", lambda c: c.lens.to_json(c.tmp()), (IsADirectoryError, ValueError),
@@ -521,7 +521,7 @@ CASES: list[Case] = [
     case("attribution/top-negative", lambda c: c.att.top(-2), ValueError, "-2"),
     case("attribution/bottom-float", lambda c: c.att.bottom(2.5), ValueError, "2.5"),
     case("attribution/table-negative", lambda c: c.att.table(-1), ValueError, "-1"),
-    case("scores/ranked-negative", lambda c: c.scores.ranked(-1), ValueError, "-1"),
+    case("scores/top-negative", lambda c: c.scores.top(-1), ValueError, "-1"),
 
     # -- n-grams: sweeps --------------------------------------------------------------------------
     case("bigrams/paths-None", lambda c: ngrams.jet_bigrams(c.g, None, progress=False), ValueError, "None"),
@@ -635,7 +635,7 @@ CASES: list[Case] = [
          "(2,)"),
     case("table/load-missing", lambda c: ngrams.NGramTable.load(c.tmp() / "nope"), FileNotFoundError, "nope"),
     case("table/load-a-file", lambda c: ngrams.NGramTable.load(_write(c.tmp() / "t.json", "{}")),
-         (FileNotFoundError, NotADirectoryError), "t.json"),
+         (FileNotFoundError, NotADirectoryError, ValueError), "t.json"),
     case("table/load-invalid-json", lambda c: ngrams.NGramTable.load(_write(c.saved_table() / "table.json", "{")
                                                                      .parent), ValueError, "table.json"),
     case("table/load-json-list", lambda c: ngrams.NGramTable.load(_write(c.saved_table() / "table.json", "[1]")

@@ -24,7 +24,7 @@ traceback).
 
 JSON written by ``--json`` (top-level fields):
 
-* ``lens``: ``tokens``, ``lenses`` (``{"order k": LensResult.to_json()}``: rows, metrics, top tokens);
+* ``lens``: ``tokens``, ``lenses`` (``{"order k": LensResult.to_json(arrays=False)}``: rows, metrics, top tokens);
 * ``bigrams``: ``paths``, ``order``, ``top_k``, ``top`` (``[{context, next, prob}]``);
 * ``paths``: ``n_paths``, ``order``, ``granularity``, ``position``, ``top`` (``[{label, norm,
   top_token, top_token_str}]``), ``remainder_norm``;

@@ -86,5 +86,5 @@ def run(args) -> None:
         written = [viz.lens_table(res, out / f"lens_{name.replace(' ', '')}.png") for name, res in results.items()]
         written.append(viz.metric_curves(results, out / "lens_metrics.png"))
         say(args, *(f"wrote {p}" for p in written))
-    emit(args, {"tokens": tokens, "lenses": {name: json.loads(res.to_json(top_k=args.top_k))
+    emit(args, {"tokens": tokens, "lenses": {name: json.loads(res.to_json(top_k=args.top_k, arrays=False))
                                              for name, res in results.items()}})

@@ -28,10 +28,10 @@ def run(args) -> None:
     res = jj.reduce_paths(model, ids, order=args.order, granularity=args.granularity, position=args.position,
                           top_k=args.top, max_length=args.max_length, attention_free=args.attention_free)
     pos = res.position
-    say(args, f"{len(res)} paths (order {args.order}, {args.granularity}); the {len(res.top)} with the largest "
+    say(args, f"{len(res)} paths (order {args.order}, {args.granularity}); the {len(res.top_indices)} with the largest "
               f"logit norm at position {pos} and their top token:")
     ranked = []
-    for rank, i in enumerate(res.top):
+    for rank, i in enumerate(res.top_indices):
         tok = int(res.top_logits[rank].argmax())
         ranked.append({"label": res.labels[i], "norm": float(res.norms[i]), "top_token": tok,
                        "top_token_str": model.detokenize([tok]) if model.tokenizer else None})

@@ -27,7 +27,8 @@ Lenses (``Dec = unembed ∘ final_norm``; ``J^k`` the order-``k`` jet, see :func
   block's (or branch's) own contribution ``h_{l+1} − h_l``; ``Σ_i w_i J^k Dec(c_i)(h_L)`` with convex
   weights, uniform or fitted per token (Adam on the remainder under the ``UᵀU`` metric).
 
-All of them return a :class:`LensResult` (logits plus faithfulness metrics, top-k tokens, JSON).
+All of them return a :class:`LensResult` (:mod:`jetjax.lenses.result`: logits plus faithfulness metrics,
+top tokens, JSON that loads back; it holds the model's vocabulary, never the model).
 Rows are batched with ``vmap`` inside one jitted function per (model, lens kind, order,
 granularity) that takes the parameters as an argument, so repeated calls with the same shapes do
 not recompile. ``ids`` may be one prompt ``[T]`` or a batch ``[B, T]``.
@@ -35,9 +36,7 @@ not recompile. ``ids`` may be one prompt ``[T]`` or a batch ``[B, T]``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import warnings
 import weakref
 from typing import Any, Callable, Sequence
@@ -48,15 +47,14 @@ import numpy as np
 import optax
 
 from jetjax._internal.compiled import TRACE_COUNTS, module_jit, per_model
-from jetjax._internal.checks import check_nonnegative_int, check_order, count_nonfinite, json_safe
+from jetjax._internal.checks import check_nonnegative_int, check_order
+from jetjax.lenses.result import METRICS, LensResult
 from jetjax.paths.expand import expand_decoder
 from jetjax.paths.labels import EMB, check_granularity, model_components
 from jetjax.models.model import Model
 from jetjax._internal.precision import check_compute_dtype, unembedding_operands
 
 __all__ = ["LensResult", "logit_lens", "iterative_jet_lens", "joint_jet_lens", "METRICS", "row_labels", "token_texts"]
-
-METRICS = ("cosine", "kl", "top1", "rank", "remainder_norm", "entropy")
 
 # How many times each lens core was traced (i.e. compiled), by (kind, order, granularity).
 # Read by the tests to show that repeated calls reuse the compiled function.
@@ -243,29 +241,6 @@ def _combine(weights, terms):
     return jnp.einsum("n...,n...v->...v", weights, terms)
 
 
-# ---------------------------------------------------------------------------------------------
-# Metrics
-
-@module_jit
-@jax.jit
-def _faithfulness(lens, target) -> dict[str, jax.Array]:
-    """Per-position metrics of ``lens`` logits against ``target`` logits (broadcast, last axis V)."""
-    log_p = jax.nn.log_softmax(target, axis=-1)
-    log_q = jax.nn.log_softmax(lens, axis=-1)
-    p, q = jnp.exp(log_p), jnp.exp(log_q)
-    cosine = jnp.sum(lens * target, -1) / (jnp.linalg.norm(lens, axis=-1) * jnp.linalg.norm(target, axis=-1))
-    top = jnp.argmax(target, axis=-1)
-    top_logit = jnp.take_along_axis(lens, jnp.broadcast_to(top, lens.shape[:-1])[..., None], axis=-1)
-    return {
-        "cosine": cosine,
-        "kl": jnp.sum(p * (log_p - log_q), axis=-1),
-        "top1": (jnp.argmax(lens, axis=-1) == top).astype(lens.dtype),
-        "rank": jnp.sum(lens > top_logit, axis=-1),
-        "remainder_norm": jnp.linalg.norm(target - lens, axis=-1),
-        "entropy": -jnp.sum(q * log_q, axis=-1),
-    }
-
-
 def token_texts(model: Model | None, ids) -> list[str]:
     """One string per id; ``#id`` where the model has no tokenizer (random models)."""
     flat = np.asarray(ids).reshape(-1)
@@ -274,159 +249,12 @@ def token_texts(model: Model | None, ids) -> list[str]:
     return [f"#{int(i)}" for i in flat]
 
 
-def _nested(flat: list, shape: tuple[int, ...]):
-    """A flat list as nested lists of the given shape (for JSON)."""
-    if not shape:
-        return flat[0]
-    step = len(flat) // shape[0]
-    return [_nested(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
-
-
-@dataclasses.dataclass(eq=False)
-class LensResult:
-    """What a lens saw: per-row logits, the model's own logits, and faithfulness metrics.
-
-    Attributes:
-      kind: ``"logit"``, ``"iterative"`` or ``"joint"``.
-      order: the jet order ``k``.
-      granularity: ``"block"`` or ``"branch"``.
-      rows: one label per row (``h3``, ``attn1``, or for the joint lens the centre's components).
-      row_indices: the row indices used (see the module docstring); ``layers`` is its old name.
-      ids: the input token ids, ``int32 [..., T]``.
-      logits: ``[n_rows, ..., T, V]``. Iterative/logit lens: ``J^k Dec(h_l)(h_L)`` per row. Joint
-        lens: the *unweighted* jet ``J^k Dec(c_i)(h_L)`` of each centre.
-      model_logits: ``[..., T, V]``, ``Dec(h_L)``.
-      combined: joint lens only: ``Σ_i weights[i] · logits[i]`` (``[..., T, V]``).
-      weights: joint lens only: ``[n_rows, ..., T]``, on the simplex at every token.
-      fit_losses: joint lens only: the fitting loss (mean over tokens of the squared logit-space
-        remainder norm) before each Adam step and after the last, ``[fit_steps + 1]``.
-      model: the model (for token strings); not serialised.
-    """
-
-    kind: str
-    order: int
-    granularity: str
-    rows: tuple[str, ...]
-    row_indices: tuple[int, ...]
-    ids: np.ndarray
-    logits: jax.Array
-    model_logits: jax.Array
-    combined: jax.Array | None = None
-    weights: jax.Array | None = None
-    fit_losses: np.ndarray | None = None
-    model: Model | None = dataclasses.field(default=None, repr=False)
-    compute_dtype: str = "float32"
-
-    @property
-    def layers(self) -> tuple[int, ...]:
-        """Deprecated name of :attr:`row_indices` (the indices pick rows, not layers)."""
-        warnings.warn("LensResult.layers is deprecated: use row_indices", DeprecationWarning, stacklevel=2)
-        return self.row_indices
-
-    @property
-    def remainder(self) -> jax.Array:
-        """Joint lens: ``model_logits − combined``; otherwise per row ``model_logits − logits[r]``."""
-        if self.combined is not None:
-            return self.model_logits - self.combined
-        return self.model_logits - self.logits
-
-    @functools.cached_property
-    def metrics(self) -> dict[str, np.ndarray]:
-        """Per row and position (``[n_rows, ..., T]``), each row's logits against the model's:
-
-        * ``cosine``: cosine similarity of the logit vectors;
-        * ``kl``: ``KL(model ‖ lens)`` of the softmax distributions, in nats;
-        * ``top1``: 1 where the row's top token is the model's top token, else 0;
-        * ``rank``: how many tokens the row scores strictly above the model's top token (0 = top);
-        * ``remainder_norm``: ``‖model_logits − row logits‖₂``;
-        * ``entropy``: entropy of the row's softmax distribution, in nats.
-
-        A row whose logits hold NaN or ±inf (non-finite weights, or a high-order jet that
-        overflowed) gets NaN metrics and a ``RuntimeWarning`` naming it; see :attr:`nonfinite_rows`.
-        """
-        metrics = {k: np.asarray(v) for k, v in _faithfulness(self.logits, self.model_logits).items()}
-        bad = self._nonfinite_rows(metrics)
-        model_bad = count_nonfinite(self.model_logits) > 0
-        if bad or model_bad:
-            where = [f"row(s) {', '.join(bad)}"] if bad else []
-            where += ["the model's own logits"] if model_bad else []
-            warnings.warn(f"{self.kind} lens (order {self.order}): non-finite logits in {' and '.join(where)}; "
-                          "metrics and top tokens computed from them mean nothing (check the weights, or "
-                          "lower the order)", RuntimeWarning, stacklevel=2)
-        return metrics
-
-    def _nonfinite_rows(self, metrics) -> tuple[str, ...]:
-        # The entropy of a row's own softmax is NaN as soon as one of its logits is NaN or ±inf.
-        per_row = [np.isfinite(metrics["entropy"][r]).all() for r in range(len(self.rows))]
-        return tuple(label for label, ok in zip(self.rows, per_row) if not ok)
-
-    @property
-    def nonfinite_rows(self) -> tuple[str, ...]:
-        """Labels of the rows whose logits hold NaN or ±inf at some position (empty when all are finite)."""
-        return self._nonfinite_rows(self.metrics)
-
-    @functools.cached_property
-    def combined_metrics(self) -> dict[str, np.ndarray] | None:
-        """Joint lens: the same metrics for the combined logits (``[..., T]``); else ``None``."""
-        if self.combined is None:
-            return None
-        return {k: np.asarray(v) for k, v in _faithfulness(self.combined, self.model_logits).items()}
-
-    def top_k(self, k: int = 5, *, which: str = "rows") -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` token ids and probabilities per cell: ``([..., k] int, [..., k] float)``.
-
-        ``which``: ``"rows"`` (``[n_rows, ..., T, k]``), ``"model"`` or ``"combined"`` (``[..., T, k]``).
-        """
-        logits = {"rows": self.logits, "model": self.model_logits, "combined": self.combined}.get(which)
-        if which not in ("rows", "model", "combined") or logits is None:
-            raise ValueError(f"which must be 'rows', 'model' or (joint lens) 'combined', got {which!r}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= logits.shape[-1]:
-            raise ValueError(f"k must be an int in 1..{logits.shape[-1]} (the vocabulary size), got {k!r}")
-        probs, ids = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), int(k))
-        return np.asarray(ids), np.asarray(probs)
-
-    def top_tokens(self, k: int = 5, *, which: str = "rows") -> list:
-        """Top-``k`` token strings per cell, nested like :meth:`top_k` (``#id`` without a tokenizer)."""
-        ids, _ = self.top_k(k, which=which)
-        return _nested(token_texts(self.model, ids), ids.shape)
-
-    def input_tokens(self) -> list:
-        """The input tokens as strings, nested like ``ids``."""
-        return _nested(token_texts(self.model, self.ids), self.ids.shape)
-
-    def to_json(self, path=None, *, top_k: int = 5) -> str:
-        """Metrics, top-``k`` tokens and probabilities per cell, weights, as JSON (no full logits).
-
-        Non-finite numbers are written as ``null`` and the rows holding them are listed under
-        ``nonfinite_rows``, so the text is always valid JSON.
-
-        Writes to ``path`` when given; returns the JSON text either way.
-        """
-        ids, probs = self.top_k(top_k)
-        model_ids, model_probs = self.top_k(top_k, which="model")
-        out: dict[str, Any] = {
-            "kind": self.kind, "order": self.order, "granularity": self.granularity,
-            "compute_dtype": self.compute_dtype,
-            "rows": list(self.rows), "row_indices": list(self.row_indices),
-            "nonfinite_rows": list(self.nonfinite_rows),
-            "model_logits_finite": count_nonfinite(self.model_logits) == 0,
-            "input_ids": self.ids.tolist(), "input_tokens": self.input_tokens(),
-            "metrics": {k: v.tolist() for k, v in self.metrics.items()},
-            "top_k": {"ids": ids.tolist(), "tokens": _nested(token_texts(self.model, ids), ids.shape),
-                      "probs": probs.tolist()},
-            "model_top_k": {"ids": model_ids.tolist(),
-                            "tokens": _nested(token_texts(self.model, model_ids), model_ids.shape),
-                            "probs": model_probs.tolist()},
-        }
-        if self.combined is not None:
-            out["weights"] = np.asarray(self.weights).tolist()
-            out["combined_metrics"] = {k: v.tolist() for k, v in self.combined_metrics.items()}
-            out["fit_losses"] = None if self.fit_losses is None else self.fit_losses.tolist()
-        text = json.dumps(json_safe(out), allow_nan=False)   # NaN / inf become null: valid JSON
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text)
-        return text
+def _vocab(model: Model) -> tuple[str, ...] | None:
+    """The model's token strings (index = id) for a :class:`LensResult`, built once per model and tokenizer."""
+    if model.tokenizer is None:
+        return None
+    return per_model(model, "lenses", ("vocab", id(model.tokenizer)),
+                     lambda: tuple(model.token_strings(np.arange(model.config.vocab_size))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,7 +308,7 @@ def iterative_jet_lens(model: Model, ids, rows=None, order: int = 1, *,
     labels = row_labels(model, granularity)
     return LensResult("logit" if order == 0 else "iterative", order, granularity,
                       tuple(labels[r] for r in rows), rows, np.asarray(ids), logits, model_logits,
-                      model=model, compute_dtype=compute_dtype)
+                      compute_dtype=compute_dtype, vocab=_vocab(model))
 
 
 def logit_lens(model: Model, ids, rows=None, *, granularity: str = "block", compute_dtype: str = "float32",
@@ -563,7 +391,7 @@ def joint_jet_lens(model: Model, ids, rows=None, order: int = 1, *, granularity:
         w = _check_weights(weights, n, token_shape, terms.dtype)
     return LensResult("joint", order, granularity, _joint_labels(model, rows, granularity), rows, np.asarray(ids),
                       terms, model_logits, combined=_combine(w, terms), weights=w, fit_losses=losses,
-                      model=model, compute_dtype=compute_dtype)
+                      compute_dtype=compute_dtype, vocab=_vocab(model))
 
 
 def _positive_number(x) -> bool:

@@ -16,7 +16,8 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from jetjax._internal.checks import check_nonnegative_int, check_positive_int, decode_text_file
+from jetjax._internal.checks import check_nonnegative_int, check_positive_int, decode_text_file, json_safe
+from jetjax._internal.results import ResultIO, check_format, dataframe, write_text
 from jetjax.models.model import Model
 from jetjax.ngrams.scorer import context_scorer
 from jetjax._internal.compiled import per_model
@@ -66,14 +67,22 @@ def _tokenizer(model: Model | None, tokenizer):
 # ---------------------------------------------------------------------------------------------
 # Diffs
 
+_DIFF_LISTS = ("gained_prob", "lost_prob", "gained_rank", "lost_rank")
+
+
 @dataclasses.dataclass(frozen=True)
-class TableDiff:
+class TableDiff(ResultIO):
     """The entries that gained and lost most from table ``a`` to table ``b``.
 
     Each list holds records ``{"context", "next", "context_ids", "next_id", "p_a", "p_b", "delta",
     "rank_a", "rank_b"}``; ``rank`` is the 1-based position in the row's stored top ``k`` and
     ``None`` when the entry is outside it.
+
+    :meth:`top` lists the entries that gained most probability (``gained_prob``); ``to_json`` /
+    ``load`` round-trip.
     """
+
+    FORMAT = "jetjax.table_diff"
 
     gained_prob: list[dict]
     lost_prob: list[dict]
@@ -81,12 +90,36 @@ class TableDiff:
     lost_rank: list[dict]
     exact: bool
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, indent=1)
+    def to_json(self, path=None) -> str:
+        """The diff as JSON (every record), written to ``path`` when given; :meth:`load` reads it back."""
+        return write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), path)
+
+    def top(self, n: int = 20) -> list[tuple[tuple[str, ...], str, float]]:
+        """``(context, next, Δp)`` of the ``n`` entries that gained most probability."""
+        n = check_nonnegative_int("n", n)
+        return [(tuple(r["context"]), r["next"], float(r["delta"])) for r in self.gained_prob[:n]]
+
+    def table(self, n: int = 20) -> str:
+        """The four lists as plain text, ``n`` records each."""
+        n = check_nonnegative_int("n", n)
+        out = [f"{'exact' if self.exact else 'top-k only'} probabilities"]
+        for name in _DIFF_LISTS:
+            out += [f"{name.replace('_', ' by ')}:", f"{'p_a':>8} {'p_b':>8} {'Δp':>8} {'rank_a':>6} {'rank_b':>6}  "
+                                                     "context -> next"]
+            out += [f"{r['p_a']:>8.4f} {r['p_b']:>8.4f} {r['delta']:>+8.4f} {r['rank_a'] or '—':>6} "
+                    f"{r['rank_b'] or '—':>6}  {' '.join(map(repr, r['context']))} -> {r['next']!r}"
+                    for r in getattr(self, name)[:n]]
+        return "\n".join(out)
+
+    def to_dataframe(self):
+        """One row per record, its list named in ``list`` (needs pandas)."""
+        records = [{"list": name, **r} for name in _DIFF_LISTS for r in getattr(self, name)]
+        keys = ["list", "context", "next", "context_ids", "next_id", "p_a", "p_b", "delta", "rank_a", "rank_b"]
+        return dataframe({k: [r.get(k) for r in records] for k in keys})
 
     def to_markdown(self) -> str:
         out = []
-        for name in ("gained_prob", "lost_prob", "gained_rank", "lost_rank"):
+        for name in _DIFF_LISTS:
             out += [f"### {name.replace('_', ' by ')}", "", "| context | next | p_a | p_b | Δp | rank_a | rank_b |",
                     "|---|---|---:|---:|---:|---:|---:|"]
             out += [f"| {' '.join(map(repr, r['context']))} | {r['next']!r} | {r['p_a']:.4f} | {r['p_b']:.4f} | "
@@ -258,8 +291,14 @@ def load_keywords(keywords, tokenizer) -> tuple[np.ndarray, list[str]]:
 
 
 @dataclasses.dataclass(frozen=True)
-class KeywordMass:
-    """Keyword-mass index of a bigram table (definitions in :func:`keyword_mass`)."""
+class KeywordMass(ResultIO):
+    """Keyword-mass index of a bigram table (definitions in :func:`keyword_mass`).
+
+    No ``top``: the index is a handful of numbers, with nothing to rank. ``top_k`` here is the mass
+    within each row's stored top ``k`` (a float), as :func:`keyword_mass` defines it.
+    """
+
+    FORMAT = "jetjax.keyword_mass"
 
     n_words: int
     token_ids: list[int]
@@ -271,6 +310,34 @@ class KeywordMass:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "KeywordMass":
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        data = check_format(data, cls.FORMAT, "KeywordMass", required=names)
+        return cls(**{name: data[name] for name in names})
+
+    def to_json(self, path=None) -> str:
+        """The index as JSON (:meth:`to_dict` and its format), written to ``path`` when given."""
+        doc = {"format": self.FORMAT, "version": 1, **self.to_dict()}
+        return write_text(json.dumps(json_safe(doc), allow_nan=False, ensure_ascii=False), path)
+
+    def table(self, n: int = 10) -> str:
+        """The figures as plain text, with up to ``n`` of the keywords that have no token."""
+        n = check_nonnegative_int("n", n)
+        fmt = lambda x: "—" if x is None else f"{x:.4e}"   # noqa: E731
+        lines = [f"{self.n_words} keywords, {len(self.token_ids)} one-token forms; keyword mass: all contexts "
+                 f"{fmt(self.all_contexts)}, keyword contexts {fmt(self.keyword_contexts)}, within the stored top k "
+                 f"{fmt(self.top_k)}, uniform {fmt(self.uniform)}"]
+        if self.missing:
+            lines.append(f"{len(self.missing)} without a token: {', '.join(map(repr, self.missing[:n]))}"
+                         + (", ..." if len(self.missing) > n else ""))
+        return "\n".join(lines)
+
+    def to_dataframe(self):
+        """One row of the figures (needs pandas)."""
+        return dataframe({k: [getattr(self, k)] for k in ("n_words", "all_contexts", "keyword_contexts", "top_k",
+                                                           "uniform")} | {"n_token_ids": [len(self.token_ids)]})
 
 
 def keyword_mass(table: NGramTable, keywords, *, model: Model | None = None, tokenizer=None) -> KeywordMass:

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jetjax._internal.checks import check_nonnegative_int
+from jetjax._internal.results import check_format, dataframe, decode_array, encode_array, load_json, write_text
 
 __all__ = ["NGramTable", "atomic_write_bytes", "TABLE_FILE", "TABLE_META"]
 
@@ -76,6 +77,11 @@ class NGramTable:
         rows: ``[G]`` and ``[G, n]``, most probable first.
       meta: JSON-able settings and provenance (paths, order, model fingerprint, vocab size, ...).
       tokens: optional token strings of the vocabulary (index = id), for decoding and lookup.
+      top_k (property): ``k``, how many next tokens each row keeps (an int, as the ``top_k=`` of a sweep).
+
+    :meth:`top` ranks ``(context, next)`` entries over the whole table by probability. A table is
+    saved as a directory (:meth:`save`: safetensors + JSON) or as one JSON file (:meth:`to_json`);
+    :meth:`load` reads either.
 
     Example:
       >>> t = NGramTable(contexts=np.arange(3, dtype=np.int32)[:, None],
@@ -141,6 +147,22 @@ class NGramTable:
                              "(raise global_k when sweeping)")
         return [(tuple(self.token(t) for t in pair[:-1]), self.token(pair[-1]), float(p))
                 for pair, p in zip(self.global_pairs[:n], self.global_probs[:n])]
+
+    def table(self, n: int = 20) -> str:
+        """A plain-text table of the :meth:`top` ``n`` entries under a header with the settings."""
+        n = min(check_nonnegative_int("n", n), len(self.global_probs))
+        lines = [f"{len(self)} contexts, n={self.n}, top {self.top_k} next tokens per row "
+                 f"(paths {self.meta.get('paths')}, order {self.meta.get('order')})",
+                 f"{'prob':>8}  context -> next"]
+        return "\n".join(lines + [f"{p:>8.4f}  {' '.join(map(repr, ctx))} -> {nxt!r}" for ctx, nxt, p in self.top(n)])
+
+    def to_dataframe(self):
+        """One row per stored entry: ``row, context, rank, next_id, next, prob`` (needs pandas); entries
+        :meth:`filter` dropped (id −1) are left out."""
+        rows, ranks = np.nonzero(self.ids >= 0)
+        return dataframe({"row": rows, "context": [tuple(self.token(t) for t in self.contexts[r]) for r in rows],
+                          "rank": ranks + 1, "next_id": self.ids[rows, ranks],
+                          "next": [self.token(i) for i in self.ids[rows, ranks]], "prob": self.probs[rows, ranks]})
 
     def _token_id(self, token) -> int:
         if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
@@ -219,12 +241,40 @@ class NGramTable:
         atomic_write_bytes(d / TABLE_META, json.dumps(doc, ensure_ascii=False).encode())
         return d
 
+    def to_dict(self) -> dict:
+        """The table as one JSON-able document: ``table.json``'s fields and every array (exact bytes)."""
+        return {"format": "jetjax.ngram_table/1", "meta": self.meta,
+                "tokens": list(self.tokens) if self.tokens is not None else None,
+                "arrays": {name: encode_array(getattr(self, name)) for name in _ARRAYS}}
+
+    def to_json(self, path=None) -> str:
+        """The table as one JSON file (see :meth:`to_dict`), written to ``path`` when given; returned either way.
+        :meth:`load` reads it back (as it reads a :meth:`save` directory)."""
+        return write_text(json.dumps(self.to_dict(), ensure_ascii=False), path)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NGramTable":
+        data = check_format(data, "jetjax.ngram_table/1", "n-gram table", required=("meta", "arrays"))
+        missing = [name for name in _ARRAYS if name not in data["arrays"]]
+        if missing:
+            raise ValueError(f"the n-gram table JSON misses the arrays {missing}")
+        return cls(**{name: decode_array(data["arrays"][name]) for name in _ARRAYS}, meta=data["meta"],
+                   tokens=data.get("tokens"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "NGramTable":
+        """The table :meth:`to_json` wrote, from its text."""
+        return cls.from_dict(json.loads(text))
+
     @classmethod
     def load(cls, directory) -> "NGramTable":
-        """Read a table written by :meth:`save` (or by a completed sweep's ``out_dir``)."""
+        """Read a table written by :meth:`save` (or by a completed sweep's ``out_dir``), or a JSON file
+        written by :meth:`to_json`."""
         from safetensors.numpy import load_file
 
         d = Path(directory)
+        if d.is_file():
+            return load_json(cls, d)
         if not (d / TABLE_FILE).is_file() or not (d / TABLE_META).is_file():
             raise FileNotFoundError(f"{d} holds no complete n-gram table ({TABLE_FILE} + {TABLE_META}); "
                                     "an unfinished sweep is resumed by calling the sweep again with this out_dir")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from jetjax._internal.compiled import per_model
 from jetjax._internal.checks import (check_nonnegative_int, check_path_memory, check_position, check_positive_int, count_nonfinite,
                            json_safe)
+from jetjax._internal.results import ResultIO, check_format, dataframe, decode_array, encode_array
 from jetjax.paths.expand import count_paths, decoder_terms, final_norm_jets, path_streams
 from jetjax.paths.labels import DEC, extend_label
 from jetjax.models.model import Model
@@ -47,15 +48,49 @@ def _norm_score(logits, aux):
     return jnp.sqrt(jnp.sum(jnp.square(logits)))
 
 
+class _TopOfScores:
+    """What ``PathScores.top`` gives: called, ``top(n)`` (the best paths); used as an array, the
+    deprecated spelling of :attr:`PathScores.top_indices` (with a ``DeprecationWarning``), for one release."""
+
+    def __init__(self, res: "PathScores"):
+        self._res = res
+
+    def __call__(self, n: int | None = None) -> list[tuple[str, float]]:
+        return self._res._ranked(n)
+
+    def _indices(self) -> np.ndarray:
+        warnings.warn("PathScores.top as an array of path indices is deprecated: use PathScores.top_indices "
+                      "(top(n) lists the best paths, as on every result type)", DeprecationWarning, stacklevel=3)
+        return self._res.top_indices
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self._indices(), dtype)
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+    def __getitem__(self, i):
+        return self._indices()[i]
+
+
+class _TopDescriptor:
+    def __get__(self, obj, cls=None):
+        return PathScores._ranked if obj is None else _TopOfScores(obj)
+
+
 @dataclasses.dataclass(frozen=True)
-class PathScores:
+class PathScores(ResultIO):
     """What :func:`reduce_paths` keeps of every path.
 
     Attributes:
       labels: every path's label, ``P`` of them, in the order of :func:`jetjax.expand_all`.
       scores: ``[P]``, the score of each path's logits (default: their L2 norm).
       norms: ``[P]``, the L2 norm of each path's logits (over the decoded positions).
-      top: indices of the ``top_k`` highest-scoring paths, best first.
+      top_indices: indices of the ``top_k`` highest-scoring paths, best first (``top`` as an array is
+        its old, deprecated name).
       top_logits: ``[top_k, ..., V]`` (with ``position``) or ``[top_k, ..., T, V]``: their logits.
       remainder: logits − Σ all paths' logits (same shape as one path's logits).
       logits: the model's logits at the decoded positions.
@@ -63,18 +98,25 @@ class PathScores:
 
     Measures of faithfulness (properties): :attr:`remainder_ratio` (``‖remainder‖ / ‖logits‖``) and
     :attr:`cancellation` (``Σ_i ‖path_i‖ / ‖Σ_i path_i‖``), both over the decoded logits.
+    :meth:`top` ranks the paths by ``scores`` (``ranked`` is its old, deprecated name); ``to_json`` /
+    ``load`` write and read every array exactly.
     """
+
+    FORMAT = "jetjax.path_scores"
 
     labels: tuple[str, ...]
     scores: np.ndarray
     norms: np.ndarray
-    top: np.ndarray
+    top_indices: np.ndarray
     top_logits: np.ndarray
     remainder: np.ndarray
     logits: np.ndarray
     order: int
     granularity: str
     position: int | None
+
+    top = _TopDescriptor()
+    """``top(n=None)``: ``(label, score)`` of the ``n`` best paths (all with ``None``), best first."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -93,11 +135,46 @@ class PathScores:
         size = float(np.sum(self.norms))
         return (1.0 if size == 0 else float("inf")) if net == 0 else size / net
 
-    def ranked(self, n: int | None = None) -> list[tuple[str, float]]:
-        """``(label, score)`` of the ``n`` best paths (all with ``None``), best first."""
+    def _ranked(self, n: int | None = None) -> list[tuple[str, float]]:
+        """``(label, score)`` of the ``n`` best paths (all with ``None``), best first: ``PathScores.top(n)``."""
         n = check_nonnegative_int("n", n, optional=True)
         idx = np.argsort(-self.scores, kind="stable")[:n]
         return [(self.labels[i], float(self.scores[i])) for i in idx]
+
+    def ranked(self, n: int | None = None) -> list[tuple[str, float]]:
+        """Deprecated name of :meth:`top` (one release)."""
+        warnings.warn("PathScores.ranked is deprecated: use PathScores.top (the same list)", DeprecationWarning,
+                      stacklevel=2)
+        return self._ranked(n)
+
+    def table(self, n: int = 10) -> str:
+        """A plain-text table of the ``n`` best paths (score, norm) under a header with the measures."""
+        where = "all positions" if self.position is None else f"position {self.position}"
+        lines = [f"{len(self)} paths (order {self.order}, {self.granularity}, {where}); ‖remainder‖/‖logits‖ "
+                 f"{self.remainder_ratio:.3g}, cancellation {self.cancellation:.3g}",
+                 f"{'score':>10} {'norm':>10}  path"]
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        lines += [f"{score:>+10.4f} {float(self.norms[index[lab]]):>10.4f}  {lab}" for lab, score in self._ranked(n)]
+        if explained_warning(self.remainder_ratio):
+            lines.append(explained_warning(self.remainder_ratio))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        arrays = ("scores", "norms", "top_indices", "top_logits", "remainder", "logits")
+        return {"format": self.FORMAT, "version": 1, "labels": list(self.labels), "order": self.order,
+                "granularity": self.granularity, "position": self.position,
+                "arrays": {k: encode_array(getattr(self, k)) for k in arrays}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PathScores":
+        data = check_format(data, cls.FORMAT, "PathScores", required=("labels", "order", "granularity", "arrays"))
+        a = {k: decode_array(v) for k, v in data["arrays"].items()}
+        return cls(tuple(data["labels"]), a["scores"], a["norms"], a["top_indices"], a["top_logits"],
+                   a["remainder"], a["logits"], data["order"], data["granularity"], data.get("position"))
+
+    def to_dataframe(self):
+        """One row per path: ``label, score, norm`` (needs pandas)."""
+        return dataframe({"label": list(self.labels), "score": np.asarray(self.scores), "norm": np.asarray(self.norms)})
 
 
 def _path_stage(model: Model, spec: PathSpec, mesh):

@@ -14,6 +14,7 @@ expansion are valid centres of the next, and labels compose (``emb>attn0>mlp2>de
 from __future__ import annotations
 
 import dataclasses
+import math
 import weakref
 from typing import Any, Callable, Sequence
 
@@ -22,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax._internal.compiled import per_model
-from jetjax._internal.checks import check_order
+from jetjax._internal.checks import check_nonnegative_int, check_order
+from jetjax._internal.results import (ResultIO, check_format, dataframe, decode_array, decode_tree, encode_array,
+                                      encode_tree)
 from jetjax.jet import jet
 from jetjax.paths.labels import DEC, EMB, Component, check_granularity, extend_label, label_length
 from jetjax.models.model import Model
@@ -37,7 +40,7 @@ BRANCHES = ("block", "attn", "mlp", "branches")
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class Expansion:
+class Expansion(ResultIO):
     """Terms of an expansion, stacked along a leading term axis, with their labels and remainder.
 
     Attributes:
@@ -47,7 +50,14 @@ class Expansion:
       weights: ``[n_terms]``, the weight each term carries.
       labels: one path label per term, e.g. ``"emb>attn0>dec"``.
       order: the jet order used.
+      total (property): ``Σ_i terms[i]``, so ``total + remainder`` is the expanded function's value.
+
+    :meth:`top` ranks the terms by their L2 norm (over every leaf and position); :meth:`table`
+    lists them. ``to_json`` / ``load`` write and read every array exactly (terms may be a pytree of
+    dicts, lists and tuples of arrays); arrays come back as NumPy arrays.
     """
+
+    FORMAT = "jetjax.expansion"
 
     terms: Any
     remainder: Any
@@ -58,8 +68,9 @@ class Expansion:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
     def total(self):
-        """``Σ_i terms[i]`` (so ``total() + remainder`` is the expanded function's value)."""
+        """``Σ_i terms[i]`` (so ``total + remainder`` is the expanded function's value)."""
         return _sum_terms(self.terms)
 
     def term(self, label: str):
@@ -69,6 +80,44 @@ class Expansion:
         except ValueError:
             raise KeyError(f"no term labelled {label!r}; labels: {list(self.labels)}") from None
         return jax.tree_util.tree_map(lambda t: t[i], self.terms)
+
+    @property
+    def norms(self) -> np.ndarray:
+        """``[n_terms]``: the L2 norm of each term over every leaf and position."""
+        sq = sum(np.sum(np.square(np.asarray(t, np.float64).reshape(len(self.labels), -1)), axis=1)
+                 for t in jax.tree_util.tree_leaves(self.terms))
+        return np.sqrt(sq)
+
+    def top(self, n: int | None = 10) -> list[tuple[str, float]]:
+        """``(label, norm)`` of the ``n`` largest terms (all with ``None``), largest first."""
+        n = check_nonnegative_int("n", n, optional=True)
+        norms = self.norms
+        return [(self.labels[i], float(norms[i])) for i in np.argsort(-norms, kind="stable")[:n]]
+
+    def table(self, n: int = 10) -> str:
+        """A plain-text table of the ``n`` largest terms (norm, weight) under a header with the remainder."""
+        rest = math.sqrt(sum(float(np.sum(np.square(np.asarray(t, np.float64))))
+                             for t in jax.tree_util.tree_leaves(self.remainder)))
+        weights, index = np.asarray(self.weights), {lab: i for i, lab in enumerate(self.labels)}
+        lines = [f"{len(self)} terms of order {self.order}; ‖remainder‖ {rest:.4g}",
+                 f"{'norm':>10} {'weight':>8}  term"]
+        return "\n".join(lines + [f"{norm:>10.4f} {float(weights[index[lab]]):>8.4g}  {lab}"
+                                   for lab, norm in self.top(n)])
+
+    def to_dict(self) -> dict:
+        return {"format": self.FORMAT, "version": 1, "labels": list(self.labels), "order": self.order,
+                "weights": encode_array(self.weights), "terms": encode_tree(self.terms),
+                "remainder": encode_tree(self.remainder)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Expansion":
+        data = check_format(data, cls.FORMAT, "Expansion", required=("labels", "order", "weights", "terms"))
+        return cls(decode_tree(data["terms"]), decode_tree(data["remainder"]), decode_array(data["weights"]),
+                   tuple(data["labels"]), int(data["order"]))
+
+    def to_dataframe(self):
+        """One row per term: ``label, weight, norm`` (needs pandas)."""
+        return dataframe({"label": list(self.labels), "weight": np.asarray(self.weights), "norm": self.norms})
 
 
 # ---------------------------------------------------------------------------------------------

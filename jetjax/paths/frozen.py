@@ -40,9 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax._internal.compiled import per_model
+from jetjax._internal.results import ResultIO, check_format, dataframe, decode_array, encode_array
 from jetjax.paths.results import PathAttribution, attribution_from_scores, one_sequence, token_id
 from jetjax._internal.checks import check_nonnegative_int, check_position, count_nonfinite
-from jetjax.paths.labels import BIAS, DEC, EMB, Component, check_granularity, extend_label, format_label
+from jetjax.paths.labels import (BIAS, DEC, EMB, Component, check_granularity, extend_label, format_label,
+                                label_length)
 from jetjax.models.layers import freeze
 from jetjax.models.model import Model
 from jetjax.paths.plan import component_steps
@@ -51,7 +53,7 @@ __all__ = ["BIAS", "FrozenPaths", "frozen_linear", "frozen_path_streams", "froze
 
 
 @dataclasses.dataclass(frozen=True)
-class FrozenPaths:
+class FrozenPaths(ResultIO):
     """Every frozen path's contribution to the last residual stream (see :func:`frozen_path_streams`).
 
     Attributes:
@@ -61,7 +63,14 @@ class FrozenPaths:
       remainder: ``stream − Σ terms``: 0 up to rounding when every path is kept; with ``max_length``
         the exact sum of the dropped paths.
       granularity, max_length: the settings used.
+      total (property): ``Σ_i terms[i]``, so ``total + remainder == stream``.
+
+    :meth:`top` ranks the paths by the L2 norm of their vector (over every position); :meth:`table`
+    lists them. ``to_json`` / ``load`` write and read every array exactly (the jetjax results
+    protocol, :mod:`jetjax._internal.results`); arrays come back as NumPy arrays.
     """
+
+    FORMAT = "jetjax.frozen_paths"
 
     labels: tuple[str, ...]
     terms: jax.Array
@@ -73,8 +82,9 @@ class FrozenPaths:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
     def total(self) -> jax.Array:
-        """``Σ_i terms[i]`` (so ``total() + remainder == stream``)."""
+        """``Σ_i terms[i]`` (so ``total + remainder == stream``)."""
         return jnp.sum(self.terms, axis=0)
 
     def term(self, label: str) -> jax.Array:
@@ -83,6 +93,43 @@ class FrozenPaths:
             return self.terms[self.labels.index(label)]
         except ValueError:
             raise KeyError(f"no path labelled {label!r}") from None
+
+    @property
+    def norms(self) -> np.ndarray:
+        """``[P]``: the L2 norm of each path's vector over every position."""
+        terms = np.asarray(self.terms, np.float64)
+        return np.sqrt(np.sum(np.square(terms.reshape(len(self.labels), -1)), axis=1))
+
+    def top(self, n: int | None = 10) -> list[tuple[str, float]]:
+        """``(label, norm)`` of the ``n`` paths with the largest vectors (all with ``None``), largest first."""
+        n = check_nonnegative_int("n", n, optional=True)
+        norms = self.norms
+        return [(self.labels[i], float(norms[i])) for i in np.argsort(-norms, kind="stable")[:n]]
+
+    def table(self, n: int = 10) -> str:
+        """A plain-text table of the ``n`` largest paths under a header with the settings and the remainder."""
+        size = float(np.linalg.norm(np.asarray(self.stream, np.float64)))
+        rest = float(np.linalg.norm(np.asarray(self.remainder, np.float64)))
+        lines = [f"{len(self)} frozen paths ({self.granularity}, max_length {self.max_length}); ‖h_L‖ {size:.4g}, "
+                 f"‖remainder‖ {rest:.3g}", f"{'norm':>10}  path"]
+        return "\n".join(lines + [f"{norm:>10.4f}  {label}" for label, norm in self.top(n)])
+
+    def to_dict(self) -> dict:
+        return {"format": self.FORMAT, "version": 1, "labels": list(self.labels), "granularity": self.granularity,
+                "max_length": self.max_length,
+                "arrays": {k: encode_array(getattr(self, k)) for k in ("terms", "stream", "remainder")}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FrozenPaths":
+        data = check_format(data, cls.FORMAT, "FrozenPaths", required=("labels", "granularity", "arrays"))
+        arrays = {k: decode_array(v) for k, v in data["arrays"].items()}
+        return cls(tuple(data["labels"]), arrays["terms"], arrays["stream"], arrays["remainder"],
+                   data["granularity"], data.get("max_length"))
+
+    def to_dataframe(self):
+        """One row per path: ``label, length`` (components it goes through) ``, norm`` (needs pandas)."""
+        return dataframe({"label": list(self.labels), "length": [label_length(lab) for lab in self.labels],
+                          "norm": self.norms})
 
 
 # -- the plan: which prefixes each step extends, and the labels (pure Python, static) ------------

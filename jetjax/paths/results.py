@@ -1,4 +1,5 @@
-"""What an attribution returns, and how to read it: :class:`PathAttribution`, the two measures
+"""What an attribution returns, and how to read it: :class:`PathAttribution` (and :class:`TopPaths`, what
+:func:`jetjax.top_paths` returns and ``method="search"`` keeps), the two measures
 (:func:`remainder_ratio`, :func:`cancellation`) and the warning line, and :func:`token_id` (a
 target or foil given as an id or a one-token string).
 
@@ -9,17 +10,16 @@ with ``method="jet"``, ``"frozen"`` or ``"search"``), so that each of them can b
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from typing import Any
 
 import numpy as np
 
-from jetjax._internal.checks import check_nonnegative_int, count_nonfinite, json_safe
-from jetjax.paths.labels import EMB, SEP
+from jetjax._internal.checks import check_nonnegative_int, count_nonfinite
+from jetjax._internal.results import ResultIO, check_format, dataframe, float_or_nan
+from jetjax.paths.labels import EMB, SEP, label_length
 from jetjax.models.model import Model
 
-__all__ = ["EXPLAINED_WARNING", "remainder_ratio", "cancellation", "explained_warning", "PathAttribution",
+__all__ = ["EXPLAINED_WARNING", "remainder_ratio", "cancellation", "explained_warning", "PathAttribution", "TopPaths",
            "attribution_from_scores", "token_id", "one_sequence"]
 
 EXPLAINED_WARNING = 0.5   # warn when |remainder| > this × |model total|
@@ -64,7 +64,100 @@ def explained_warning(ratio: float) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class PathAttribution:
+class TopPaths(ResultIO):
+    """The result of :func:`jetjax.top_paths`.
+
+    Attributes:
+      labels, scores: the top ``k`` paths (``emb>…>dec``, ``bias>…>dec``) and their exact scores,
+        best first under ``by``.
+      total: the model's own score (from its logits).
+      explored: the sum of every path the search scored (the top ``k`` and all others it decoded).
+      unexplored: the exact sum of every path it never scored (from subtree sums).
+        ``explored + unexplored == total`` up to float rounding (``residual``).
+      residual: ``total − explored − unexplored``: float rounding only.
+      n_paths: how many frozen paths there are (``bias>dec`` included).
+      n_prefixes: prefixes the search generated; ``n_scored``: complete paths it scored.
+      bound: no unexplored path scores more than this in absolute value (0 when nothing was dropped).
+      certified: ``bound`` is below the k-th score: the top ``k`` equal those of full enumeration.
+      norms_exact: whether the operator norms behind ``bound`` are exact (small ``T·d``) or power
+        iteration estimates times :data:`jetjax.paths.search.NORM_MARGIN`.
+      score, by, beam, granularity, position, target, foil: the settings.
+
+    :meth:`top` lists the paths in the search's own ranking (``by``); ``to_json`` / ``load`` round-trip
+    (a non-finite number, e.g. an overflowed ``bound``, is written ``null`` and read back as NaN).
+    """
+
+    FORMAT = "jetjax.top_paths"
+
+    labels: tuple[str, ...]
+    scores: np.ndarray
+    total: float
+    explored: float
+    unexplored: float
+    residual: float
+    n_paths: int
+    n_prefixes: int
+    n_scored: int
+    bound: float
+    certified: bool
+    norms_exact: bool
+    score: str
+    by: str
+    beam: int
+    granularity: str
+    position: int
+    target: int | None
+    foil: int | None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def top(self, n: int | None = None) -> list[tuple[str, float]]:
+        """``(label, score)`` of the best ``n`` (default all ``k``)."""
+        n = len(self.labels) if n is None else n
+        return [(lab, float(s)) for lab, s in zip(self.labels[:n], self.scores[:n])]
+
+    def table(self, n: int = 20) -> str:
+        """A plain-text table of the best ``n`` paths and what the rest add up to."""
+        lines = [f"model {self.total:+.4f} = top {len(self)} {float(self.scores.sum()):+.4f} + other scored "
+                 f"{self.explored - float(self.scores.sum()):+.4f} + unexplored {self.unexplored:+.4f}",
+                 f"{self.n_paths:,} paths; {self.n_prefixes:,} prefixes explored, {self.n_scored:,} paths scored "
+                 f"(beam {self.beam}); " + (f"certified: no unexplored path scores above {self.bound:.4g}"
+                                             if self.certified else
+                                             (f"NOT certified: an unexplored path could score up to {self.bound:.4g} "
+                                              "(raise beam=)" if math.isfinite(self.bound) else
+                                              "NOT certified: no finite bound (the product of operator norms "
+                                              "overflows float32 at this depth)"))]
+        lines += [f"{s:+10.4f}  {lab}" for lab, s in self.top(n)]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("labels", "scores")}
+        d["paths"] = [{"label": lab, "score": float(s)} for lab, s in zip(self.labels, self.scores)]
+        return {**d, "format": self.FORMAT, "version": 1}
+
+    def to_json(self, path=None) -> str:
+        """The result as JSON, as :meth:`jetjax.PathAttribution.to_json` writes one (NaN and ±inf as ``null``),
+        written to ``path`` when given; :meth:`load` / :meth:`from_json` read it back."""
+        return super().to_json(path)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TopPaths":
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("labels", "scores")]
+        data = check_format(data, cls.FORMAT, "TopPaths", required=(*names, "paths"))
+        fields = {name: data[name] for name in names}
+        for name in ("total", "explored", "unexplored", "residual", "bound"):
+            fields[name] = float_or_nan(fields[name])
+        return cls(labels=tuple(p["label"] for p in data["paths"]),
+                   scores=np.array([float_or_nan(p["score"]) for p in data["paths"]], np.float64), **fields)
+
+    def to_dataframe(self):
+        """One row per listed path: ``label, score`` (needs pandas)."""
+        return dataframe({"label": list(self.labels), "score": np.asarray(self.scores)})
+
+
+@dataclasses.dataclass(frozen=True)
+class PathAttribution(ResultIO):
     """Which paths push ``logit(target) − logit(foil)`` at one position (see :func:`path_attribution`).
 
     Attributes:
@@ -95,7 +188,13 @@ class PathAttribution:
       search: for ``method="search"``, the :class:`jetjax.TopPaths` behind it (``None`` otherwise).
       unlisted: the sum of the paths the search scored but did not list (0 for other methods).
       unexplored: the exact sum of the paths the search never scored (0 for other methods).
+
+    :meth:`top` lists the paths that push the number most (largest scores first; :meth:`bottom` the
+    most negative). ``to_json`` / ``load`` round-trip (the search's own report included; a non-finite
+    number is written ``null`` and read back as NaN).
     """
+
+    FORMAT = "jetjax.path_attribution"
 
     labels: tuple[str, ...]
     scores: np.ndarray
@@ -113,7 +212,7 @@ class PathAttribution:
     foil_str: str | None = None
     semantics: str = "jet"
     method: str = "jet"
-    search: Any = None
+    search: "TopPaths | None" = None
 
     @property
     def unlisted(self) -> float:
@@ -187,9 +286,9 @@ class PathAttribution:
         lines += [f"  {score:+10.4f}  {name}" for name, score in ranked[:n]]
         return "\n".join(lines)
 
-    def to_json(self) -> str:
-        """The attribution as JSON; NaN and ±inf (never expected) are written as ``null``."""
-        return json.dumps(json_safe({
+    def to_dict(self) -> dict:
+        return {
+            "format": self.FORMAT, "version": 1,
             "target": self.target, "foil": self.foil, "target_str": self.target_str, "foil_str": self.foil_str,
             "position": self.position, "order": self.order, "granularity": self.granularity,
             "semantics": self.semantics, "method": self.method,
@@ -205,7 +304,35 @@ class PathAttribution:
             "paths": [{"label": lab, "score": float(sc)} for lab, sc in zip(self.labels, self.scores)],
             "components": self.components, "direct": self.direct,
             "nonfinite": count_nonfinite(self.scores) + count_nonfinite([self.total]),
-        }), allow_nan=False)
+            "top_paths": None if self.search is None else self.search.to_dict(),
+        }
+
+    def to_json(self, path=None) -> str:
+        """The attribution as JSON (NaN and ±inf, never expected, are written as ``null``), written to
+        ``path`` when given; :meth:`load` / :meth:`from_json` read it back."""
+        return super().to_json(path)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PathAttribution":
+        data = check_format(data, cls.FORMAT, "PathAttribution",
+                            required=("paths", "total", "remainder", "remainder_share", "components", "direct",
+                                      "target", "foil", "position", "order", "granularity"))
+        floats = lambda d: {k: float_or_nan(v) for k, v in d.items()}   # noqa: E731
+        search = data.get("top_paths")
+        return cls(labels=tuple(p["label"] for p in data["paths"]),
+                   scores=np.array([float_or_nan(p["score"]) for p in data["paths"]], np.float64),
+                   total=float_or_nan(data["total"]), remainder=float_or_nan(data["remainder"]),
+                   remainder_share=float_or_nan(data["remainder_share"]), components=floats(data["components"]),
+                   direct=floats(data["direct"]), target=data["target"], foil=data["foil"],
+                   position=data["position"], order=data["order"], granularity=data["granularity"],
+                   target_str=data.get("target_str"), foil_str=data.get("foil_str"),
+                   semantics=data.get("semantics", "jet"), method=data.get("method", "jet"),
+                   search=None if search is None else TopPaths.from_dict(search))
+
+    def to_dataframe(self):
+        """One row per path: ``label, length`` (components it goes through) ``, score`` (needs pandas)."""
+        return dataframe({"label": list(self.labels), "length": [label_length(lab) for lab in self.labels],
+                          "score": np.asarray(self.scores)})
 
 
 def attribution_from_scores(labels, scores, total: float, **fields) -> PathAttribution:

@@ -26,8 +26,6 @@ equal to what enumerating every path would give.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import warnings
 import weakref
@@ -37,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax._internal.compiled import per_model
-from jetjax.paths.results import one_sequence, token_id
-from jetjax._internal.checks import check_position, check_positive_int, count_nonfinite, json_safe
+from jetjax.paths.results import TopPaths, one_sequence, token_id
+from jetjax._internal.checks import check_position, check_positive_int, count_nonfinite
 from jetjax.paths.frozen import count_frozen_paths, frozen_linear
 from jetjax.paths.plan import component_steps
 from jetjax.paths.labels import BIAS, EMB, check_granularity, format_label
@@ -75,76 +73,6 @@ NORM_MARGIN = 1.05
 def default_beam(k: int) -> int:
     """The beam :func:`top_paths` keeps for ``k`` paths when none is given: ``max(256, 8k)``."""
     return max(256, 8 * k)
-
-
-@dataclasses.dataclass(frozen=True)
-class TopPaths:
-    """The result of :func:`top_paths`.
-
-    Attributes:
-      labels, scores: the top ``k`` paths (``emb>…>dec``, ``bias>…>dec``) and their exact scores,
-        best first under ``by``.
-      total: the model's own score (from its logits).
-      explored: the sum of every path the search scored (the top ``k`` and all others it decoded).
-      unexplored: the exact sum of every path it never scored (from subtree sums).
-        ``explored + unexplored == total`` up to float rounding (``residual``).
-      residual: ``total − explored − unexplored``: float rounding only.
-      n_paths: how many frozen paths there are (``bias>dec`` included).
-      n_prefixes: prefixes the search generated; ``n_scored``: complete paths it scored.
-      bound: no unexplored path scores more than this in absolute value (0 when nothing was dropped).
-      certified: ``bound`` is below the k-th score: the top ``k`` equal those of full enumeration.
-      norms_exact: whether the operator norms behind ``bound`` are exact (small ``T·d``) or power
-        iteration estimates times :data:`NORM_MARGIN`.
-      score, by, beam, granularity, position, target, foil: the settings.
-    """
-
-    labels: tuple[str, ...]
-    scores: np.ndarray
-    total: float
-    explored: float
-    unexplored: float
-    residual: float
-    n_paths: int
-    n_prefixes: int
-    n_scored: int
-    bound: float
-    certified: bool
-    norms_exact: bool
-    score: str
-    by: str
-    beam: int
-    granularity: str
-    position: int
-    target: int | None
-    foil: int | None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def top(self, n: int | None = None) -> list[tuple[str, float]]:
-        """``(label, score)`` of the best ``n`` (default all ``k``)."""
-        n = len(self.labels) if n is None else n
-        return [(lab, float(s)) for lab, s in zip(self.labels[:n], self.scores[:n])]
-
-    def table(self, n: int = 20) -> str:
-        """A plain-text table of the best ``n`` paths and what the rest add up to."""
-        lines = [f"model {self.total:+.4f} = top {len(self)} {float(self.scores.sum()):+.4f} + other scored "
-                 f"{self.explored - float(self.scores.sum()):+.4f} + unexplored {self.unexplored:+.4f}",
-                 f"{self.n_paths:,} paths; {self.n_prefixes:,} prefixes explored, {self.n_scored:,} paths scored "
-                 f"(beam {self.beam}); " + (f"certified: no unexplored path scores above {self.bound:.4g}"
-                                             if self.certified else
-                                             (f"NOT certified: an unexplored path could score up to {self.bound:.4g} "
-                                              "(raise beam=)" if math.isfinite(self.bound) else
-                                              "NOT certified: no finite bound (the product of operator norms "
-                                              "overflows float32 at this depth)"))]
-        lines += [f"{s:+10.4f}  {lab}" for lab, s in self.top(n)]
-        return "\n".join(lines)
-
-    def to_json(self) -> str:
-        """The result as JSON, as :meth:`jetjax.PathAttribution.to_json` writes one (NaN and ±inf as ``null``)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("labels", "scores")}
-        d["paths"] = [{"label": lab, "score": float(s)} for lab, s in zip(self.labels, self.scores)]
-        return json.dumps(json_safe(d))
 
 
 # -- the frozen model as linear maps ----------------------------------------------------------

@@ -37,8 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jetjax._internal.checks import check_nonnegative_int
 from jetjax._internal.compiled import per_model
+from jetjax._internal.results import ResultIO, check_format, dataframe, float_or_nan
 from jetjax.models.model import Model
+from jetjax.ngrams.analysis import TableDiff
 
 __all__ = ["bigram_diff", "BigramDiff", "data_check", "DataCheck"]
 
@@ -47,7 +50,7 @@ __all__ = ["bigram_diff", "BigramDiff", "data_check", "DataCheck"]
 # Data-free: the full tables
 
 @dataclasses.dataclass(frozen=True)
-class BigramDiff:
+class BigramDiff(ResultIO):
     """Jet bigram tables of a base (``a``) and a fine-tuned model (``b``), compared.
 
     Attributes:
@@ -56,13 +59,40 @@ class BigramDiff:
       top1_changed: fraction of the ``V`` contexts whose most probable next token differs.
       keywords: ``{"file", "a", "b"}`` keyword-mass dicts (:class:`~jetjax.ngrams.analysis.KeywordMass`)
         or ``None``.
+
+    :meth:`top` lists the entries that gained most probability (:meth:`TableDiff.top`); ``to_json`` /
+    ``load`` round-trip.
     """
+
+    FORMAT = "jetjax.bigram_diff"
 
     paths: tuple[str, ...]
     vocab_size: int
-    diff: object
+    diff: TableDiff
     top1_changed: float
     keywords: dict | None
+
+    def to_dict(self) -> dict:
+        return {"format": self.FORMAT, "version": 1, "paths": list(self.paths), "vocab_size": self.vocab_size,
+                "diff": self.diff.to_dict(), "top1_changed": self.top1_changed, "keywords": self.keywords}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BigramDiff":
+        data = check_format(data, cls.FORMAT, "BigramDiff", required=("paths", "vocab_size", "diff", "top1_changed"))
+        return cls(paths=tuple(data["paths"]), vocab_size=data["vocab_size"], diff=TableDiff.from_dict(data["diff"]),
+                   top1_changed=float_or_nan(data["top1_changed"]), keywords=data.get("keywords"))
+
+    def top(self, n: int = 20) -> list[tuple[tuple[str, ...], str, float]]:
+        """``(context, next, Δp)`` of the ``n`` entries that gained most probability."""
+        return self.diff.top(n)
+
+    def table(self, n: int = 10) -> str:
+        """:meth:`to_markdown` with ``n`` entries per list."""
+        return self.to_markdown(n)
+
+    def to_dataframe(self):
+        """The diff's records (:meth:`TableDiff.to_dataframe`; needs pandas)."""
+        return self.diff.to_dataframe()
 
     def to_markdown(self, n: int = 10) -> str:
         out = [f"Jet bigrams `{' + '.join(self.paths)}` over all {self.vocab_size} one-token contexts: the "
@@ -109,7 +139,7 @@ def bigram_diff(base: Model, tuned: Model, paths: Sequence[str] = ("emb>mlp0>dec
 # Against data
 
 @dataclasses.dataclass(frozen=True)
-class DataCheck:
+class DataCheck(ResultIO):
     """How well jet bigram changes predict the model's own changes on a corpus (see :func:`data_check`).
 
     Attributes:
@@ -121,7 +151,11 @@ class DataCheck:
         ``{name: (mean, 95th percentile)}`` over ``n_shuffles`` permutations (correlations as ``|ρ|``).
       per_path: Spearman of Δ log-probability for each single attention-free path
         (``None`` where the path did not change at all).
+
+    :meth:`top` ranks the single paths by that Spearman ρ; ``to_json`` / ``load`` round-trip.
     """
+
+    FORMAT = "jetjax.data_check"
 
     paths: tuple[str, ...]
     n_tokens: int
@@ -135,6 +169,40 @@ class DataCheck:
     top_overlap: float
     shuffled: dict
     per_path: dict
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DataCheck":
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        data = dict(check_format(data, cls.FORMAT, "DataCheck", required=names))
+        data["paths"] = tuple(data["paths"])
+        data["shuffled"] = {k: tuple(float_or_nan(x) for x in v) for k, v in data["shuffled"].items()}
+        for name in ("spearman_dlogp", "spearman_dp", "top_overlap"):
+            data[name] = float_or_nan(data[name])
+        return cls(**{name: data[name] for name in names})
+
+    def top(self, n: int = 5) -> list[tuple[str, float]]:
+        """``(path, ρ)`` of the ``n`` single paths whose Δ log-probabilities rank the pairs most like the
+        model's (largest Spearman ρ first; paths that did not change are left out)."""
+        n = check_nonnegative_int("n", n)
+        ranked = sorted(((k, v) for k, v in self.per_path.items() if v is not None), key=lambda kv: -kv[1])
+        return [(k, float(v)) for k, v in ranked[:n]]
+
+    def table(self, n: int = 5) -> str:
+        """The headline figures against the shuffled baseline, and the :meth:`top` ``n`` single paths, as text."""
+        s = self.shuffled
+        lines = [f"{self.n_pairs} pairs of {self.n_contexts} contexts ({self.n_tokens} tokens), jet paths "
+                 f"{' + '.join(self.paths)}: jet Δ vs model Δ (shuffled mean, 95th percentile)",
+                 f"  Spearman ρ, Δ log p {self.spearman_dlogp:+.3f} ({s['spearman_dlogp'][0]:.3f}, "
+                 f"{s['spearman_dlogp'][1]:.3f})",
+                 f"  Spearman ρ, Δ p     {self.spearman_dp:+.3f} ({s['spearman_dp'][0]:.3f}, "
+                 f"{s['spearman_dp'][1]:.3f})",
+                 f"  top-{self.n_top} overlap   {self.top_overlap:.3f} ({s['top_overlap'][0]:.3f}, "
+                 f"{s['top_overlap'][1]:.3f})", "single paths by ρ(Δ log p):"]
+        return "\n".join(lines + [f"  {rho:+.3f}  {path}" for path, rho in self.top(n)])
+
+    def to_dataframe(self):
+        """One row per single path: ``path, spearman_dlogp`` (needs pandas)."""
+        return dataframe({"path": list(self.per_path), "spearman_dlogp": list(self.per_path.values())})
 
     def to_markdown(self) -> str:
         s = self.shuffled

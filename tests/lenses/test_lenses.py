@@ -227,7 +227,7 @@ def test_top_tokens_and_json(hf_model, rng, tmp_path):
     model, _ = hf_model
     ids = _ids(rng, model, (1, 5))
     lens = lenses.joint_jet_lens(model, ids, order=1, fit_steps=3)
-    top_ids, probs = lens.top_k(3)
+    top_ids, probs = lens.top(3)
     assert top_ids.shape == probs.shape == (4, 1, 5, 3)
     np.testing.assert_array_equal(top_ids[..., 0], np.asarray(lens.logits).argmax(-1))
     assert (np.diff(probs, axis=-1) <= 0).all()
@@ -240,10 +240,10 @@ def test_top_tokens_and_json(hf_model, rng, tmp_path):
     assert np.asarray(data["top_k"]["probs"]).shape == (4, 1, 5, 2)
     assert np.asarray(data["weights"]).shape == (4, 1, 5) and len(data["fit_losses"]) == 4
     np.testing.assert_allclose(data["combined_metrics"]["cosine"], lens.combined_metrics["cosine"])
-    with pytest.raises(ValueError, match=r"k must be an int in 1\.\.37"):
-        lens.top_k(0)
+    with pytest.raises(ValueError, match=r"n must be an int in 1\.\.37"):
+        lens.top(0)
     with pytest.raises(ValueError, match="which must be"):
-        lens.top_k(2, which="layers")
+        lens.top(2, which="layers")
 
 
 # ---- bad input -----------------------------------------------------------------------------

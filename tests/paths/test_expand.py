@@ -49,7 +49,7 @@ def test_linear_toy_order0_unit_weights_gives_all_paths_exactly(rng):
         assert len(out) == 2 ** len(A) == len(set(out.labels))
         f = U @ np.linalg.multi_dot([np.eye(5) + a for a in A[::-1]]) @ E @ z
         assert float(jnp.abs(out.remainder).max()) < 1e-12
-        np.testing.assert_allclose(np.asarray(out.total()), f, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(out.total), f, atol=1e-12)
         # each path is U (Π_{l∈S} A_l) E z, with S read from its label
         for label, term in zip(out.labels, np.asarray(out.terms)):
             path = E @ z
@@ -98,7 +98,7 @@ def test_two_block_toy_two_step_carving():
         step2 = jj.expand(dec, centres, x0 + x1 + x2, order, labels=labels)
         assert len(step2) == 4
         assert step2.labels == ("x0", "x1", "x0>g2", "x1>g2")
-        np.testing.assert_allclose(step2.total() + step2.remainder, logits, atol=1e-4)
+        np.testing.assert_allclose(step2.total + step2.remainder, logits, atol=1e-4)
     # at order 0 with unit weights the four paths are Dec∘Enc, Dec∘γ1∘Enc, Dec∘γ2∘Enc, Dec∘γ2∘γ1∘Enc
     step1 = jj.expand(g2, jnp.stack([x0, x1]), x0 + x1, 0, weights="unit")
     step2 = jj.expand(dec, jnp.concatenate([jnp.stack([x0, x1]), step1.terms]), x0 + x1 + x2, 0, weights="unit")
@@ -115,7 +115,7 @@ def test_generic_expand_terms_are_weighted_jets():
     for i in range(3):
         ref = sum(nested_jvp_terms(f, centres[i], y, 3))
         np.testing.assert_allclose(exp.terms[i], w[i] * ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(exp.total() + exp.remainder, f(y), atol=1e-6)
+    np.testing.assert_allclose(exp.total + exp.remainder, f(y), atol=1e-6)
     assert exp.labels == ("c0", "c1", "c2") and exp.order == 3
     np.testing.assert_allclose(exp.term("c1"), exp.terms[1])
 
@@ -159,7 +159,7 @@ def test_decoder_expansion_reconstructs_hf_logits(gpt2, order, rng):
     exp = jj.expand_decoder(model, ids, centres, order, labels=["emb", "h1", f"block{L - 1}"])
     assert exp.labels == ("emb>dec", "h1>dec", f"block{L - 1}>dec")
     assert exp.terms.shape == (3, 9, 37)
-    np.testing.assert_allclose(np.asarray(exp.total() + exp.remainder), _hf_logits(hf, ids), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(exp.total + exp.remainder), _hf_logits(hf, ids), atol=1e-4)
     # each term is 1/3 of the jet of the full decoder, computed independently by nested jvp
     for i in range(3):
         ref = sum(nested_jvp_terms(model.decode, centres[i], h[L], order)) / 3
@@ -175,14 +175,14 @@ def test_block_then_decoder_composes_labels_and_matches_hf_stream(gpt2, rng):
     centres = jnp.stack([h[0], h[1] - h[0]])
     exp = jj.expand_block(model, ids, 1, centres, order=1, labels=["emb", "block0"])
     assert exp.labels == ("emb>block1", "block0>block1", "emb", "block0")
-    np.testing.assert_allclose(np.asarray(exp.total() + exp.remainder), hidden[2][0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(exp.total + exp.remainder), hidden[2][0].numpy(), atol=1e-4)
     for i in range(2):
         ref = sum(nested_jvp_terms(lambda x: model.block(1, x), centres[i], h[1], 1)) / 2
         np.testing.assert_allclose(np.asarray(exp.terms[i]), np.asarray(ref), atol=1e-5)
         np.testing.assert_allclose(np.asarray(exp.terms[2 + i]), np.asarray(h[1]) / 2, atol=1e-6)
     dec = jj.expand_decoder(model, ids, exp, order=0)
     assert dec.labels == ("emb>block1>dec", "block0>block1>dec", "emb>dec", "block0>dec")
-    np.testing.assert_allclose(np.asarray(dec.total() + dec.remainder), _hf_logits(hf, ids), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dec.total + dec.remainder), _hf_logits(hf, ids), atol=1e-4)
 
     # attention then MLP branch of layer 0, at the embedding, order 0, unit weights: exact paths
     a = jj.expand_block(model, ids, 0, h[0][None], 0, "unit", branch="attn", labels=["emb"])
@@ -192,7 +192,7 @@ def test_block_then_decoder_composes_labels_and_matches_hf_stream(gpt2, rng):
     assert m.labels == ("emb>attn0>mlp0", "emb>mlp0", "emb>attn0", "emb")
     np.testing.assert_allclose(np.asarray(m.term("emb>attn0>mlp0")),
                                np.asarray(model.mlp(0, model.attn(0, h[0]))), atol=1e-6)
-    np.testing.assert_allclose(np.asarray(m.total() + m.remainder), np.asarray(h[1]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(m.total + m.remainder), np.asarray(h[1]), atol=1e-5)
 
 
 @pytest.mark.parametrize("order", [2, 3])
@@ -268,7 +268,7 @@ def test_expand_all_paths(gpt2, rng, granularity, n_paths):
     assert len(paths) == n_paths == len(set(paths.labels))
     assert paths.terms.shape == (n_paths, 6, 37)
     assert all(lab.startswith("emb>") and lab.endswith(">dec") for lab in paths.labels)
-    np.testing.assert_allclose(np.asarray(paths.total() + paths.remainder), hf_logits, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(paths.total + paths.remainder), hf_logits, atol=1e-4)
     for label, term in zip(paths.labels, paths.terms):
         np.testing.assert_allclose(np.asarray(term), np.asarray(_path_by_hand(model, ids, label)),
                                    atol=1e-4, err_msg=label)
@@ -276,7 +276,7 @@ def test_expand_all_paths(gpt2, rng, granularity, n_paths):
     for order, weights in [(1, "uniform"), (2, "unit")]:
         other = jj.expand_all(model, ids, order=order, granularity=granularity, weights=weights)
         assert other.labels == paths.labels
-        np.testing.assert_allclose(np.asarray(other.total() + other.remainder), hf_logits, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(other.total + other.remainder), hf_logits, atol=1e-4)
     # one compiled function per (model, settings): another prompt of the same length reuses it
     from jetjax._internal.compiled import built
 
@@ -318,7 +318,7 @@ def test_filters_and_path_counts(gpt2, rng, granularity, filters):
                 continue
             expected.add(">".join(["emb", *combo, "dec"]))
     assert set(paths.labels) == expected
-    np.testing.assert_allclose(np.asarray(paths.total() + paths.remainder), _hf_logits(hf, ids), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(paths.total + paths.remainder), _hf_logits(hf, ids), atol=1e-4)
     for label, term in zip(paths.labels, paths.terms):  # filtered paths are still the plain compositions
         np.testing.assert_allclose(np.asarray(term), np.asarray(_path_by_hand(model, ids, label)), atol=1e-4)
 
@@ -332,7 +332,7 @@ def test_parallel_path_count(rng):
     ids = rng.integers(0, 13, size=4)
     paths = jj.expand_all(model, ids, granularity="branch")
     assert len(paths) == 27 == jj.count_paths(3, "branch", parallel_residual=True)
-    np.testing.assert_allclose(np.asarray(paths.total() + paths.remainder), np.asarray(model.logits(ids)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(paths.total + paths.remainder), np.asarray(model.logits(ids)), atol=1e-5)
     assert jj.count_paths(3, "branch", parallel_residual=True, max_length=1) == 7
 
 

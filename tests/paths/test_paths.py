@@ -27,9 +27,9 @@ def test_reduce_paths_matches_from_scratch_paths(gpt2, rng, granularity, filters
     np.testing.assert_allclose(res.scores, res.norms)              # default score: the norm
     np.testing.assert_allclose(res.remainder, _hf_logits(hf, ids) - paths.sum(0), atol=1e-4)
     expected_top = np.argsort(-res.norms, kind="stable")[:5]
-    np.testing.assert_array_equal(res.top, expected_top)
+    np.testing.assert_array_equal(res.top_indices, expected_top)
     np.testing.assert_allclose(res.top_logits, paths[expected_top], atol=1e-4)
-    assert res.ranked(2) == [(res.labels[i], float(res.scores[i])) for i in expected_top[:2]]
+    assert res.top(2) == [(res.labels[i], float(res.scores[i])) for i in expected_top[:2]]
 
     # one position only: the same paths sliced there
     at = jj.reduce_paths(model, ids, granularity=granularity, position=-2, top_k=2, chunk_size=4, **filters)

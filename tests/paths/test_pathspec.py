@@ -87,7 +87,7 @@ def test_a_failed_call_does_not_poison_a_later_valid_one(shipped):
     assert dict(built(shipped, "expand_all")) == before     # refused before any cache was touched
     one = jj.expand_all(shipped, ids, max_length=1)
     assert sorted(one.labels) == sorted([f"emb>block{l}>dec" for l in range(4)] + ["emb>dec"])
-    np.testing.assert_allclose(np.asarray(one.total() + one.remainder), np.asarray(shipped.logits(ids)), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(one.total + one.remainder), np.asarray(shipped.logits(ids)), atol=1e-4)
     # the spec is the cache key: True == 1 in Python, but True never gets that far
     assert PathSpec(max_length=1) in built(shipped, "expand_all")
 
