@@ -77,3 +77,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not any(tier in item.keywords for tier in TIERS):
             item.add_marker(pytest.mark.unit)
+    _heavy_first(items)
+
+
+# `make test` runs the suite on two workers (pytest-xdist, `--dist loadscope --no-loadscope-reorder`):
+# a module runs whole on one worker, so its module fixtures (one SmolLM2 load, one demo run) are
+# built once. The longest modules are handed out first, so that neither worker is left alone with one
+# at the end; the order of everything else is the collection order.
+HEAVY_FIRST = ("tests/test_real_model.py", "tests/test_notebooks.py", "tests/io/test_lora_real.py",
+               "tests/paths/test_search.py", "tests/cli/test_cli.py", "tests/jet/test_taylor.py",
+               "tests/paths/test_paths.py", "tests/test_multiprocess.py", "tests/cli/test_cli_graph.py")
+
+
+def _heavy_first(items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+
+    def key(item):
+        path = item.nodeid.split("::", 1)[0]
+        return rank.get(path, len(rank))
+
+    items.sort(key=key)     # stable: within a rank, the collection order

@@ -22,19 +22,18 @@ Written to benchmarks/results/families.{json,md} (float32) or families_bfloat16.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jetjax as jj
-from jetjax.bench.runner import add_dtype_option, dtype_label, median_seconds, result_stem, results_dir
+from jetjax.bench.runner import (add_dtype_option, dtype_label, median_seconds, result_stem, results_dir,
+                                 write_results)
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
 RESULTS = results_dir()
@@ -142,8 +141,6 @@ def main():
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "load_avg_1min": os.getloadavg()[0],
             "device": str(jax.devices()[0])}
     stem = result_stem("families", args.dtype)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"# Families: parity with HF transformers and forward throughput, {dtype_label(args.dtype)}",
         "",
@@ -166,7 +163,7 @@ def main():
         lines.append(f"| {r['model_type']} | {r['n_params']:,} | {r['max_abs_logit_diff']:.2e} | {r['hf_fp32_vs_fp64']:.2e} | "
                      f"{r['max_abs_logit']:.1f} | "
                      f"{r['jetjax_tokens_per_s']:,.0f} | {r['hf_torch_tokens_per_s']:,.0f} | {r['jetjax_compile_s']:.1f} |")
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_results(stem, {"meta": meta, "rows": rows}, "\n".join(lines), out=RESULTS)
     print(f"wrote {RESULTS / (stem + '.json')} and {RESULTS / (stem + '.md')}")
 
 

@@ -34,7 +34,7 @@ import time
 
 from jetjax.bench.machine import describe, machine
 from jetjax.bench.real_model import peak_rss_mb
-from jetjax.bench.runner import add_dtype_option, dtype_label, result_stem, results_dir
+from jetjax.bench.runner import add_dtype_option, dtype_label, result_stem, write_results
 
 TEXT = ("The old lighthouse keeper climbed the narrow stairs every evening to light the lamp, and from the top "
         "he could see the fishing boats returning to the harbour while the gulls circled above the grey water "
@@ -181,11 +181,7 @@ def main(argv=None) -> dict | None:
         print(f"== find_circuit T={t}", file=sys.stderr, flush=True)
         result["circuit"].append(_spawn({"part": "circuit", "seq": t, "heads": False, "repeats": 1, "dtype": args.dtype}))
     result["load_end"] = os.getloadavg()
-    out = results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    stem = result_stem("graph", args.dtype)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{stem}.md").write_text(markdown(result))
+    write_results(result_stem("graph", args.dtype), result, markdown(result))
     print(markdown(result))
     return result
 

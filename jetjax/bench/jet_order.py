@@ -17,19 +17,16 @@ Written to benchmarks/results/jet_order.{json,md} (float32) or jet_order_bfloat1
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import math
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 import jetjax as jj
-from jetjax.bench.runner import add_dtype_option, dtype_label, result_stem, results_dir
+from jetjax.bench.runner import add_dtype_option, dtype_label, result_stem, results_dir, write_results
 from jetjax.models import ModelConfig, random_model
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
@@ -121,8 +118,6 @@ def main():
                 d_model=d, heads=args.heads, seq=args.seq, repeats=args.repeats, dtype=args.dtype,
                 activation_dtype="float32")
     stem = result_stem("jet_order", args.dtype)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
     lines = [f"GPT-2-small-shaped block, T={args.seq}, {dtype_label(args.dtype)}, {meta['device']} ({meta['backend']}), "
              f"jax {jax.__version__}",
              "", "| k | jet compile s | nested-jvp compile s | compile ratio (jvp/jet) | jet run ms | nested-jvp run ms | stock jet run ms | run ratio (jet/jvp) | max rel diff |",
@@ -130,7 +125,7 @@ def main():
     for r in rows:
         lines.append(f"| {r['order']} | {r['jet_compile_s']:.2f} | {r['jvp_compile_s']:.2f} | {r['compile_ratio']:.1f}x | "
                      f"{r['jet_run_ms']:.1f} | {r['jvp_run_ms']:.1f} | {r['stock_jet_run_ms']:.1f} | {r['run_ratio']:.2f} | {r['max_rel_diff']:.1e} |")
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_results(stem, dict(meta=meta, rows=rows), "\n".join(lines), out=RESULTS)
     print("\n".join(lines))
 
 

@@ -27,19 +27,18 @@ Everything runs in one process, one after the other. Results: benchmarks/results
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jetjax.lenses import lens as lenses
-from jetjax.bench.runner import add_dtype_option, dtype_label, median_seconds, result_stem, results_dir
+from jetjax.bench.runner import (add_dtype_option, dtype_label, median_seconds, result_stem, results_dir,
+                                 write_results)
 from jetjax.models import ModelConfig, random_model
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
@@ -239,8 +238,6 @@ def main():
                 batch=1, repeats=args.repeats, torch_repeats=args.torch_repeats, dtype=args.dtype,
                 activation_dtype="float32", torch_dtype="float32")
     stem = result_stem("lenses", args.dtype)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
     g = gemm["gflops"]
     fmt = lambda v: "n/a" if v is None else f"{v:.0f}"
     lines = [f"Iterative jet lens, all {n_rows} rows, GPT-2-small-shaped random model "
@@ -274,7 +271,7 @@ def main():
     lines += ["", "`reference / floor` is the most any implementation returning every row's float32 logits could "
               "gain over the reference on this machine: the reference's time over the streams plus the "
               "unembeddings, both measured here."]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_results(stem, dict(meta=meta, rows=rows), "\n".join(lines), out=RESULTS)
     print("\n".join(lines))
 
 

@@ -66,7 +66,7 @@ import subprocess
 import sys
 import time
 
-from jetjax.bench.runner import add_dtype_option, dtype_label, result_stem, results_dir
+from jetjax.bench.runner import add_dtype_option, dtype_label, result_stem, results_dir, write_results
 from jetjax.ngrams.settings import COMPUTE_DTYPES
 from jetjax.bench.machine import describe, gemm_rates, machine
 
@@ -410,15 +410,13 @@ def main(argv=None) -> None:
               "load_average_end": list(os.getloadavg()), "gemm": gemm, "sweeps": rows, "fidelity": fid,
               "all_mlp": all_mlp, "jetjax": jetjax, "torch_reference": torch_ref,
               "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = result_stem("ngrams", args.dtype)
     store = RESULTS / f"{stem}.json"
     runs = json.loads(store.read_text()).get("runs", []) if store.is_file() else []
     key = lambda run: (run.get("shape", "gpt2-small"), run["vocab"],  # noqa: E731
                        list(dict.fromkeys(r["path"] for r in run["sweeps"])), bool(run.get("all_mlp")))
     runs = [r for r in runs if key(r) != key(result)] + [result]
-    store.write_text(json.dumps({"runs": runs}, indent=1))
-    (RESULTS / f"{stem}.md").write_text("\n\n".join(markdown(r) for r in runs))
+    write_results(stem, {"runs": runs}, "\n\n".join(markdown(r) for r in runs), out=RESULTS)
     print(markdown(result))
 
 
@@ -457,7 +455,7 @@ def markdown(result: dict) -> str:
              "the recipe on this machine (the recipe does the same GEMMs). Peak RSS of jetjax covers all its compute dtypes and the GEMM "
              "measurements (torch loaded).", "",
              "'tiles' is how each vocabulary tile was computed: `fused`, jetjax's CPU kernel forms the logits "
-             "with its own GEMM and reduces them (jetjax/ngrams/kernels/tile_reduce.cc; bfloat16: on AMX, in runs "
+             "with its own GEMM and reduces them (jetjax/ngrams/native/tile_reduce.cc; bfloat16: on AMX, in runs "
              "from 2026-12-04 on); `kernel`, XLA's GEMM and that kernel's reduction; `xla`, the pure-JAX step "
              "(every run before the kernels).", "",
              "| path | compute | tiles | jetjax s | rows/s | GFLOP/s | best GEMM GFLOP/s | of best GEMM | at best GEMM s "

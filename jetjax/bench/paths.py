@@ -28,9 +28,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from jetjax.bench.runner import add_dtype_option, dtype_label, result_stem, results_dir
+from jetjax.bench.runner import add_dtype_option, dtype_label, result_stem, results_dir, write_results
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
 RESULTS = results_dir()
@@ -151,8 +150,6 @@ def main(argv=None):
                                       "peak_rss_mb")} for c in orders],
     }
     stem = result_stem("paths", args.dtype)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(summary, indent=2))
     lines = [
         f"Exhaustive order-0 block paths, GPT-2-small-shaped random model (d=768, V={args.vocab}), "
         f"T={args.seq}, {dtype_label(args.dtype)}, {summary['machine']}, "
@@ -174,7 +171,7 @@ def main(argv=None):
         seen.add(key)
         lines.append(f"| {c['layers']} | {c['order']} | {c['paths']} | {c['run_s']:.2f} | {c['first_call_s']:.1f} | "
                      f"{c['paths_per_s']:.1f} | {c['peak_rss_mb']:.0f} |")
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_results(stem, summary, "\n".join(lines), out=RESULTS)
     print("\n".join(lines))
 
 

@@ -53,7 +53,8 @@ import sys
 import time
 from pathlib import Path
 
-from jetjax.bench.runner import add_dtype_option, dtype_label, median_seconds, result_stem, results_dir, timed
+from jetjax.bench.runner import (add_dtype_option, dtype_label, median_seconds, result_stem, results_dir, timed,
+                                 write_results)
 from jetjax.bench.machine import FLAGS, gemm_rates, machine
 
 # JETJAX_BENCH_RESULTS (set by `jetjax bench --out`) redirects the result files.
@@ -267,11 +268,8 @@ def main(argv=None) -> None:
                      median_of_best_gemm=statistics.median(rates) / best, best_of_best_gemm=max(rates) / best)
     result.update(gemm_shape=[args.gemm_rows, cfg.d_model, cfg.vocab_size], gemm_gflops=gemm, best_gemm_gflops=best,
                   variants=variants, load_average_end=os.getloadavg(), total_s=time.perf_counter() - t_start)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = result_stem("real_model", args.dtype)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(result)
-    (RESULTS / f"{stem}.md").write_text(text)
+    write_results(result_stem("real_model", args.dtype), result, text, out=RESULTS)
     print(text)
 
 

@@ -88,6 +88,28 @@ def results_dir() -> Path:
     return Path(env) if env else (_checkout_results() or Path("jetjax-bench"))
 
 
+def write_results(stem: str, data: dict, markdown: str, out: Path | None = None) -> Path:
+    """Write a benchmark's ``<stem>.json`` (``data``) and ``<stem>.md`` (``markdown``) into ``out``
+    (default :func:`results_dir`), each through a temporary file so a file under its name is always
+    whole; returns the Markdown file's path.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> write_results("demo", {"rate": 1.5}, "| rate |\\n| 1.5 |", out=d).name
+    'demo.md'
+    >>> json.loads((d / "demo.json").read_text())
+    {'rate': 1.5}
+    """
+    out = results_dir() if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown if markdown.endswith("\n") else markdown + "\n"
+    for name, body in ((f"{stem}.json", json.dumps(data, indent=1) + "\n"), (f"{stem}.md", text)):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(body, encoding="utf-8")
+        os.replace(tmp, out / name)
+    return out / f"{stem}.md"
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="jetjax bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

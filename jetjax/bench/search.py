@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from jetjax.bench.runner import results_dir
+from jetjax.bench.runner import write_results
 from jetjax.bench.real_model import machine, peak_rss_mb
 
 PROMPT, TARGET, FOIL = "The capital of France is", " Paris", " London"
@@ -143,11 +143,7 @@ def main(argv=None) -> dict | None:
     info["load"] = os.getloadavg()
     result = {"machine": info, "args": {"k": args.k, "beam": args.beam},
               "smollm2": _spawn("smollm2", args), "twelve": _spawn("twelve", args)}
-    out = results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "search_quick" if args.quick else "search"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{stem}.md").write_text(markdown(result))
+    write_results("search_quick" if args.quick else "search", result, markdown(result))
     print(markdown(result))
     return result
 

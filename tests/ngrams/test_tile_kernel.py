@@ -1,4 +1,4 @@
-"""The sweep's CPU tile kernels (jetjax/ngrams/kernels/tile_reduce.cc): the reduction after XLA's GEMM
+"""The sweep's CPU tile kernels (jetjax/ngrams/native/tile_reduce.cc): the reduction after XLA's GEMM
 ("kernel") and the fused float32 GEMM + reduction ("fused"). The same ids and top logits as the
 pure-JAX step and as one lax.top_k over whole rows (for "fused", wherever float32 rounding of the
 GEMM cannot swap two logits), a logsumexp as close to float64 as XLA's, NaN rows passed on as NaN,
