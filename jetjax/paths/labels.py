@@ -53,6 +53,8 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
+from jetjax.paths.plan import component_steps
+
 __all__ = ["Component", "EMB", "BIAS", "SOURCES", "DEC", "SEP", "KINDS", "GRANULARITIES", "PATH_FORMS",
            "parse_component", "format_label", "parse_label", "parse_path", "label_length", "extend_label",
            "model_components", "check_granularity", "check_component_names"]
@@ -360,8 +362,8 @@ def model_components(n_layers: int, granularity: str) -> tuple[Component, ...]:
       >>> [str(c) for c in model_components(2, "branch")]
       ['attn0', 'mlp0', 'attn1', 'mlp1']
     """
-    kinds = ("block",) if check_granularity(granularity) == "block" else ("attn", "mlp")
-    return tuple(Component(kind, layer) for layer in range(n_layers) for kind in kinds)
+    steps = component_steps(n_layers, check_granularity(granularity), parallel_residual=False)
+    return tuple(Component(kind, layer) for layer, kinds in steps for kind in kinds)
 
 
 def check_component_names(names: Iterable[ComponentLike] | str | None, *, what: str,
