@@ -19,6 +19,7 @@ import numpy as np
 
 from jetjax._internal.checks import count_nonfinite, json_safe
 from jetjax._internal.compiled import module_jit
+from jetjax.html import lens_html
 from jetjax._internal.results import check_format, dataframe, decode_array, encode_array, load_json, write_text
 
 __all__ = ["LensResult", "METRICS"]
@@ -209,6 +210,10 @@ class LensResult:
 
     def __str__(self) -> str:
         return self.table()
+
+    def _repr_html_(self) -> str:
+        """The row × position grid a notebook shows (:func:`jetjax.html.lens_html`)."""
+        return lens_html(self)
 
     def to_dataframe(self):
         """One row per (lens row, position): ``row, row_index, [sequence,] position, token``, every metric,

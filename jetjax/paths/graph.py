@@ -40,6 +40,7 @@ import numpy as np
 
 from jetjax._internal.checks import check_position, count_nonfinite, json_safe
 from jetjax._internal.compiled import per_model
+from jetjax.html import graph_inline_html
 from jetjax.models.layers import edit_heads, freeze
 from jetjax.models.model import Model
 from jetjax.paths.ablate import faithfulness as _faithfulness
@@ -275,6 +276,10 @@ class AttributionGraph:
 
     def __str__(self) -> str:
         return self.table()
+
+    def _repr_html_(self) -> str:
+        """The interactive page inline, as a notebook shows it (:func:`jetjax.html.graph_inline_html`)."""
+        return graph_inline_html(self)
 
     # -- influence and pruning --------------------------------------------------------------
     def influence(self) -> np.ndarray:

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from jetjax._internal.checks import check_nonnegative_int, count_nonfinite
+from jetjax.html import attribution_html, top_paths_html
 from jetjax._internal.results import ResultIO, check_format, dataframe, float_or_nan
 from jetjax.paths.labels import EMB, SEP, label_length
 from jetjax.models.model import Model
@@ -130,6 +131,10 @@ class TopPaths(ResultIO):
                                               "overflows float32 at this depth)"))]
         lines += [f"{s:+10.4f}  {lab}" for lab, s in self.top(n)]
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The table a notebook shows (:func:`jetjax.html.top_paths_html`)."""
+        return top_paths_html(self)
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("labels", "scores")}
@@ -285,6 +290,10 @@ class PathAttribution(ResultIO):
         ranked = sorted(self.components.items(), key=lambda kv: -abs(kv[1]))
         lines += [f"  {score:+10.4f}  {name}" for name, score in ranked[:n]]
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The table a notebook shows, the remainder split out (:func:`jetjax.html.attribution_html`)."""
+        return attribution_html(self)
 
     def to_dict(self) -> dict:
         return {
