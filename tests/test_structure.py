@@ -214,11 +214,12 @@ def _result_types():
     from jetjax.paths.attribution import PathScores
     from jetjax.paths.expand import Expansion
     from jetjax.paths.frozen import FrozenPaths
+    from jetjax.paths.graph import AttributionGraph
     from jetjax.paths.results import PathAttribution, TopPaths
     from jetjax.studies.diffing import BigramDiff, DataCheck
 
     return (LensResult, PathAttribution, TopPaths, PathScores, FrozenPaths, Expansion, NGramTable, TableDiff,
-            KeywordMass, DataCheck, BigramDiff)
+            KeywordMass, DataCheck, BigramDiff, AttributionGraph)
 
 
 RESULT_TYPES = _result_types()

@@ -461,9 +461,21 @@ class AttributionGraph:
                    reference=tuple(s["reference"]) if s["reference"] else None)
 
     @classmethod
+    def from_json(cls, text: str) -> "AttributionGraph":
+        """The graph of a :meth:`to_json` string, in either format (``"jetjax"`` or ``"neuronpedia"``)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not JSON, so not an attribution graph: {err}") from None
+        return cls.from_dict(data)
+
+    @classmethod
     def load(cls, path) -> "AttributionGraph":
         """A graph written by :meth:`to_json`, in either format (``"jetjax"`` or ``"neuronpedia"``)."""
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     def to_dataframe(self):
         """One row per node: ``node, position, token, de, te, influence`` (needs pandas)."""
