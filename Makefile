@@ -36,7 +36,8 @@ verify-claims: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m unit tests jetjax --doctest-modules
 
-# the tour on SmolLM2-135M (installed by setup); pictures go to ./jetjax-demo/
+# the tour on SmolLM2-135M (installed by setup); pictures go to ./jetjax-demo/. Compiled code is kept in
+# ~/.cache/jetjax/xla, so a second run does not compile again (JETJAX_COMPILE_CACHE=off: no cache, =DIR: elsewhere)
 demo: $(STAMP)
 	$(VENV)/bin/jetjax demo
 

@@ -32,6 +32,7 @@ from jetjax.ngrams import (NGramTable, SweepSettings, corpus_agreement, diff_tab
                            jet_trigrams, keyword_mass, ngram_dynamics)
 # caches
 from jetjax._internal.compiled import clear_caches
+from jetjax._internal.compile_cache import enable_compile_cache
 
 __all__ = [
     # models and loading
@@ -51,6 +52,6 @@ __all__ = [
     "NGramTable", "SweepSettings", "jet_bigrams", "jet_trigrams", "jet_skip_bigrams", "diff_tables", "keyword_mass",
     "ngram_dynamics", "corpus_agreement",
     # caches
-    "clear_caches",
+    "clear_caches", "enable_compile_cache",
 ]
 __version__ = "0.1.0"

@@ -21,7 +21,7 @@ def _save(fig, path, **kwargs) -> None:
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
         fig.savefig(path, **kwargs)
 
-__all__ = ["show_token", "lens_table", "metric_curves", "joint_weights", "study_curves", "bigram_layers",
+__all__ = ["show_token", "number_cell", "text_table", "lens_table", "metric_curves", "joint_weights", "study_curves", "bigram_layers",
            "diff_bars", "loss_curve", "graph_picture"]
 
 _METRIC_TITLES = {
@@ -49,6 +49,42 @@ def show_token(token: str, width: int | None = None) -> str:
     return text
 
 
+def number_cell(value, width: int, decimals: int) -> str:
+    """``value`` right-aligned in ``width`` characters: fixed-point with ``decimals`` when it fits, else
+    scientific notation with as many digits as fit (at least two significant ones, never cut). Join cells
+    with a space: a value too wide even then widens its own cell and never runs into its neighbour.
+
+    >>> number_cell(0.1849, 7, 3), number_cell(17634891.64, 9, 2), number_cell(float("nan"), 6, 2)
+    ('  0.185', ' 1.76e+07', '   nan')
+    """
+    text = f"{value:.{decimals}f}"
+    for digits in range(max(decimals, 2), 0, -1):
+        if len(text) <= width:
+            break
+        text = f"{value:.{digits}e}"
+    return text.rjust(width)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence], widths: Sequence[int],
+               decimals: Sequence[int | None], *, left: Sequence[int] = ()) -> list[str]:
+    """Lines of a plain-text table whose columns are separated by at least one space whatever the values:
+    each number goes through :func:`number_cell` (``decimals[i]`` ``None``, or a str value: the cell is
+    text, right-aligned unless its column is in ``left``).
+
+    >>> text_table(["", "cos", "KL"], [["h0", -0.1849, 17634891.64]], [5, 7, 9], [None, 3, 2])
+    ['          cos        KL', '   h0  -0.185  1.76e+07']
+    """
+    def text(value, width, i):
+        return str(value).ljust(width) if i in left else str(value).rjust(width)
+
+    def cell(value, width, dec, i):
+        return text(value, width, i) if dec is None or isinstance(value, str) else number_cell(value, width, dec)
+
+    lines = [" ".join(text(h, w, i) for i, (h, w) in enumerate(zip(header, widths)))]
+    lines += [" ".join(cell(v, w, d, i) for i, (v, w, d) in enumerate(zip(row, widths, decimals))) for row in rows]
+    return [line.rstrip() for line in lines]
+
+
 def _show(token: str, width: int = 9) -> str:
     """:func:`show_token` for matplotlib text, where ``$`` must stay literal."""
     return show_token(token, width).replace("$", r"\$")
@@ -58,6 +94,36 @@ def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def _fit_title(fig, *texts, max_tries: int = 6) -> None:
+    """Wrap titles and labels (``ax.title``, ``ax.xaxis.label``, a ``suptitle``) onto more lines until each
+    lies inside the figure: matplotlib's layout makes room above and below the axes for them, never
+    beside, so a long one on a narrow figure is cut at the edges. A ``"; "`` is the first place to break."""
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    for _ in range(max_tries):
+        fig.canvas.draw()   # the layout first: where a text lies depends on it
+        frame, wide = fig.bbox, []
+        for t in texts:
+            box = t.get_window_extent()
+            if box.x0 < frame.x0 - 0.5 or box.x1 > frame.x1 + 0.5:
+                wide.append((t, box))
+        if not wide:
+            return
+        for t, box in wide:
+            lines = t.get_text().splitlines()
+            flat = " ".join(" ".join(lines).split())
+            if len(lines) == 1 and "; " in flat:
+                t.set_text(flat.replace("; ", ";\n"))
+                continue
+            longest = max(map(len, lines))
+            width = max(10, int(longest * 0.95 * frame.width / box.width))
+            t.set_text("\n".join(textwrap.fill(line, width) for line in lines))
 
 
 def _batch_slice(result: LensResult, batch: int) -> int:
@@ -135,8 +201,9 @@ def lens_table(result: LensResult, path, *, batch: int = 0, positions: slice | N
     ax.set_xlabel("input token (the cell predicts the token after it)")
     ax.tick_params(length=0)
     kind = "logit lens" if result.kind == "logit" else f"{result.kind} jet lens, order {result.order}"
-    ax.set_title(title or f"{kind} ({result.granularity}): top token per cell; bold = model's top token")
     fig.colorbar(image, ax=ax, label="probability", shrink=0.9, pad=0.01)
+    ax.set_title(title or f"{kind} ({result.granularity}): top token per cell; bold = model's top token")
+    _fit_title(fig, ax.title, ax.xaxis.label)
     _save(fig, path, dpi=dpi)
     return str(path)
 

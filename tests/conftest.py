@@ -8,6 +8,7 @@ import os
 # Must happen before jax initialises its backend.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JETJAX_COMPILE_CACHE", "off")   # the CLI never writes compiled code into ~/.cache during tests
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

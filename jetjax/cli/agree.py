@@ -48,7 +48,7 @@ def run(args) -> None:
     from jetjax.ngrams import corpus_agreement, jet_bigrams
 
     text = _read_text(args.corpus)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     check_paths(model, args.paths)
     check_top_k(model, args.top_k)
     if len(model.tokenize(text)) < 2:

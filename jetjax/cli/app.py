@@ -21,6 +21,7 @@ traceback).
     jetjax train --help
     jetjax bench --quick
     jetjax demo
+    jetjax cache --clear
 
 JSON written by ``--json`` (top-level fields):
 
@@ -43,33 +44,84 @@ JSON written by ``--json`` (top-level fields):
 * ``diff``: ``gained_prob``, ``lost_prob``, ``gained_rank``, ``lost_rank``, ``exact``;
 * ``index``: ``paths``, ``models`` (``{model: {keyword file: KeywordMass}}``);
 * ``agree``: the ``CorpusAgreement`` fields (``top1_hit_rate``, ``rank_correlation``, ``kl``,
-  ``support_mass``, ``n_contexts``, ``unigram``, ...).
+  ``support_mass``, ``n_contexts``, ``unigram``, ...);
+* ``cache``: ``directory``, ``setting``, ``exists``, ``entries``, ``bytes`` (and ``cleared`` with ``--clear``).
+
+Compiled code is kept between runs: every command but ``bench`` switches on JAX's persistent
+compilation cache (``~/.cache/jetjax/xla``; ``JETJAX_COMPILE_CACHE=off`` switches it off,
+``JETJAX_COMPILE_CACHE=DIR`` moves it; ``jetjax cache`` shows it). A directory that cannot be used
+gives one warning line, and the command runs without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from typing import Sequence
 
-from jetjax.cli import (agree, attribute, bench, bigrams, circuit, demo, diff, graph, index, lens, paths, search,
-                        train)
-from jetjax.cli.common import Parser, check_json
+from jetjax.cli import (agree, attribute, bench, bigrams, cache, circuit, demo, diff, graph, index, lens, paths,
+                        search, train)
+from jetjax.cli.common import Parser, check_json, is_panic, panic_message
 
 EXAMPLES = __doc__.split("\n\n")[2]  # the example block above
 
 # Each subcommand's module: its options (register) and what it does (run), in the order --help lists them.
-COMMANDS = (lens, bigrams, paths, attribute, search, graph, circuit, diff, index, agree, train, bench, demo)
+COMMANDS = (lens, bigrams, paths, attribute, search, graph, circuit, diff, index, agree, train, bench, demo, cache)
 # Subcommands whose arguments go, unparsed, to another module's own parser.
 PASSTHROUGH = ("train", "bench", "demo")
 # Options whose value may start with "-" (negative ids, rows, text): "--ids -1,2" is read as "--ids=-1,2".
 DASH_VALUES = ("--text", "--ids", "--target", "--foil", "--rows", "--layers")
 
 
+class _Version(argparse.Action):
+    """``--version``: jetjax's and JAX's versions and the compilation cache (looked at only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
+
+
+def version_text() -> str:
+    """``jetjax 0.1.0 (jax 0.10.2)`` and, on a second line, the compilation cache's directory and size."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from jetjax import __version__
+    from jetjax._internal.compile_cache import describe
+
+    try:
+        jax_version = version("jax")
+    except PackageNotFoundError:
+        jax_version = "not installed"
+    return f"jetjax {__version__} (jax {jax_version})\n{describe()}"
+
+
+def _compile_cache(args) -> None:
+    """The persistent compilation cache for this process, unless the command opts out (``bench``: its
+    timings include compiling; ``cache``: it only looks). A directory that cannot be used is one warning line."""
+    if not getattr(args, "compile_cache", True):
+        return
+    from jetjax._internal.compile_cache import CompileCacheWarning, enable_compile_cache
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CompileCacheWarning)
+        enable_compile_cache()
+    for w in caught:
+        if issubclass(w.category, CompileCacheWarning):
+            print(f"jetjax {args.command}: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="jetjax", description="Jet expansions of residual language models.",
                 epilog="examples:\n" + EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--debug", action="store_true", help="show tracebacks (also accepted after the command)")
+    ap.add_argument("--version", action=_Version, help="the versions of jetjax and JAX, and the compilation cache")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.register(sub)
@@ -104,11 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest and not getattr(args, "passthrough", False):
         prog = f"jetjax {args.command}"
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(rest)} (see {prog} --help)\n")
+    if not args.debug:   # a Rust panic (tokenizers, safetensors) prints its message, not a backtrace
+        os.environ["RUST_BACKTRACE"] = "0"
     try:
+        if not getattr(args, "passthrough", False):
+            check_json(args.json)   # before the cache and the work: a result never computed and then lost
+        _compile_cache(args)
         if getattr(args, "passthrough", False):
             args.fn(args, rest)
         else:
-            check_json(args.json)
             args.fn(args)
     except KeyboardInterrupt:
         print("jetjax: interrupted", file=sys.stderr)
@@ -118,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"jetjax {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except BaseException as e:   # pyo3's PanicException is no Exception: still one line
+        if args.debug or not is_panic(e):
+            raise
+        print(f"jetjax {args.command}: error: a compiled library (tokenizers or safetensors) failed: panic: "
+              f"{panic_message(e)} (--debug for the traceback)", file=sys.stderr)
         return 2
     return 0
 

@@ -65,7 +65,7 @@ def run(args) -> None:
 
     check_input(args)
     method = _settle_method(args)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     ids = input_ids(model, args)
     check_position(ids, args.position)
     check_token(model, args.target, "--target")

@@ -9,7 +9,8 @@ from jetjax.cli.common import add_debug
 
 def register(sub) -> None:
     p = add_debug(sub.add_parser("bench", help="run the benchmark suite", add_help=False))
-    p.set_defaults(fn=run, passthrough=True)
+    # no persistent compilation cache: the suite's timings include compiling
+    p.set_defaults(fn=run, passthrough=True, compile_cache=False)
 
 
 def run(args, rest: Sequence[str]) -> None:

@@ -27,7 +27,7 @@ def run(args) -> None:
     from jetjax.ngrams import jet_bigrams
 
     check_dir_option(args.out)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     check_paths(model, args.paths)
     check_top_k(model, args.top_k)
     v = model.config.vocab_size

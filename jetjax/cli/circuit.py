@@ -34,7 +34,7 @@ def run(args) -> None:
 
     check_input(args)
     mode = settle_baseline(args.mode, args.reference, "--mode")
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     ids = input_ids(model, args)
     check_position(ids, args.position)
     check_target_foil(model, args)

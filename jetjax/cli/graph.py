@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jetjax.cli.common import (FOIL_HELP, TOP, CLIError, add_common, add_position, add_reference, add_target_foil,
-                               check_input, check_position, check_reference, check_target_foil,
+                               check_input, check_position, check_reference, check_target_foil, check_writable,
                                fraction_option, input_ids, library_default, load_model, say, settle_baseline,
                                write_json)
 from jetjax.paths.graph import JSON_FORMATS, AttributionGraph
@@ -51,6 +51,7 @@ def _check_html(path: str | None) -> None:
         if q.exists():
             if not q.is_dir():
                 raise CLIError(f"--html {path}: {q} is a file, not a directory")
+            check_writable(path, "--html", q)
             return
 
 
@@ -62,7 +63,7 @@ def run(args) -> None:
     _check_html(args.html)
     if args.json_format is not None and not args.json:
         raise CLIError(f"--json-format {args.json_format} needs --json PATH (or --json - for stdout)")
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     ids = input_ids(model, args)
     check_position(ids, args.position)
     check_target_foil(model, args)

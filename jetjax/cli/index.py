@@ -40,7 +40,7 @@ def run(args) -> None:
         if option == "--adapter":
             model = tuned
         else:
-            model = load_model(src, option)
+            model = load_model(src, option, dtype=args.dtype)
             if option == "--model" and adapter is not None:   # a wrong base is refused before any sweep
                 tuned = with_adapter(model, adapter[1], adapter[0])
         check_paths(model, args.paths, f"{option} {src}")

@@ -45,7 +45,7 @@ def run(args) -> None:
     check_dir_option(args.out)
     rows = _rows(args.rows)
     orders = list(dict.fromkeys(args.orders))  # a repeated order is computed (and shown) once
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     ids = input_ids(model, args)
     check_top_k(model, args.top_k)
     try:   # before any lens runs, and named by its option

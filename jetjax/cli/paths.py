@@ -22,7 +22,7 @@ def run(args) -> None:
     import jetjax as jj
 
     check_input(args)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     ids = input_ids(model, args)
     check_position(ids, args.position)
     res = jj.reduce_paths(model, ids, order=args.order, granularity=args.granularity, position=args.position,

@@ -32,7 +32,7 @@ def run(args) -> None:
     beam = args.beam if args.beam is not None else default_beam(args.top)
     if beam < args.top:
         raise CLIError(f"--beam {beam} is too small to return --top {args.top} paths (use --beam >= {args.top})")
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     ids = input_ids(model, args)
     check_position(ids, args.position)
     check_token(model, args.target, "--target")
