@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jetjax.viz import show_token, text_table
+from jetjax.viz import show_token
 
 ATTRIBUTION_PROMPT = "The capital of France is"
 ATTRIBUTION_PAIR = (" Paris", " London")
@@ -42,35 +42,6 @@ def _lens_block(res, tokens, width: int) -> list[str]:
         cells = "".join(f"{show_token(top[r][t][0], 9):>10}" for t in cols)
         lines.append(f"{row:>7} {cells}  {m['cosine'][r].mean():5.3f}  {m['top1'][r].mean():5.2f}")
     return lines
-
-
-def _study_table(study) -> list[str]:
-    """The lens study per stream: cosine / top-1 / KL of each order, one line per stream. A value too wide
-    for its column (an order-2 KL of 1.8e7 nats near the embedding) is written in scientific notation,
-    and columns are always apart (:func:`jetjax.viz.text_table`)."""
-    widths, decimals = (7, 6, 9), (3, 2, 2)
-    group = sum(widths) + len(widths) - 1
-    head = f"{'':>5} " + " ".join(f"{'order ' + str(k):>{group}}" for k in study.orders)
-    m = study.metrics
-    rows = [[row, *(m[name][o, r] for o in range(len(study.orders)) for name in ("cosine", "top1", "kl"))]
-            for r, row in enumerate(study.rows)]
-    lines = text_table(["", *("cos", "top1", "KL") * len(study.orders)], rows, (5, *widths * len(study.orders)),
-                       (None, *decimals * len(study.orders)))
-    return [head, *lines]
-
-
-def _bigram_table(study, names) -> list[str]:
-    """The bigram study's rows (hit@1, rho, KL, copy, =model) and the corpus's unigram, columns always apart."""
-    rows = []
-    for name in names:
-        r = study.results[name]
-        a = r.agreement
-        rows.append([name, a.top1_hit_rate, a.rank_correlation, a.kl, r.copy_share, r.model_top1])
-    u = study.unigram
-    rows.append(["unigram of the corpus", u["top1_hit_rate"], u["rank_correlation"], u["kl"], "", ""])
-    width = max(len(str(row[0])) for row in rows)
-    return text_table(["path set", "hit@1", "rho", "KL", "copy", "=model"], rows, (width, 6, 6, 7, 6, 6),
-                      (None, 3, 3, 2, 3, 3), left=(0,))
 
 
 def _every(rows, n_layers: int):
@@ -124,7 +95,7 @@ def main(argv=None) -> dict:
     mid = findings.middle_rows(n)
     print(f"== 1. lenses: logit lens (order 0) vs iterative jet lenses J^k Dec(h_l)(h_L), k = 1, 2\n"
           f"   mean over {study.n_prompts} prompts ({', '.join(findings.PROMPTS)}), {study.n_positions} positions")
-    lines = _study_table(study)
+    lines = study.table().splitlines()
     print("\n".join(lines[:2] + [lines[2 + r] for r in _every(study.rows, n)]))
     print(f"   middle streams h{mid.start}..h{mid.stop - 1}: " + "; ".join(
         f"order {k}: cosine {study.middle('cosine', k):.3f}, top-1 {study.middle('top1', k):.3f}"
@@ -153,7 +124,7 @@ def main(argv=None) -> dict:
     attn = sorted(bigrams.attention_layers(), key=lambda r: -r.agreement.top1_hit_rate)[:2]
     shown = ["emb>dec", *(r.name for r in best), *(r.name for r in attn),
              *(name for name, r in bigrams.results.items() if r.kind in ("mean", "model"))]
-    print("\n".join("   " + line for line in _bigram_table(bigrams, shown)))
+    print("\n".join("   " + line for line in bigrams.table(shown).splitlines()))
     top = bigrams.results["emb>mlp0>dec"].top
     print("   emb>mlp0>dec, its most confident non-copy predictions: "
           + ", ".join(f"{show_token(c)!r}→{show_token(nx)!r} {p:.2f}" for c, nx, p in top[:6]))

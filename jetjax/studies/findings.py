@@ -112,15 +112,20 @@ class LensStudy:
         return float(self.metrics[metric][self.orders.index(order), rows.start:rows.stop].mean())
 
     def table(self) -> str:
-        """One line per stream: cosine / top-1 / KL of each order."""
-        head = f"{'':>5} " + "".join(f"{'order ' + str(k):>24}" for k in self.orders)
-        sub = f"{'':>5} " + "".join(f"{'cos':>8}{'top1':>7}{'KL':>9}" for _ in self.orders)
-        lines = [head, sub]
-        for r, row in enumerate(self.rows):
-            lines.append(f"{row:>5} " + "".join(
-                f"{self.metrics['cosine'][o, r]:8.3f}{self.metrics['top1'][o, r]:7.2f}{self.metrics['kl'][o, r]:9.2f}"
-                for o in range(len(self.orders))))
-        return "\n".join(lines)
+        """One line per stream: cosine / top-1 / KL of each order. A value too wide for its column (an
+        order-2 KL of 1.8e7 nats near the embedding) is written in scientific notation, and columns are
+        always apart (:func:`jetjax.viz.text_table`)."""
+        from jetjax.viz import text_table
+
+        widths, decimals = (7, 6, 9), (3, 2, 2)
+        group = sum(widths) + len(widths) - 1
+        head = f"{'':>5} " + " ".join(f"{'order ' + str(k):>{group}}" for k in self.orders)
+        m = self.metrics
+        rows = [[row, *(m[name][o, r] for o in range(len(self.orders)) for name in ("cosine", "top1", "kl"))]
+                for r, row in enumerate(self.rows)]
+        lines = text_table(["", *("cos", "top1", "KL") * len(self.orders)], rows, (5, *widths * len(self.orders)),
+                           (None, *decimals * len(self.orders)))
+        return "\n".join([head, *lines])
 
     def to_dict(self) -> dict:
         rows = middle_rows(len(self.rows) - 1)
@@ -226,17 +231,21 @@ class BigramStudy:
         return max(self.mlp_layers(), key=lambda r: r.agreement.top1_hit_rate)
 
     def table(self, names: Sequence[str] | None = None) -> str:
+        """One line per path set (hit@1, rho, KL, copy, =model) and the corpus's unigram; columns are
+        always apart (:func:`jetjax.viz.text_table`)."""
+        from jetjax.viz import text_table
+
         names = list(self.results) if names is None else names
-        lines = [f"{'path set':<34}{'hit@1':>7}{'rho':>7}{'KL':>7}{'copy':>7}{'=model':>8}"]
-        for n in names:
-            r = self.results[n]
+        rows = []
+        for name in names:
+            r = self.results[name]
             a = r.agreement
-            lines.append(f"{n:<34}{a.top1_hit_rate:7.3f}{a.rank_correlation:7.3f}{a.kl:7.2f}"
-                         f"{r.copy_share:7.3f}{r.model_top1:8.3f}")
+            rows.append([name, a.top1_hit_rate, a.rank_correlation, a.kl, r.copy_share, r.model_top1])
         u = self.unigram
-        lines.append(f"{'unigram of the corpus':<34}{u['top1_hit_rate']:7.3f}{u['rank_correlation']:7.3f}"
-                     f"{u['kl']:7.2f}")
-        return "\n".join(lines)
+        rows.append(["unigram of the corpus", u["top1_hit_rate"], u["rank_correlation"], u["kl"], "", ""])
+        width = max(len(str(row[0])) for row in rows)
+        return "\n".join(text_table(["path set", "hit@1", "rho", "KL", "copy", "=model"], rows,
+                                    (width, 6, 6, 7, 6, 6), (None, 3, 3, 2, 3, 3), left=(0,)))
 
     def to_dict(self) -> dict:
         return {"n_contexts": self.n_contexts, "n_tokens": self.n_tokens, "bos_token": self.bos_token,

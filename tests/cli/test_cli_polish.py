@@ -223,14 +223,13 @@ def test_number_cells_never_touch():
 
 def test_demo_lens_table_keeps_huge_kl_apart():
     """The bug: the order-2 row h0 printed as `-0.185   0.0017634891.64` (top-1 and KL fused)."""
-    from jetjax.demo import _study_table
     from jetjax.studies.findings import LensStudy
 
     kl = np.array([[0.5, 0.25, 0.0], [3.0, 1.5, 0.0], [17634891.64, 4.2e13, 0.0]])
     cos = np.array([[0.1, 0.5, 1.0], [0.2, 0.6, 1.0], [-0.185, 0.3, 1.0]])
     top1 = np.array([[0.0, 0.5, 1.0], [0.1, 0.6, 1.0], [0.0, 0.25, 1.0]])
     study = LensStudy((0, 1, 2), ("h0", "h1", "h2"), {"cosine": cos, "top1": top1, "kl": kl}, 3, 12)
-    lines = _study_table(study)
+    lines = study.table().splitlines()
     assert lines[1].split() == ["cos", "top1", "KL"] * 3
     for r, line in enumerate(lines[2:]):
         fields = line.split()
@@ -243,7 +242,7 @@ def test_demo_lens_table_keeps_huge_kl_apart():
 
 
 def test_demo_bigram_table_keeps_huge_values_apart():
-    from jetjax.demo import _bigram_table
+    from jetjax.studies.findings import BigramStudy
 
     def result(hit, rho, kl, copy, same):
         return SimpleNamespace(agreement=SimpleNamespace(top1_hit_rate=hit, rank_correlation=rho, kl=kl),
@@ -253,7 +252,7 @@ def test_demo_bigram_table_keeps_huge_values_apart():
             "emb>attn0>dec": (1.0, -1.0, 1e300, 1.0, 0.0)}
     study = SimpleNamespace(results={k: result(*v) for k, v in want.items()},
                             unigram={"top1_hit_rate": 0.05, "rank_correlation": 0.4, "kl": 2.25})
-    lines = _bigram_table(study, list(want))
+    lines = BigramStudy.table(study, list(want)).splitlines()
     assert lines[0].split() == ["path", "set", "hit@1", "rho", "KL", "copy", "=model"]
     for line, (name, values) in zip(lines[1:], want.items()):
         fields = line.split()
