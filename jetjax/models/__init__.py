@@ -12,13 +12,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jetjax.models import gemma3, gpt2, gpt_neo, gpt_neox, llama, olmo
+from jetjax.models import (gemma3, gpt2, gpt_neo, gpt_neox, granite, llama, olmo, olmo2, phi3, qwen3,
+                           smollm3, starcoder2)
 from jetjax.models.config import ModelConfig
 from jetjax.models.layers import ACTIVATIONS
 from jetjax.models.family import FAMILIES, GGUF_FAMILIES, Family, GgufArch, register
 from jetjax.models.model import Model, ResidualModule, nest
 
-for _family in (gpt2.FAMILY, gpt_neox.FAMILY, llama.FAMILY, gpt_neo.FAMILY, olmo.FAMILY, gemma3.FAMILY):
+for _family in (gpt2.FAMILY, gpt_neox.FAMILY, llama.FAMILY, gpt_neo.FAMILY, olmo.FAMILY, gemma3.FAMILY,
+                qwen3.FAMILY, olmo2.FAMILY, starcoder2.FAMILY, granite.FAMILY, phi3.FAMILY,
+                smollm3.FAMILY):
     register(_family)
 del _family
 

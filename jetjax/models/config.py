@@ -49,6 +49,14 @@ class ModelConfig:
       local_rope_theta, local_rope_scaling: the rotary embedding of the sliding-window layers when
         it differs from the global layers' (Gemma 3: base 10k locally, 1M globally); ``None``: the
         same rope on every layer.
+      attn_multiplier: attention scores are multiplied by this instead of ``d_head ** -0.5``
+        (Granite's ``attention_multiplier``); ``None``: the usual scale.
+      residual_multiplier: each branch's output is multiplied by this before it joins the stream
+        (Granite), inside the branch, so the delta γ adds includes it.
+      logits_scale: the logits are divided by this (Granite's ``logits_scaling``); the unembedding
+        stays affine.
+      nope_layers: indices of the layers whose attention has no rotary embedding (SmolLM3: every
+        fourth layer); ``()``: rotary on every layer that has ``rope_dim > 0``.
     """
 
     arch: str
@@ -83,6 +91,10 @@ class ModelConfig:
     final_softcap: float | None = None
     local_rope_theta: float | None = None
     local_rope_scaling: tuple[tuple[str, Any], ...] = ()
+    attn_multiplier: float | None = None
+    residual_multiplier: float = 1.0
+    logits_scale: float = 1.0
+    nope_layers: tuple[int, ...] = ()
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "vocab_size"):
@@ -94,7 +106,10 @@ class ModelConfig:
         _check_number("norm_eps", self.norm_eps, minimum=0.0)
         _check_number("rope_theta", self.rope_theta, positive=True)
         _check_number("embed_scale", self.embed_scale, positive=True)
-        for name in ("clip_qkv", "query_pre_attn_scalar", "attn_softcap", "final_softcap", "local_rope_theta"):
+        _check_number("residual_multiplier", self.residual_multiplier, positive=True)
+        _check_number("logits_scale", self.logits_scale, positive=True)
+        for name in ("clip_qkv", "query_pre_attn_scalar", "attn_softcap", "final_softcap", "local_rope_theta",
+                     "attn_multiplier"):
             if getattr(self, name) is not None:
                 _check_number(name, getattr(self, name), positive=True)
         if self.local_rope_scaling and self.local_rope_theta is None:
@@ -105,6 +120,8 @@ class ModelConfig:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.rope_dim % 2 or not 0 <= self.rope_dim <= self.d_head:
             raise ValueError(f"rope_dim must be even and at most d_head={self.d_head}, got {self.rope_dim}")
+        if not all(type(i) is int and 0 <= i < self.n_layers for i in self.nope_layers):
+            raise ValueError(f"nope_layers must be layer indices in 0..{self.n_layers - 1}, got {self.nope_layers!r}")
         if self.attn_windows is not None and len(self.attn_windows) != self.n_layers:
             raise ValueError(f"attn_windows needs one entry per layer ({self.n_layers}), got {len(self.attn_windows)}")
 
@@ -124,6 +141,8 @@ class ModelConfig:
     @property
     def attn_score_scale(self) -> float:
         """The factor attention scores are multiplied by (before any soft-capping)."""
+        if self.attn_multiplier is not None:
+            return float(self.attn_multiplier)
         if self.query_pre_attn_scalar is not None:
             return float(self.query_pre_attn_scalar) ** -0.5
         return float(self.d_head) ** -0.5 if self.attn_scale else 1.0
@@ -134,6 +153,10 @@ class ModelConfig:
         if self.local_rope_theta is not None and self.window(layer) is not None:
             return self.local_rope_theta, self.local_rope_scaling
         return self.rope_theta, self.rope_scaling
+
+    def rotary(self, layer: int) -> bool:
+        """Whether layer ``layer``'s attention rotates its queries and keys."""
+        return self.rope_dim > 0 and layer not in self.nope_layers
 
     def window(self, layer: int) -> int | None:
         """The sliding-window length of layer ``layer`` (``None``: global causal attention)."""

@@ -60,10 +60,12 @@ _CONFIG_KEYS = {
 _DEFAULT_ACT = {"llama": "silu", "mistral": "silu", "qwen2": "silu", "gemma": "gelu_pytorch_tanh"}
 
 
-def _windows(cfg: dict, model_type: str, n_layers: int):
+def layer_windows(cfg: dict, model_type: str, n_layers: int):
+    """Per-layer windows of a Mistral (every layer) or Qwen2/Qwen3 config (``use_sliding_window``:
+    the layers ``layer_types`` marks, else those ``>= max_window_layers``); ``None``: all global."""
     if model_type == "mistral":
         return windows_for(n_layers, cfg.get("sliding_window"), range(n_layers))
-    if model_type != "qwen2" or not cfg.get("use_sliding_window", False):
+    if not cfg.get("use_sliding_window", False):
         return None
     types = cfg.get("layer_types")
     if types is None:
@@ -104,7 +106,7 @@ def config_from_hf(cfg: dict) -> ModelConfig:
         activation=_activation(cfg, t),
         tie_embeddings=get_bool(cfg, "tie_word_embeddings", t == "gemma"),
         n_kv_heads=n_kv,
-        attn_windows=_windows(cfg, t, n_layers),
+        attn_windows=layer_windows(cfg, t, n_layers) if t in ("mistral", "qwen2") else None,
         qkv_bias=qkv_bias,
         out_bias=qkv_bias and t != "qwen2",
         mlp_bias=get_bool(cfg, "mlp_bias", False),
@@ -126,19 +128,27 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(c.d_head, eps=c.norm_eps, plus_one=plus_one, dtype=dtype)
             self.k_norm = RMSNorm(c.d_head, eps=c.norm_eps, plus_one=plus_one, dtype=dtype)
 
-    def __call__(self, c: ModelConfig, layer: int, x):
-        """The attention of layer ``layer`` on its (already normed) input ``x``, through ``o_proj``."""
+    def project(self, c: ModelConfig, x):
+        """Queries, keys and values as heads ``[..., T, heads, d_head]``, q/k norms applied (a family
+        whose norms span the whole projection overrides this)."""
         heads = lambda y, n: y.reshape(*y.shape[:-1], n, c.d_head)
         q, k, v = heads(self.q_proj(x), c.n_heads), heads(self.k_proj(x), c.kv_heads), heads(self.v_proj(x), c.kv_heads)
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    def __call__(self, c: ModelConfig, layer: int, x):
+        """The attention of layer ``layer`` on its (already normed) input ``x``, through ``o_proj``."""
+        q, k, v = self.project(c, x)
         if c.clip_qkv is not None:
             # q and k only shape the attention pattern (a frozen factor of its own); v is clipped
             # through the freezing hook, so a frozen pass keeps the clipped entries as constants
             q, k = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k))
             v = freeze.clip(v, c.clip_qkv)
-        cos, sin = rotary_tables(c, x.shape[-2], x.dtype, layer)
-        out = causal_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, scale=c.attn_score_scale,
+        if c.rotary(layer):   # SmolLM3 leaves some layers without positions (nope_layers)
+            cos, sin = rotary_tables(c, x.shape[-2], x.dtype, layer)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = causal_attention(q, k, v, scale=c.attn_score_scale,
                                window=c.window(layer), softcap=c.attn_softcap)
         return self.o_proj(out.reshape(*out.shape[:-2], c.n_heads * c.d_head))
 
@@ -214,7 +224,9 @@ def weight_map(c: ModelConfig) -> dict[str, tuple[tuple, bool]]:
 # ---------------------------------------------------------------------------------------------
 # GGUF (llama.cpp's format, read by jetjax.io.gguf): metadata -> config.json, tensor names, layout.
 
-def _gguf_config(model_type: str):
+def gguf_config(model_type: str, extra=None):
+    """The GGUF metadata -> config.json builder of a Llama-like ``model_type``; ``extra``:
+    ``(meta, arch, tensor names) -> dict`` of the keys a family adds (its own metadata, biases)."""
     def build(meta: dict, names: set) -> dict:
         a = meta["general.architecture"]
         key = lambda k, default=None: meta.get(f"{a}.{k}", default)  # noqa: E731
@@ -242,12 +254,14 @@ def _gguf_config(model_type: str):
         }
         if model_type == "llama":
             cfg["attention_bias"] = "blk.0.attn_q.bias" in names
+        if extra is not None:
+            cfg.update(extra(meta, a, names))
         return cfg
 
     return build
 
 
-def _unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's row order for Q/K of rotary models.
 
     llama.cpp's rope kernel rotates adjacent pairs ``(2i, 2i+1)``, the Hugging Face layout rotates
@@ -259,15 +273,15 @@ def _unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, per_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _gguf_fix(hf_name: str, w: np.ndarray, cfg: dict) -> np.ndarray:
+def gguf_fix(hf_name: str, w: np.ndarray, cfg: dict) -> np.ndarray:
     if ".self_attn.q_proj." in hf_name:
-        return _unpermute_rows(w, cfg["num_attention_heads"])
+        return unpermute_rows(w, cfg["num_attention_heads"])
     if ".self_attn.k_proj." in hf_name:
-        return _unpermute_rows(w, cfg["num_key_value_heads"])
+        return unpermute_rows(w, cfg["num_key_value_heads"])
     return w
 
 
-_GGUF_KEYS = frozenset({
+GGUF_KEYS = frozenset({
     "block_count", "embedding_length", "feed_forward_length", "attention.head_count", "attention.head_count_kv",
     "attention.key_length", "attention.value_length", "attention.layer_norm_rms_epsilon", "rope.freq_base",
     "rope.dimension_count", "rope.scaling.type", "rope.scaling.factor", "vocab_size",
@@ -276,7 +290,7 @@ _GGUF_KEYS = frozenset({
 #: enforced by HF either; the original context of a rope scaling is only informative for 'linear'.
 GGUF_IGNORED = frozenset({"context_length", "rope.scaling.original_context_length"})
 
-_GGUF_LAYER = {
+GGUF_LAYER = {
     "blk.{i}.attn_norm.weight": "layers.{i}.input_layernorm.weight",
     "blk.{i}.attn_q.weight": "layers.{i}.self_attn.q_proj.weight",
     "blk.{i}.attn_k.weight": "layers.{i}.self_attn.k_proj.weight",
@@ -291,16 +305,16 @@ _GGUF_LAYER = {
     "blk.{i}.ffn_up.weight": "layers.{i}.mlp.up_proj.weight",
     "blk.{i}.ffn_down.weight": "layers.{i}.mlp.down_proj.weight",
 }
-_GGUF_GLOBAL = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
-                "output.weight": "lm_head.weight"}
+GGUF_GLOBAL = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
+               "output.weight": "lm_head.weight"}
 
 _GGUF = {
     # llama.cpp writes Mistral checkpoints as 'llama' too (no sliding window in the metadata: a
     # file whose window matters would need 'llama.attention.sliding_window', which is refused)
-    "llama": GgufArch("llama", _GGUF_KEYS, GGUF_IGNORED, _gguf_config("llama"), _GGUF_GLOBAL, _GGUF_LAYER,
-                      _gguf_fix),
+    "llama": GgufArch("llama", GGUF_KEYS, GGUF_IGNORED, gguf_config("llama"), GGUF_GLOBAL, GGUF_LAYER,
+                      gguf_fix),
     # llama.cpp runs Qwen2 with the "rotate half" rope of HF: no row reordering
-    "qwen2": GgufArch("qwen2", _GGUF_KEYS, GGUF_IGNORED, _gguf_config("qwen2"), _GGUF_GLOBAL, _GGUF_LAYER,
+    "qwen2": GgufArch("qwen2", GGUF_KEYS, GGUF_IGNORED, gguf_config("qwen2"), GGUF_GLOBAL, GGUF_LAYER,
                       keep_layout),
 }
 

@@ -143,7 +143,8 @@ def test_unknown_architecture(tmp_path):
     w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
     finish(w, p)
     with pytest.raises(ValueError, match="architecture 'rwkv6' is not supported; "
-                                         "supported: gemma2, gemma3, gpt2, llama, qwen2"):
+                                         "supported: gemma2, gemma3, gpt2, granite, llama, olmo2, phi3, qwen2, qwen3, "
+                                         "smollm3, starcoder2"):
         jj.from_pretrained(p)
 
 

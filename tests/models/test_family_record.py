@@ -72,7 +72,8 @@ def test_weight_map_covers_exactly_the_module_params(model_type):
     config = family.config_from_hf({"model_type": model_type})  # the parser's defaults
     assert isinstance(config, ModelConfig) and config.arch == model_type
     windows = None if config.attn_windows is None else config.attn_windows[:2]
-    config = dataclasses.replace(config, n_layers=2, attn_windows=windows)
+    config = dataclasses.replace(config, n_layers=2, attn_windows=windows,
+                                 nope_layers=tuple(i for i in config.nope_layers if i < 2))
     for tied in (True, False):
         c = dataclasses.replace(config, tie_embeddings=tied)
         _, expected = abstract_params(lambda: family.module(c))
