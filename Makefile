@@ -24,8 +24,11 @@ $(STAMP): $(PY) pyproject.toml
 
 setup: $(STAMP)
 
+# two workers (pytest-xdist): a test module runs whole on one worker, the longest ones handed out first
+# (tests/conftest.py); TEST_WORKERS=0 runs everything in this one process
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=30 tests jetjax --doctest-modules
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=30 tests jetjax --doctest-modules
 
 # every README figure recomputed in full, including those CI checks on reduced inputs only (run it
 # before changing a figure; not part of CI)

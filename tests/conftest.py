@@ -98,3 +98,31 @@ def _heavy_first(items):
         return rank.get(path, len(rank))
 
     items.sort(key=key)     # stable: within a rank, the collection order
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+RSS_LIMIT = 3 << 30     # a worker holding more than this after a module drops its compiled code
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_memory_after_each_module():
+    """Two workers share 24 GiB with everything else: after each module the garbage it left (models
+    in reference cycles with their compiled functions) is collected, and a worker that still holds
+    more than :data:`RSS_LIMIT` drops every compiled function (the next module compiles its own again)."""
+    yield
+    import gc
+
+    gc.collect()
+    if _rss_bytes() > RSS_LIMIT:
+        from jetjax._internal.compiled import clear_caches
+
+        clear_caches()
+        jax.clear_caches()
+        gc.collect()
