@@ -16,7 +16,7 @@ import numbers
 import numpy as np
 
 __all__ = ["check_order", "check_positive_int", "check_nonnegative_int", "json_safe", "count_nonfinite",
-           "decode_text_file"]
+           "decode_text_file", "MAX_PATHS", "check_path_count", "check_direction", "DIRECTION_NORM_MAX"]
 
 
 def check_order(order) -> int:
@@ -104,9 +104,10 @@ EXPANSION_MEMORY_FACTOR = 4
 
 
 def check_path_memory(n_paths: int, n_positions: int, d_model: int, hint: str, *, itemsize: int = 4,
-                      available: int | None = None) -> None:
+                      available: int | None = None, width: str = "d") -> None:
     """A ``MemoryError`` before any work when ``n_paths`` streams of ``n_positions × d_model`` values
-    cannot be expanded in the host memory available (``available``: bytes, default: measured now).
+    cannot be expanded in the host memory available (``available``: bytes, default: measured now);
+    ``width`` names ``d_model`` in the message (``"d + V"`` where logits are held too).
 
     Example:
       >>> check_path_memory(2**18, 6, 640, "narrow them", available=8 * 2**30)
@@ -118,10 +119,77 @@ def check_path_memory(n_paths: int, n_positions: int, d_model: int, hint: str, *
     available = available_memory() if available is None else available
     if available is not None and EXPANSION_MEMORY_FACTOR * need > available:
         gib = 2.0 ** 30
-        raise MemoryError(f"{n_paths} paths × {n_positions} positions × d={d_model} take {need / gib:.1f} GiB as "
+        raise MemoryError(f"{n_paths} paths × {n_positions} positions × {width}={d_model} take {need / gib:.1f} GiB as "
                           f"float32 streams, and expanding them needs about {EXPANSION_MEMORY_FACTOR}× that "
                           f"({EXPANSION_MEMORY_FACTOR * need / gib:.1f} GiB), more than the {available / gib:.1f} GiB "
                           f"of memory available: {hint}")
+
+
+MAX_PATHS = 1 << 20
+"""The default ``max_paths`` of every function that enumerates paths: more than this many labels (and
+``P × T × d`` streams) are refused from the closed-form count, before anything is built."""
+
+
+def check_path_count(n_paths: int, max_paths, what: str, hint: str) -> None:
+    """Refuse ``n_paths`` (a closed-form count, computed before any enumeration) above ``max_paths``.
+
+    ``max_paths`` is an int >= 1 or ``None`` (no limit: the caller has checked, or the memory check
+    alone bounds the work). The message is one line: the number, the limit and ``hint``, the way out.
+
+    Example:
+      >>> check_path_count(2 ** 40, 1 << 20, "these settings", "pass max_length=")
+      Traceback (most recent call last):
+      ...
+      ValueError: these settings give 1099511627776 paths, more than max_paths=1048576; pass max_length=
+    """
+    if max_paths is None:
+        return
+    max_paths = check_positive_int("max_paths", max_paths, optional=True)
+    if n_paths > max_paths:
+        raise ValueError(f"{what} give {n_paths} paths, more than max_paths={max_paths}; {hint}")
+
+
+DIRECTION_NORM_MAX = 1e18
+"""The largest L2 norm of a score direction: scores are dot products with it and the search squares
+them and their bounds in float32 (largest finite value 3.4e38); scores are linear in the direction,
+so a larger one can always be scaled down and the scores scaled back."""
+
+
+def check_direction(score, vocab_size: int, what: str = "the score direction") -> np.ndarray:
+    """A direction in logit space ``[V]`` as float64, refused (``ValueError``, naming the values) when it
+    is not finite, overflows or vanishes in float32 (where the searches and reductions use it), or is
+    too large for its squares (:data:`DIRECTION_NORM_MAX`).
+
+    Example:
+      >>> check_direction([1.0, -1.0, 0.0], 3).tolist()
+      [1.0, -1.0, 0.0]
+      >>> check_direction([1e39, 0.0, 0.0], 3)
+      Traceback (most recent call last):
+      ...
+      ValueError: the score direction overflows float32 (1 entry beyond ±3.4e+38, the largest 1e+39), the precision the scores are computed in; scores are linear in the direction: divide it by its largest |entry| and multiply the scores back
+    """
+    d = np.asarray(score, np.float64)
+    if d.shape != (vocab_size,):
+        raise ValueError(f"{what} must have shape ({vocab_size},) (the vocabulary), got {d.shape}")
+    if not np.all(np.isfinite(d)):
+        raise ValueError(f"{what} has {count_nonfinite(d)} NaN/inf entries; it must be finite")
+    scale = "scores are linear in the direction: divide it by its largest |entry| and multiply the scores back"
+    big = np.abs(d) > np.finfo(np.float32).max
+    if big.any():
+        raise ValueError(f"{what} overflows float32 ({int(big.sum())} entr{'y' if big.sum() == 1 else 'ies'} beyond "
+                         f"±3.4e+38, the largest {float(np.abs(d).max()):.3g}), the precision the scores are "
+                         f"computed in; {scale}")
+    norm = float(np.sqrt(np.sum(np.square(d / max(np.abs(d).max(), 1e-300))))) * float(np.abs(d).max())
+    if norm > DIRECTION_NORM_MAX:
+        raise ValueError(f"{what} has norm {norm:.3g}: scores and their bounds would overflow float32 (squares up "
+                         f"to {norm ** 2:.3g}, the largest float32 is 3.4e+38; at most {DIRECTION_NORM_MAX:.0e} is "
+                         f"accepted); {scale}")
+    if not np.any(d.astype(np.float32)):
+        tiny = float(np.abs(d).max())
+        raise ValueError(f"{what} is zero in float32 (its largest |entry| is {tiny:.3g}): every path would "
+                         "score 0; " + ("pick a non-zero direction" if tiny == 0 else
+                                        "scores are linear in the direction: scale it up"))
+    return d
 
 
 def json_safe(obj):

@@ -6,8 +6,8 @@ every context of the vocabulary, stores the tables, and compares them (diffs, ke
 with a corpus).
 """
 
-from jetjax.ngrams.analysis import (CorpusAgreement, CorpusBigrams, KeywordMass, TableDiff, corpus_agreement,
-                                    corpus_bigrams, diff_tables, keyword_mass, load_keywords, ngram_dynamics,
+from jetjax.ngrams.agreement import CorpusAgreement, CorpusBigrams, corpus_agreement, corpus_bigrams
+from jetjax.ngrams.analysis import (KeywordMass, TableDiff, diff_tables, keyword_mass, load_keywords, ngram_dynamics,
                                     NGramDynamics, read_keywords)
 from jetjax.ngrams.scorer import PATH_FORMS, check_paths, parse_path
 from jetjax.ngrams.settings import SweepSettings

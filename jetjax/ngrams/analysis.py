@@ -24,9 +24,9 @@ from jetjax._internal.compiled import per_model
 from jetjax.ngrams.sweep import model_fingerprint
 from jetjax.ngrams.table import NGramTable
 
-__all__ = ["diff_tables", "TableDiff", "read_keywords", "load_keywords", "keyword_mass", "KeywordMass",
-           "corpus_agreement",
-           "CorpusAgreement", "corpus_bigrams", "CorpusBigrams", "ngram_dynamics", "NGramDynamics"]
+__all__ = ["diff_tables", "check_same_vocabulary",
+           "TableDiff", "read_keywords", "load_keywords", "keyword_mass", "KeywordMass",
+           "ngram_dynamics", "NGramDynamics"]
 
 
 def _check_model(model: Model, table: NGramTable) -> None:
@@ -36,7 +36,7 @@ def _check_model(model: Model, table: NGramTable) -> None:
                          f"{model!r}; pass the model that made it")
 
 
-def _logprob_blocks(model: Model, table: NGramTable, rows: np.ndarray, cols: np.ndarray | None = None,
+def logprob_blocks(model: Model, table: NGramTable, rows: np.ndarray, cols: np.ndarray | None = None,
                     block: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(rows_block, log P(cols | context of each row))`` for the selected table rows, block by block."""
     _check_model(model, table)
@@ -57,7 +57,7 @@ def _logprob_blocks(model: Model, table: NGramTable, rows: np.ndarray, cols: np.
         yield sel, np.asarray(fn(model.params, w, b, table.contexts[sel], table.logsumexp[sel]))
 
 
-def _tokenizer(model: Model | None, tokenizer):
+def model_tokenizer(model: Model | None, tokenizer):
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tok is None:
         raise ValueError("a tokenizer is needed: pass tokenizer= (a tokenizers.Tokenizer) or a model that has one")
@@ -147,7 +147,7 @@ def _entry_probs(table: NGramTable, keys: np.ndarray, v: int, model: Model | Non
         missing = np.flatnonzero(~found)
         rows, nxt = keys[missing] // v, keys[missing] % v
         uniq = np.unique(rows)
-        for sel, lp in _logprob_blocks(model, table, uniq):
+        for sel, lp in logprob_blocks(model, table, uniq):
             hit = np.isin(rows, sel)
             probs[missing[hit]] = np.exp(lp[np.searchsorted(sel, rows[hit]), nxt[hit]])
     return probs, ranks
@@ -171,6 +171,36 @@ def _check_same_tokens(a: NGramTable, b: NGramTable) -> None:
                          f"strings (id: a vs b: {shown}{', ...' if len(differ) > 5 else ''}); a diff would label "
                          "one model's entries with the other's strings, so diff tables of models with the same "
                          "tokenizer")
+
+
+def check_same_vocabulary(model_a: Model, model_b: Model) -> None:
+    """Refuse, before anything is swept, two models whose token ids cannot be compared: other
+    vocabulary sizes, or token strings that differ (``ValueError`` naming both sizes or the first ids).
+
+    ``bigram_diff`` calls it first: a mismatch found after two vocabulary sweeps wastes both.
+
+    Example:
+      >>> from jetjax.testing import tiny_model
+      >>> check_same_vocabulary(tiny_model(vocab_size=11), tiny_model(vocab_size=13))
+      Traceback (most recent call last):
+      ...
+      ValueError: the models have vocabularies of 11 and 13 tokens; a bigram diff compares models that share a tokenizer
+    """
+    for name, m in (("model_a", model_a), ("model_b", model_b)):
+        if not isinstance(m, Model):
+            raise TypeError(f"{name} must be a jetjax Model, got {type(m).__name__}")
+    va, vb = model_a.config.vocab_size, model_b.config.vocab_size
+    if va != vb:
+        raise ValueError(f"the models have vocabularies of {va} and {vb} tokens; a bigram diff compares models that "
+                         "share a tokenizer")
+    if model_a.tokenizer is None or model_b.tokenizer is None:
+        return   # ids are all either model knows
+    ta, tb = model_a.token_strings(np.arange(va)), model_b.token_strings(np.arange(vb))
+    differ = [i for i, (x, y) in enumerate(zip(ta, tb)) if x != y]
+    if differ:
+        shown = ", ".join(f"{i}: {ta[i]!r} vs {tb[i]!r}" for i in differ[:3])
+        raise ValueError(f"the models' tokenizers differ: {len(differ)} of {va} token ids map to other strings "
+                         f"({shown}); a bigram diff compares models that share a tokenizer")
 
 
 def diff_tables(a: NGramTable, b: NGramTable, n: int = 20, *, models: tuple[Model, Model] | None = None) -> TableDiff:
@@ -370,7 +400,7 @@ def keyword_mass(table: NGramTable, keywords, *, model: Model | None = None, tok
     if table.n != 2:
         raise ValueError(f"keyword mass is defined on bigram tables, got an n={table.n} table")
     read_keywords(keywords)  # a bad file is named before the tokenizer or the model is touched
-    ids, missing = load_keywords(keywords, _tokenizer(model, tokenizer))
+    ids, missing = load_keywords(keywords, model_tokenizer(model, tokenizer))
     n_words = len(read_keywords(keywords))
     if ids.size == 0:
         raise ValueError(f"none of the keywords has a token in the vocabulary: {missing}")
@@ -379,164 +409,13 @@ def keyword_mass(table: NGramTable, keywords, *, model: Model | None = None, tok
     all_ctx = kw_ctx = None
     if model is not None:
         per_row = np.zeros(len(table))
-        for sel, lp in _logprob_blocks(model, table, np.arange(len(table)), ids):
+        for sel, lp in logprob_blocks(model, table, np.arange(len(table)), ids):
             per_row[sel] = np.exp(lp.astype(np.float64)).sum(axis=1)
         all_ctx = float(per_row.mean())
         kw_rows = np.isin(table.contexts[:, 0], ids)
         kw_ctx = float(per_row[kw_rows].mean()) if kw_rows.any() else None
     return KeywordMass(n_words=n_words, token_ids=ids.tolist(), missing=missing, all_contexts=all_ctx,
                        keyword_contexts=kw_ctx, top_k=top, uniform=len(ids) / v)
-
-
-# ---------------------------------------------------------------------------------------------
-# Corpus agreement
-
-@dataclasses.dataclass(frozen=True)
-class CorpusAgreement:
-    """How well a jet bigram table matches a corpus's empirical bigrams (see :func:`corpus_agreement`)."""
-
-    n_tokens: int
-    n_contexts: int
-    min_count: int
-    top1_hit_rate: float
-    rank_correlation: float
-    kl: float
-    support_mass: float
-    unigram: dict
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _agreement(counts_by_ctx, predict_top1, logq_by_ctx) -> tuple[float, float, float]:
-    """(hit@1, mean rank correlation, mean KL) over the contexts. ``logq_by_ctx(z1, nxt)``: the
-    predicted log-probabilities of the observed successors; the KL renormalises them over those
-    successors in log space, so a prediction far below float64's smallest probability (a peaked
-    path puts -800 nats on a successor) stays finite instead of underflowing to 0 (KL = inf)."""
-    from scipy.special import logsumexp
-    from scipy.stats import spearmanr
-
-    hits, rhos, kls = [], [], []
-    for z1, (nxt, c) in counts_by_ctx.items():
-        hits.append(predict_top1(z1) in set(nxt[c == c.max()].tolist()))
-        logq = np.asarray(logq_by_ctx(z1, nxt), np.float64)
-        if len(nxt) > 1 and np.ptp(c) > 0 and np.ptp(logq) > 0:
-            rhos.append(spearmanr(c, logq).statistic)   # ranks: the same for log-probabilities
-        p_hat = c / c.sum()
-        kls.append(float(np.sum(p_hat * (np.log(p_hat) - (logq - logsumexp(logq))))))
-    return float(np.mean(hits)), float(np.mean(rhos)) if rhos else float("nan"), float(np.mean(kls))
-
-
-@dataclasses.dataclass(frozen=True)
-class CorpusBigrams:
-    """The bigram counts of a corpus, grouped by context (see :func:`corpus_bigrams`).
-
-    Attributes:
-      n_tokens: tokens in the corpus.
-      min_count: contexts seen fewer times were dropped.
-      contexts: ``int [N]``: the contexts kept, ascending.
-      successors: per context, ``(next ids [m], counts [m])`` of the observed successors.
-      unigram: ``float [V]``: the corpus's token counts.
-    """
-
-    n_tokens: int
-    min_count: int
-    contexts: np.ndarray
-    successors: dict
-    unigram: np.ndarray
-
-    def agreement(self, top1: np.ndarray, logprobs: np.ndarray) -> CorpusAgreement:
-        """A :class:`CorpusAgreement` of predictions for :attr:`contexts`: ``top1 [N]`` the predicted
-        next token and ``logprobs [N, V]`` (or ``[N, V']`` covering every observed successor id) the
-        predicted log-probabilities, one row per context in order."""
-        top1, logprobs = np.asarray(top1), np.asarray(logprobs)
-        n = len(self.contexts)
-        if top1.shape != (n,) or logprobs.ndim != 2 or logprobs.shape[0] != n:
-            raise ValueError(f"expected top1 [{n}] and logprobs [{n}, V], got {top1.shape} and {logprobs.shape}")
-        row = {int(z): r for r, z in enumerate(self.contexts)}
-        jet = _agreement(self.successors, lambda z1: int(top1[row[z1]]), lambda z1, nxt: logprobs[row[z1], nxt])
-        support = float(np.mean([np.exp(logprobs[row[z1], nxt].astype(np.float64)).sum()
-                                 for z1, (nxt, _) in self.successors.items()]))
-        u = self.unigram
-        base = _agreement(self.successors, lambda z1: int(np.argmax(u)), lambda z1, nxt: np.log(u[nxt] / u.sum()))
-        return CorpusAgreement(n_tokens=self.n_tokens, n_contexts=n, min_count=self.min_count,
-                               top1_hit_rate=jet[0], rank_correlation=jet[1], kl=jet[2], support_mass=support,
-                               unigram={"top1_hit_rate": base[0], "rank_correlation": base[1], "kl": base[2]})
-
-
-def corpus_bigrams(text: str, tokenizer, vocab_size: int, *, min_count: int = 5,
-                   n_contexts: int | None = None) -> CorpusBigrams:
-    """Bigram counts of ``text`` for the contexts seen at least ``min_count`` times, cut to the
-    ``n_contexts`` most frequent of them (ties broken by token id) when given.
-
-    Example:
-      >>> from tokenizers import Tokenizer, models, pre_tokenizers
-      >>> tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "c": 2}, unk_token="a"))
-      >>> tok.pre_tokenizer = pre_tokenizers.Whitespace()
-      >>> cb = corpus_bigrams("a b a b a c", tok, 3, min_count=1)
-      >>> cb.contexts.tolist(), cb.successors[0][0].tolist(), cb.successors[0][1].tolist()
-      ([0, 1], [1, 2], [2.0, 1.0])
-    """
-    min_count = check_positive_int("min_count", min_count)
-    ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
-    if ids.size < 2:
-        raise ValueError("the corpus has fewer than two tokens")
-    v = vocab_size
-    pairs, counts = np.unique(ids[:-1] * v + ids[1:], return_counts=True)  # sorted, so grouped by z1
-    ctx_of = pairs // v
-    ctx_total = np.bincount(ctx_of, weights=counts, minlength=v)
-    frequent = np.flatnonzero(ctx_total >= min_count)
-    n_contexts = check_positive_int("n_contexts", n_contexts, optional=True)
-    if n_contexts is not None:
-        order = np.argsort(-ctx_total[frequent], kind="stable")[:n_contexts]
-        frequent = np.sort(frequent[order])
-    if frequent.size == 0:
-        raise ValueError(f"no context occurs {min_count} times in the corpus; lower min_count")
-    lo, hi = np.searchsorted(ctx_of, frequent), np.searchsorted(ctx_of, frequent, side="right")
-    by_ctx = {int(z1): (pairs[a:b] % v, counts[a:b].astype(np.float64)) for z1, a, b in zip(frequent, lo, hi)}
-    return CorpusBigrams(n_tokens=int(ids.size), min_count=min_count, contexts=frequent, successors=by_ctx,
-                         unigram=np.bincount(ids, minlength=v).astype(np.float64))
-
-
-def corpus_agreement(table: NGramTable, text: str, model: Model, *, tokenizer=None,
-                     min_count: int = 5, n_contexts: int | None = None) -> CorpusAgreement:
-    """Agreement between a jet bigram table and the bigrams of ``text`` (tokenized with the model's tokenizer).
-
-    With ``c(z1, z2)`` the corpus bigram counts and ``F`` the contexts seen at least ``min_count``
-    times, averaged over ``z1 ∈ F`` (each context counts once):
-
-    * ``top1_hit_rate``: the table's most probable next token is a most frequent corpus successor;
-    * ``rank_correlation``: Spearman ρ between ``c(z1, ·)`` and ``P(· | z1)`` over the observed
-      successors (contexts with fewer than two distinct successors, or constant counts, skipped);
-    * ``kl``: ``KL(p̂ ‖ q̃)`` on the shared support, ``p̂ = c(z1, ·)/c(z1)`` and ``q̃`` the jet
-      distribution renormalised over the observed successors;
-    * ``support_mass``: the jet probability ``Σ_{observed z2} P(z2 | z1)`` of that support.
-
-    With ``n_contexts = N``, ``F`` is further cut to the ``N`` most frequent of those contexts
-    (ties broken by token id), e.g. ``n_contexts=500, min_count=1`` for "the 500 most frequent".
-
-    ``unigram`` gives the same three metrics for the corpus's own unigram distribution used as the
-    prediction for every context (an in-sample baseline the jet table should beat).
-    ``model`` must be the one that made the table (exact probabilities of observed successors).
-    The table needs a row for every context in ``F`` (a full bigram table, or
-    :func:`~jetjax.ngrams.sweep_contexts` over ``corpus_bigrams(...).contexts``).
-    """
-    if table.n != 2:
-        raise ValueError(f"corpus agreement is defined on bigram tables, got an n={table.n} table")
-    if not isinstance(text, str):
-        hint = " (decode bytes first: data.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
-        raise TypeError(f"text must be a str, got {type(text).__name__}{hint}")
-    if not text.strip():
-        raise ValueError("text is empty: corpus agreement needs a corpus to count bigrams in")
-    corpus = corpus_bigrams(text, _tokenizer(model, tokenizer), model.config.vocab_size, min_count=min_count,
-                            n_contexts=n_contexts)
-    row_of = {int(z): r for r, z in enumerate(table.contexts[:, 0])}
-    missing = [int(z1) for z1 in corpus.contexts if int(z1) not in row_of]
-    if missing:
-        raise ValueError(f"the table has no row for corpus contexts {missing[:10]}; use a full bigram table")
-    rows = np.asarray([row_of[int(z1)] for z1 in corpus.contexts])
-    logp = np.concatenate([lp for _, lp in _logprob_blocks(model, table, rows)])
-    return corpus.agreement(table.ids[rows, 0], logp)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jetjax.ngrams.table import TABLE_FILE, TABLE_META, NGramTable, atomic_write_bytes
+from jetjax.ngrams.table import TABLE_FILE, TABLE_META, NGramTable, atomic_write_bytes, check_table_arrays
 
 try:  # POSIX; elsewhere the directory is not locked (and a warning says so)
     import fcntl
@@ -231,6 +231,46 @@ class ChunkStore:
             return None, "has a damaged 'table' record"
         return found, None
 
+    def rows(self, i: int) -> tuple[int, int] | None:
+        """The rows ``[lo, hi)`` chunk ``i`` holds, from the header's ``n_rows`` and ``chunk_rows``."""
+        s = self.header.get("settings", {})
+        if not isinstance(s.get("n_rows"), int) or not isinstance(s.get("chunk_rows"), int):
+            return None
+        lo = i * s["chunk_rows"]
+        return lo, min(lo + s["chunk_rows"], s["n_rows"])
+
+    def _check_chunk(self, i: int, path: Path, data: bytes) -> dict | None:
+        """Chunk ``i``'s arrays, ``None`` when its bytes are damaged (they fail their own digest); a
+        ``ValueError`` naming the file when they are intact but are not chunk ``i`` of this sweep.
+
+        A chunk's record names its sweep (the header), its index and its rows; its arrays must have
+        those rows and hold probabilities and ids a sweep writes. Both checksums pass on such a file, so
+        it was copied or edited, not damaged: it is refused rather than overwritten."""
+        record, arrays = _chunk_record(data)
+        if record is None:
+            return None
+        rows = self.rows(i)
+        where = f"{path} (chunk {i} of this sweep{'' if rows is None else f', rows {rows[0]}..{rows[1] - 1}'})"
+        way_out = ("its checksums match, so it was copied or edited rather than damaged: restore this chunk's own "
+                   "file, or choose another out_dir")
+        if record.get("header") != self.header:
+            diffs = header_differences(self.header, record.get("header") or {})
+            raise ValueError(f"{where} records another sweep: {_difference_message(diffs)}; {way_out}")
+        if record.get("index") != i:
+            theirs = self.rows(record["index"]) if isinstance(record.get("index"), int) else None
+            span = "" if theirs is None else f" (rows {theirs[0]}..{theirs[1] - 1})"
+            raise ValueError(f"{where} records itself as chunk {record.get('index')!r}{span}: its bytes come from "
+                             f"another chunk; {way_out}")
+        if "rows" in record and rows is not None and list(record["rows"]) != list(rows):
+            raise ValueError(f"{where} records rows {record['rows']!r}, not {list(rows)}; {way_out}")
+        s = self.header.get("settings", {})
+        try:
+            check_table_arrays(arrays, s, None, where, rows=rows, top_k=s.get("top_k"),
+                               vocab_size=self.header.get("model", {}).get("config", {}).get("vocab_size"))
+        except ValueError as err:
+            raise ValueError(f"{err}; {way_out}") from None
+        return arrays
+
     def _verify_chunks(self) -> None:
         bad = []
         for key, entry in sorted(self.chunks.items(), key=lambda kv: int(kv[0])):
@@ -239,8 +279,10 @@ class ChunkStore:
                 why = "is not a chunk of this sweep's layout"
             elif not path.is_file():
                 why = "is missing"
-            elif _sha256(path.read_bytes()) != entry["sha256"]:
+            elif _sha256(data := path.read_bytes()) != entry["sha256"]:
                 why = "does not match its checksum in the manifest"
+            elif self._check_chunk(int(key), path, data) is None:
+                why = "fails its own checksum"
             else:
                 continue
             bad.append(f"{entry['file']} ({why})")
@@ -278,6 +320,7 @@ class ChunkStore:
             elif record.get("header") != self.header:
                 foreign.append((name, header_differences(self.header, record.get("header") or {})))
             elif record.get("index") == int(match.group(1)) < self.n_chunks:
+                self._check_chunk(record["index"], path, data)   # its rows and values too, or refused by name
                 adopted[str(record["index"])] = {"file": name, "sha256": _sha256(data)}
             else:
                 damaged.append(name)
@@ -312,6 +355,8 @@ class ChunkStore:
         from safetensors.numpy import save
 
         record = {"header": self.header, "index": i, "data_sha256": _arrays_digest(arrays)}
+        if self.rows(i) is not None:
+            record["rows"] = list(self.rows(i))
         data = save(arrays, metadata={_META_KEY: json.dumps(record, sort_keys=True)})
         atomic_write_bytes(self.dir / chunk_name(i), data)
         self.chunks[str(i)] = {"file": chunk_name(i), "sha256": _sha256(data)}
@@ -320,15 +365,14 @@ class ChunkStore:
     def read(self, i: int) -> dict:
         if self.dir is None:
             return self.memory[i]
-        from safetensors.numpy import load
-
         entry = self.chunks[str(i)]
         data = (self.dir / entry["file"]).read_bytes()
-        if _sha256(data) != entry["sha256"]:
+        arrays = self._check_chunk(i, self.dir / entry["file"], data) if _sha256(data) == entry["sha256"] else None
+        if arrays is None:
             raise ValueError(f"{self.dir / entry['file']} changed while this sweep ran (it no longer matches its "
                              "checksum in the manifest); call the sweep again with the same out_dir: it recomputes "
                              "only the chunks that fail their checksum")
-        return load(data)
+        return arrays
 
     def _write_manifest(self) -> None:
         chunks = dict(sorted(self.chunks.items(), key=lambda kv: int(kv[0])))  # the same bytes however it got here

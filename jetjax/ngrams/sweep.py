@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jetjax._internal.checks import available_memory
 from jetjax._internal.compiled import per_model
 from jetjax.models.model import Model
 from jetjax.ngrams import native
@@ -347,6 +348,7 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
     mesh = path_mesh(devices, axis_name="rows")
     n_dev = int(mesh.devices.size)
     settings = settings.for_model(model, n_dev)
+    _check_work_size(settings, contexts.shape, model.config.d_model)
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be a function callback(chunk_index, n_chunks) or None, got {callback!r}")
     v = model.config.vocab_size
@@ -381,6 +383,31 @@ def sweep_contexts(model: Model, contexts, paths: Sequence[str] | str = DEFAULT,
         store.finish(table)
     _warn_nonfinite(table)
     return table
+
+
+MAX_CHUNKS = 4096
+"""The most chunks a sweep is split into: each is stored on its own (with ``out_dir``: written, fsynced
+and recorded in a manifest rewritten each time) and computed as whole blocks of ``block_rows``."""
+
+
+def _check_work_size(s: SweepSettings, shape: tuple[int, int], d_model: int, available: int | None = None) -> None:
+    """Refuse, before any work, a split into more than :data:`MAX_CHUNKS` chunks and a device step (one
+    block: its rows' contexts, path outputs, one tile of logits and the running top-k) that cannot fit."""
+    n_rows, width = shape
+    n_chunks = -(-n_rows // s.chunk_rows)
+    if n_chunks > MAX_CHUNKS:
+        raise ValueError(f"chunk_rows={s.chunk_rows} splits the {n_rows} rows into {n_chunks} chunks, each stored on "
+                         "its own (with out_dir: written, fsynced and recorded in the manifest) and computed as whole "
+                         f"blocks of block_rows={s.block_rows}; at most {MAX_CHUNKS} chunks: use chunk_rows >= "
+                         f"{-(-n_rows // MAX_CHUNKS)} (default 8192)")
+    kk = max(s.top_k, s.global_k)
+    need = s.block_rows * (4 * width + 4 * d_model + 3 * 4 * s.vocab_tile + 2 * 8 * kk)
+    available = available_memory() if available is None else available
+    if available is not None and need > available:
+        raise MemoryError(f"block_rows={s.block_rows} needs about {need / 2 ** 30:.1f} GiB per device step (each row: "
+                          f"its context, its path output of d={d_model} and a tile of {s.vocab_tile} logits), more "
+                          f"than the {available / 2 ** 30:.1f} GiB of memory available; lower block_rows= (default "
+                          "1024; it only changes speed)")
 
 
 def _tile_mode(model: Model, mesh: Mesh, compute_dtype: str) -> str:

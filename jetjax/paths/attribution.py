@@ -21,8 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jetjax._internal.compiled import per_model
-from jetjax._internal.checks import (check_nonnegative_int, check_path_memory, check_position, check_positive_int, count_nonfinite,
-                           json_safe)
+from jetjax._internal.checks import (check_direction, check_nonnegative_int, check_path_memory, check_position,
+                                     check_positive_int, count_nonfinite, json_safe)
 from jetjax._internal.results import ResultIO, check_format, dataframe, decode_array, encode_array
 from jetjax.paths.expand import count_paths, decoder_terms, final_norm_jets, path_streams
 from jetjax.paths.labels import DEC, extend_label
@@ -183,7 +183,8 @@ def _path_stage(model: Model, spec: PathSpec, mesh):
     seen: list[tuple[str, ...]] = []
 
     def run(params, ids, streams):
-        paths = path_streams(model, ids, spec=spec, streams=streams, params=params, constrain=constrain)
+        paths = path_streams(model, ids, spec=spec, streams=streams, params=params, constrain=constrain,
+                             max_paths=None)   # reduce_paths counted them against its own max_paths
         seen.append(paths.labels)  # labels are static: record them while tracing
         return paths.terms
 
@@ -284,6 +285,7 @@ def _check_score(score, vocab_size: int) -> None:
         raise ValueError(f"{accepted}; got an array of shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"the score direction holds {count_nonfinite(arr)} NaN/inf value(s); it must be finite")
+    check_direction(arr, vocab_size)   # and usable in float32
 
 
 def reduce_paths(model: Model, ids, *, order: int = UNSET, granularity: str = UNSET, weights: str = UNSET,
@@ -519,7 +521,8 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
       method: one of :data:`METHODS` (above).
       k, beam: for ``"search"``: how many paths to list (default 20) and the beam (default 256).
       order, weights, filters, spec, chunk_size, mesh, max_paths, progress: for ``"jet"``, as in
-        :func:`reduce_paths` (``max_length`` also for ``"frozen"``; ``mesh`` also for ``"search"``).
+        :func:`reduce_paths` (``max_length`` and ``max_paths`` also for ``"frozen"``; ``mesh`` also for
+        ``"search"``).
       granularity: ``"block"`` or ``"branch"`` (default ``"block"`` for ``"jet"``, ``"branch"`` for
         ``"frozen"`` and ``"search"``).
 
@@ -559,7 +562,8 @@ def path_attribution(model: Model, ids, target, foil=None, position: int = -1, o
         gran = "branch" if granularity is UNSET else granularity
         if method == "frozen":
             return frozen_path_attribution(model, ids, target, foil, position, granularity=gran,
-                                           max_length=None if max_length is UNSET else max_length)
+                                           max_length=None if max_length is UNSET else max_length,
+                                           max_paths=max_paths)
         if max_length is not UNSET:
             raise ValueError("max_length= does not apply to method='search' (it searches paths of every length); "
                              "use method='frozen' with max_length=")

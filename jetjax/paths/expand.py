@@ -23,11 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jetjax._internal.compiled import per_model
-from jetjax._internal.checks import check_nonnegative_int, check_order
+from jetjax._internal.checks import (MAX_PATHS, check_nonnegative_int, check_order, check_path_count,
+                                     check_path_memory, check_positive_int)
 from jetjax._internal.results import (ResultIO, check_format, dataframe, decode_array, decode_tree, encode_array,
                                       encode_tree)
 from jetjax.jet import jet
 from jetjax.paths.labels import DEC, EMB, Component, check_granularity, extend_label, label_length
+from jetjax.paths.plan import component_steps
 from jetjax.models.model import Model
 from jetjax._internal.precision import unembed
 from jetjax.paths.spec import UNSET, PathSpec, resolve_spec
@@ -374,21 +376,29 @@ def expand_decoder(model: Model, ids, centers, order: int = 0, weights=None, *,
 def _steps(n_layers: int, granularity: str, parallel_residual: bool):
     """The expansion steps of Algorithm 2: ``(layer, branch mode, component kinds)`` in order."""
     check_granularity(granularity)
-    steps = []
-    for layer in range(n_layers):
-        if granularity == "block":
-            steps.append((layer, "block", ["block"]))
-        elif parallel_residual:
-            steps.append((layer, "branches", ["attn", "mlp"]))
-        else:
-            steps += [(layer, "attn", ["attn"]), (layer, "mlp", ["mlp"])]
-    return steps
+    return [(layer, kinds[0] if len(kinds) == 1 else "branches", list(kinds))
+            for layer, kinds in component_steps(n_layers, granularity, parallel_residual)]
+
+
+def _check_size(model: Model, spec: PathSpec, max_paths, n_tokens: int, n_logits: int = 0) -> None:
+    """Refuse, from :func:`count_paths` (closed form), settings with more than ``max_paths`` paths or whose
+    ``P × T × (d + n_logits)`` numbers cannot be held, before any label or term is built."""
+    max_paths = check_positive_int("max_paths", max_paths, optional=True)
+    c = model.config
+    n = count_paths(c.n_layers, parallel_residual=c.parallel_residual, spec=spec)
+    hint = ("narrow them with max_length=, include=/exclude= or attention_free=True, raise max_paths=, or use "
+            "jj.reduce_paths (decodes in chunks) or path_attribution(method='search'), which never holds them all")
+    check_path_count(n, max_paths, f"{spec.granularity} paths with max_length={spec.max_length} on {c.n_layers} "
+                                   "layers", hint)
+    if jax.default_backend() == "cpu":
+        check_path_memory(n, n_tokens, c.d_model + n_logits, hint, width="d + V" if n_logits else "d")
 
 
 def path_streams(model: Model, ids, order: int = UNSET, *, granularity: str = UNSET, weights: str = UNSET,
                  include: Sequence[str] | None = UNSET, exclude: Sequence[str] = UNSET,
                  max_length: int | None = UNSET, attention_free: bool = UNSET, streams=None, params=None,
-                 constrain: Callable | None = None, spec: PathSpec | None = None) -> Expansion:
+                 constrain: Callable | None = None, spec: PathSpec | None = None,
+                 max_paths: int | None = MAX_PATHS) -> Expansion:
     """Algorithm 2 up to the last residual stream: every path's contribution to ``h_L``.
 
     The same paths as :func:`expand_all` (labels without the final ``">dec"``), as residual
@@ -398,7 +408,7 @@ def path_streams(model: Model, ids, order: int = UNSET, *, granularity: str = UN
     filters, or ``spec=``) are those of :func:`expand_all`.
 
     ``constrain`` (optional) is applied to the stacked terms after each step; the sharded
-    evaluation uses it to lay the path axis out over devices.
+    evaluation uses it to lay the path axis out over devices. ``max_paths``: as in :func:`expand_all`.
 
     Example:
       >>> import jetjax as jj
@@ -410,6 +420,7 @@ def path_streams(model: Model, ids, order: int = UNSET, *, granularity: str = UN
     spec = resolve_spec(spec, order=order, granularity=granularity, weights=weights, include=include,
                         exclude=exclude, max_length=max_length, attention_free=attention_free).validate(model)
     ids = model.check_ids(ids)
+    _check_size(model, spec, max_paths, int(np.prod(ids.shape)))
     return _path_streams(model, spec, ids, streams, params, constrain)
 
 
@@ -431,7 +442,7 @@ def _path_streams(model: Model, spec: PathSpec, ids, streams, params, constrain=
 def expand_all(model: Model, ids, order: int = UNSET, *, granularity: str = UNSET, weights: str = UNSET,
                include: Sequence[str] | None = UNSET, exclude: Sequence[str] = UNSET,
                max_length: int | None = UNSET, attention_free: bool = UNSET, streams=None,
-               params=None, spec: PathSpec | None = None) -> Expansion:
+               params=None, spec: PathSpec | None = None, max_paths: int | None = MAX_PATHS) -> Expansion:
     """Algorithm 2: every input→output path of the model, plus the remainder.
 
     Algorithm 1 is applied to each layer in turn, the centres of layer ``l`` being all the terms
@@ -454,6 +465,9 @@ def expand_all(model: Model, ids, order: int = UNSET, *, granularity: str = UNSE
       :func:`count_paths` gives the number of paths without computing them.
     * ``spec``: all of the above as one :class:`jetjax.PathSpec`, instead of the keywords (a keyword
       given next to it must agree with it).
+    * ``max_paths`` (default 2^20; ``None``: no limit but memory): settings with more paths, counted in
+      closed form (:func:`count_paths`), or whose paths' streams and logits cannot be held in the memory
+      available, are refused before anything is built.
 
     Returns an :class:`Expansion` of logits ``[P, ..., T, V]`` with ``remainder = logits − Σ paths``.
     Runs as one compiled function per (model, :class:`~jetjax.PathSpec`); later calls with the same
@@ -472,6 +486,7 @@ def expand_all(model: Model, ids, order: int = UNSET, *, granularity: str = UNSE
     spec = resolve_spec(spec, order=order, granularity=granularity, weights=weights, include=include,
                         exclude=exclude, max_length=max_length, attention_free=attention_free).validate(model)
     ids = model.check_ids(ids)
+    _check_size(model, spec, max_paths, int(np.prod(ids.shape)), model.config.vocab_size)
     # One compiled function per (model, spec), taking params, ids and streams as arguments; it
     # holds the model weakly, so the per-model cache does not keep the model alive.
     ref = weakref.ref(model)

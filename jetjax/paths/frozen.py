@@ -42,7 +42,8 @@ import numpy as np
 from jetjax._internal.compiled import per_model
 from jetjax._internal.results import ResultIO, check_format, dataframe, decode_array, encode_array
 from jetjax.paths.results import PathAttribution, attribution_from_scores, one_sequence, token_id
-from jetjax._internal.checks import check_nonnegative_int, check_position, count_nonfinite
+from jetjax._internal.checks import (MAX_PATHS, check_nonnegative_int, check_path_count, check_path_memory,
+                                     check_position, check_positive_int, count_nonfinite)
 from jetjax.paths.labels import (BIAS, DEC, EMB, Component, check_granularity, extend_label, format_label,
                                 label_length)
 from jetjax.models.layers import freeze
@@ -279,8 +280,30 @@ def _settings(granularity, max_length):
     return check_nonnegative_int("max_length", max_length, optional=True)
 
 
+def _check_size(model: Model, granularity: str, max_length: int | None, max_paths, n_tokens: int) -> None:
+    """Refuse, from :func:`count_frozen_paths` (closed form), settings with more than ``max_paths`` paths
+    or whose ``P × T × d`` path vectors cannot be held, before any label is built."""
+    max_paths = check_positive_int("max_paths", max_paths, optional=True)
+    c = model.config
+
+    def count(m):
+        return count_frozen_paths(c.n_layers, granularity, parallel_residual=c.parallel_residual, max_length=m)
+
+    n = count(max_length)
+    fits = [(m, count(m)) for m in range(1, min(2 * c.n_layers, 8) + 1)]
+    fits = [(m, k) for m, k in fits if k <= (n if max_paths is None else max_paths) and m != max_length]
+    m, k = fits[-1] if fits else (1, count(1))
+    shorter = f"max_length={m} gives {k} paths here"
+    hint = (f"narrow them with max_length= ({shorter}), raise max_paths=, or use jj.top_paths / "
+            "path_attribution(method='search'), which finds the largest paths without enumerating them")
+    check_path_count(n, max_paths, f"frozen paths at granularity={granularity!r}, max_length={max_length} on "
+                                   f"{c.n_layers} layers", hint)
+    if jax.default_backend() == "cpu":
+        check_path_memory(n, n_tokens, c.d_model, hint)
+
+
 def frozen_path_streams(model: Model, ids, *, granularity: str = "block", max_length: int | None = None,
-                        params=None) -> FrozenPaths:
+                        params=None, max_paths: int | None = MAX_PATHS) -> FrozenPaths:
     """Every frozen path's vector in ``h_L``: the analogue of :func:`jetjax.path_streams`.
 
     With the nonlinear factors (norm scales, attention patterns, activation ratios, gates, clipping)
@@ -290,7 +313,8 @@ def frozen_path_streams(model: Model, ids, *, granularity: str = "block", max_le
     in order. ``granularity``: ``"block"`` (whole layers, ``block{l}``) or ``"branch"`` (``attn{l}``,
     ``mlp{l}``); ``max_length``: at most this many components per path (a ``bias`` path's own
     component counts), the rest summed exactly in ``remainder``. Paths are listed newest step first,
-    as :func:`jetjax.path_streams` lists them; :func:`count_frozen_paths` gives their number.
+    as :func:`jetjax.path_streams` lists them; :func:`count_frozen_paths` gives their number, and
+    more than ``max_paths`` (default 2^20; ``None``: no limit but memory) are refused before any is built.
 
     Example:
       >>> import jetjax as jj
@@ -303,6 +327,7 @@ def frozen_path_streams(model: Model, ids, *, granularity: str = "block", max_le
     """
     max_length = _settings(granularity, max_length)
     ids = model.check_ids(ids)
+    _check_size(model, granularity, max_length, max_paths, int(np.prod(ids.shape)))
     c = model.config
     _, labels = _plan(c.n_layers, granularity, c.parallel_residual, max_length)
     fn = per_model(model, "frozen", ("streams", granularity, max_length),
@@ -313,7 +338,7 @@ def frozen_path_streams(model: Model, ids, *, granularity: str = "block", max_le
 
 def frozen_path_attribution(model: Model, ids, target, foil=None, position: int = -1, *,
                             granularity: str = "branch", max_length: int | None = None,
-                            params=None) -> PathAttribution:
+                            params=None, max_paths: int | None = MAX_PATHS) -> PathAttribution:
     """Which frozen paths push ``logit(target) − logit(foil)`` at ``position``; they add up exactly.
 
     **What one path's number means.** Hold every nonlinear factor of the model at its value in the
@@ -341,6 +366,9 @@ def frozen_path_attribution(model: Model, ids, target, foil=None, position: int 
       granularity: ``"branch"`` (``attn{l}``, ``mlp{l}``) or ``"block"``.
       max_length: at most this many components per path (``None``: all paths; their number is
         :func:`count_frozen_paths`, which grows as ``2^L``, ``3^L`` or ``4^L``).
+      max_paths: refuse settings with more paths than this (default 2^20; ``None``: no limit but the
+        memory available), from the closed-form count, before any is built; deeper models need
+        ``max_length`` or :func:`jetjax.top_paths`, which finds the largest paths without enumerating them.
       params: parameters to use instead of the model's own.
 
     Example:
@@ -354,6 +382,7 @@ def frozen_path_attribution(model: Model, ids, target, foil=None, position: int 
     ids = one_sequence(model, ids, "frozen_path_attribution")
     t = int(ids.shape[0])
     position = check_position(position, t)
+    _check_size(model, granularity, max_length, max_paths, position + 1)
     target, target_str = token_id(model, target, "target")
     foil, foil_str = (None, None) if foil is None else token_id(model, foil, "foil")
     if foil == target:

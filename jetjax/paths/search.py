@@ -36,7 +36,8 @@ import numpy as np
 
 from jetjax._internal.compiled import per_model
 from jetjax.paths.results import TopPaths, one_sequence, token_id
-from jetjax._internal.checks import check_position, check_positive_int, count_nonfinite
+from jetjax._internal.checks import (available_memory, check_direction, check_position, check_positive_int,
+                                     count_nonfinite)
 from jetjax.paths.frozen import count_frozen_paths, frozen_linear
 from jetjax.paths.plan import component_steps
 from jetjax.paths.labels import BIAS, EMB, check_granularity, format_label
@@ -219,19 +220,38 @@ def _label(names, mask_row, src) -> str:
 
 # -- public API ------------------------------------------------------------------------------
 
+def _check_beam_size(k: int, beam: int, n_tokens: int, d_model: int, width: int, n_comp: int,
+                     available: int | None = None) -> None:
+    """Refuse a beam whose step would not fit, from its closed-form size, before anything is traced.
+
+    A step holds the beam's prefixes and their ``width`` extensions (``(1 + width)·beam + width``
+    candidates of ``T × d`` floats, and their images under the components' linear parts) and one
+    mask of components per candidate; ``lax.top_k`` indexes the candidates in int32.
+    """
+    cands = (1 + width) * beam + width
+    way_out = f"lower beam= (default max(256, 8·k)) or k=; for k={k}, beam={max(k, 1)} is the least"
+    if cands >= 2 ** 31:
+        raise ValueError(f"top_paths: k={k} with beam={beam} ranks {cands} candidate prefixes per step, more than "
+                         f"the 2^31 - 1 an int32 index reaches; {way_out}")
+    need = cands * (2 * n_tokens * d_model * 4 + n_comp) + 3 * k * (n_comp + 8)
+    available = available_memory() if available is None else available
+    if available is not None and need > available:
+        gib = 2.0 ** 30
+        raise MemoryError(f"top_paths: k={k} with beam={beam} holds {cands} prefixes of {n_tokens}×{d_model} "
+                          f"floats per step, about {need / gib:.1f} GiB, more than the {available / gib:.1f} GiB "
+                          f"of memory available; {way_out}")
+
+
 def _direction(model: Model, score, target, foil):
     """``(name, direction [V], target id, foil id)`` for ``score``, checked before any work."""
     vocab = model.config.vocab_size
     if not isinstance(score, str):
         try:
-            d = np.asarray(score, np.float64)
+            np.asarray(score, np.float64)
         except (TypeError, ValueError):
             raise TypeError(f"score must be one of {SCORES} or an array [V] of V={vocab} numbers, got "
                             f"{type(score).__name__}") from None
-        if d.shape != (vocab,):
-            raise ValueError(f"a score direction must have shape ({vocab},) (the vocabulary), got {d.shape}")
-        if not np.all(np.isfinite(d)):
-            raise ValueError(f"the score direction has {count_nonfinite(d)} NaN/inf entries")
+        d = check_direction(score, vocab, "a score direction")
         if target is not None or foil is not None:
             raise ValueError("target/foil go with a named score; a direction array is the score itself")
         return "direction", d, None, None
@@ -279,8 +299,10 @@ def top_paths(model: Model, ids, k: int = 20, *, target=None, foil=None, score: 
       by: ``"abs"`` (largest ``|score|``, default), ``"positive"`` or ``"negative"``.
       position: the predicting position (default the last; only positions up to it are computed).
       granularity: ``"branch"`` (``attn{l}``, ``mlp{l}``; default) or ``"block"``.
-      beam: prefixes kept per step (default ``max(256, 8k)``; rounded up to a multiple of the mesh's
-        devices). Memory is about ``(1 + components per step) · beam · T · d`` floats.
+      beam: prefixes kept per step (default ``max(256, 8k)``; at most the number of paths, which a beam
+        never exceeds; rounded up to a multiple of the mesh's devices). Memory is about
+        ``2 (1 + components per step) · beam · T · d`` floats: a beam (or ``k``) that cannot fit in the
+        memory available, or whose candidates exceed int32 indexing, is refused before any work.
       priority: which prefixes the beam keeps (:data:`PRIORITIES`); the result is exact and its
         certificate valid under each, only what is found differs.
       mesh: a one-axis mesh (:func:`jetjax._internal.parallel.path_mesh`) to spread the beam over devices.
@@ -310,7 +332,6 @@ def top_paths(model: Model, ids, k: int = 20, *, target=None, foil=None, score: 
     if beam < k:
         raise ValueError(f"beam={beam} is too small to return k={k} paths: the beam must hold at least k "
                          f"prefixes (use beam >= {k}, e.g. {default_beam(k)})")
-    beam = -(-beam // n_dev) * n_dev
     if score is None:
         score = "logit_diff" if foil is not None else "logit"
     name, direction, target_id, foil_id = _direction(model, score, target, foil)
@@ -322,7 +343,10 @@ def top_paths(model: Model, ids, k: int = 20, *, target=None, foil=None, score: 
     if k > n_paths:
         warnings.warn(f"k={k} exceeds the {n_paths} paths of this model at granularity={granularity!r}; "
                       f"returning all {n_paths}", stacklevel=2)
-        k = n_paths
+    # every prefix is itself a path: a beam of n_paths never drops one, a larger one only adds padding
+    beam, k = -(-min(beam, n_paths) // n_dev) * n_dev, min(k, n_paths)
+    _check_beam_size(k, beam, position + 1, c.d_model, len(component_steps(1, granularity, c.parallel_residual)[0][1]),
+                     len(_component_names(c.n_layers, granularity, c.parallel_residual)))
     params = model.params if params is None else params
     dtype = model.embed(ids[:1], params=params).dtype
     fn = per_model(model, "search", (granularity, beam, k, by, priority, mesh),

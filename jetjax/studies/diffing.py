@@ -118,7 +118,9 @@ def bigram_diff(base: Model, tuned: Model, paths: Sequence[str] = ("emb>mlp0>dec
                 top_k: int = 10, keywords=None, progress: bool = True) -> BigramDiff:
     """Sweep the jet bigram tables of ``paths`` for both models and compare them (see the module)."""
     from jetjax.ngrams import diff_tables, jet_bigrams, keyword_mass
+    from jetjax.ngrams.analysis import check_same_vocabulary
 
+    check_same_vocabulary(base, tuned)   # before two full-vocabulary sweeps
     if keywords is not None:
         from jetjax.ngrams.analysis import read_keywords
 
@@ -269,7 +271,7 @@ def data_check(base: Model, tuned: Model, text: str, paths: Sequence[str] = ("em
     pairs with ``numpy.random.default_rng(seed)``.
     """
     from jetjax.studies.findings import bigram_path_outputs
-    from jetjax.ngrams.analysis import corpus_bigrams
+    from jetjax.ngrams.agreement import corpus_bigrams
     from jetjax.ngrams.scorer import context_scorer
 
     if base.tokenizer is None:

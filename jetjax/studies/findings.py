@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jetjax._internal.text import text_table
 from jetjax.paths.labels import Component, format_label, parse_label
 from jetjax._internal.compiled import module_jit, per_model
 from jetjax.models.model import Model
@@ -114,9 +115,7 @@ class LensStudy:
     def table(self) -> str:
         """One line per stream: cosine / top-1 / KL of each order. A value too wide for its column (an
         order-2 KL of 1.8e7 nats near the embedding) is written in scientific notation, and columns are
-        always apart (:func:`jetjax.viz.text_table`)."""
-        from jetjax.viz import text_table
-
+        always apart (:func:`jetjax._internal.text.text_table`)."""
         widths, decimals = (7, 6, 9), (3, 2, 2)
         group = sum(widths) + len(widths) - 1
         head = f"{'':>5} " + " ".join(f"{'order ' + str(k):>{group}}" for k in self.orders)
@@ -232,9 +231,7 @@ class BigramStudy:
 
     def table(self, names: Sequence[str] | None = None) -> str:
         """One line per path set (hit@1, rho, KL, copy, =model) and the corpus's unigram; columns are
-        always apart (:func:`jetjax.viz.text_table`)."""
-        from jetjax.viz import text_table
-
+        always apart (:func:`jetjax._internal.text.text_table`)."""
         names = list(self.results) if names is None else names
         rows = []
         for name in names:
@@ -309,7 +306,7 @@ def bigram_study(model: Model, text: str, *, n_contexts: int = 500, bos_token: s
     this) and ``model [bos z]`` with ``bos_token`` (when it is in the vocabulary) before it;
     ``"auto"``: the first of :data:`BOS_CANDIDATES` in the vocabulary.
     """
-    from jetjax.ngrams.analysis import corpus_bigrams
+    from jetjax.ngrams.agreement import corpus_bigrams
 
     if model.tokenizer is None:
         raise ValueError("bigram_study needs a model with a tokenizer (to read the corpus)")

@@ -429,10 +429,11 @@ def test_fingerprint_is_hashed_once_per_set_of_weights(monkeypatch):
 def test_corpus_kl_stays_finite_for_predictions_far_below_float64():
     """A peaked path gives observed successors log-probabilities like -900 (exp() underflows to 0):
     the KL over the observed successors is still the renormalised one, computed in log space."""
-    from jetjax.ngrams.analysis import _agreement
+    from jetjax.ngrams.agreement import _agreement
 
-    counts = {5: (np.array([1, 2]), np.array([3.0, 1.0]))}
-    hit, rho, kl = _agreement(counts, lambda z1: 1, lambda z1, nxt: np.array([-900.0, -901.0]))
+    # one context (segment 0) with successors 1 and 2 seen 3 and 1 times; the prediction's top-1 is 1
+    hit, rho, kl = _agreement(np.array([0, 0]), np.array([1, 2]), np.array([3.0, 1.0]), np.array([1]),
+                              np.array([-900.0, -901.0]))
     q = np.array([1.0, np.exp(-1.0)]) / (1.0 + np.exp(-1.0))          # the renormalised prediction
     p = np.array([0.75, 0.25])
     assert kl == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-12)

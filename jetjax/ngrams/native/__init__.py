@@ -1,4 +1,4 @@
-"""The sweep's tiles as compiled XLA:CPU kernels (``kernels/tile_reduce.cc``), built on first use.
+"""The sweep's tiles as compiled XLA:CPU kernels (``native/tile_reduce.cc``), built on first use.
 
 A sweep step spends, per vocabulary tile, one GEMM and then the tile's reductions: the online
 logsumexp and the running top-k. :func:`tile_reduce` does a tile's reductions in one pass over each
@@ -81,7 +81,7 @@ AMX_BLOCK = 32
 """Rows per strip, columns per panel and ``d`` per step of :func:`gemm_reduce_bf16` (its packings pad to it)."""
 
 MODES = ("auto", "kernel", "reduce", "xla")
-SOURCE = Path(__file__).parent / "kernels" / "tile_reduce.cc"
+SOURCE = Path(__file__).parent / "tile_reduce.cc"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-w")
 
 _lock = threading.Lock()
