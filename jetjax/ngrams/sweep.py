@@ -21,7 +21,10 @@ two logits, exact ties kept), in bfloat16 the same with AMX's bfloat16 dot produ
 AMX (``"fused"`` too), else XLA's GEMM followed by the kernel's one-pass reduction (``"kernel"``: the
 same ids, the logsumexp summed in another order). Rows are split over the devices
 of a 1-D mesh (``shard_map``; parameters replicated). One step function is compiled per block
-shape; the last block is padded (the fused kernel skips the padding rows).
+shape; the last block is padded (the fused kernel skips the padding rows). The selected layers'
+weights are arguments of the step, so path sets that differ only in which layers they read share it
+(``emb>mlp{l}>dec`` for every ``l``: one compilation; local and global attention layers: one per
+kind; :func:`jetjax.ngrams.scorer.layer_share`).
 
 With ``out_dir`` the sweep is resumable: rows are grouped into chunks of ``chunk_rows``; each
 finished chunk is written as ``chunk-NNNNN.safetensors`` (temp file, fsync, ``os.replace``) and only
@@ -53,10 +56,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jetjax._internal.checks import available_memory
-from jetjax._internal.compiled import per_model
+from jetjax._internal.compiled import TRACE_COUNTS, per_model
 from jetjax.models.model import Model
 from jetjax.ngrams import native
-from jetjax.ngrams.scorer import context_scorer
+from jetjax.ngrams.scorer import layer_share, shared_scorer
 from jetjax.ngrams.settings import DEFAULT, SweepSettings, resolve_settings
 from jetjax.ngrams.store import FORMAT, ChunkStore
 from jetjax.ngrams.table import NGramTable
@@ -287,6 +290,10 @@ _ROWS_FIRST = True
 """Sweep each chunk with its rows' top ``top_k`` first (see :func:`_run_chunks`); tests turn it off to
 compare with sweeps that keep ``max(top_k, global_k)`` per row throughout."""
 
+_SHARE_LAYERS = True
+"""Share one compiled step between path sets that differ only in which layers' weights they read
+(:func:`jetjax.ngrams.scorer.layer_share`); tests turn it off to compare with one step per layer."""
+
 ROW_SLACK = 1.05
 """Safety factor of :func:`_rows_suffice` against float32 rounding of the probabilities (< 1% for
 logsumexps below ``1e5``, which it also requires)."""
@@ -468,10 +475,26 @@ def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mes
             for old in [k for k in memo if isinstance(k, tuple) and k[0] == "unembedding"]:
                 del memo[old]
             memo[key] = (w, b)
+    # One compiled step for every path set of the same shape: the layers' weights are arguments, and
+    # the key names each layer by its representative (emb>mlp{l}>dec: one step for all l; Gemma's
+    # local and global attention layers: one per kind; scorer.layer_share).
+    share = layer_share(model, s.paths, contexts.shape[1], share=_SHARE_LAYERS)
+    step_key = ("step", share.key, s.order)
+
+    def build(k):
+        scorer = shared_scorer(model, share, s.order)
+
+        def traced(args, ctx):  # runs once per trace of the step: what tests count
+            TRACE_COUNTS[("ngrams_step", *step_key[1:], k)] += 1
+            return scorer(args, ctx)
+
+        return _step(traced, k, mesh, s.compute_dtype, tiles)
+
     def step(k):
-        return per_model(model, "ngrams",
-                         ("step", s.paths, s.order, k, tuple(mesh.devices.tolist()), s.compute_dtype, tiles),
-                         lambda: _step(context_scorer(model, s.paths, s.order), k, mesh, s.compute_dtype, tiles))
+        return per_model(model, "ngrams", (*step_key[:3], k, tuple(mesh.devices.tolist()), s.compute_dtype, tiles),
+                         lambda: build(k))
+
+    args = jax.device_put(share.args(params), replicated)
 
     rows_sharding = NamedSharding(mesh, P("rows"))
 
@@ -485,7 +508,7 @@ def _run_chunks(model: Model, contexts: np.ndarray, settings: SweepSettings, mes
         for start in range(lo, hi, s.block_rows):
             block = contexts[start:min(start + s.block_rows, hi)]
             padded = np.concatenate([block, np.zeros((s.block_rows - len(block), block.shape[1]), np.int32)])
-            dispatched.append((step(k)(params, w, b, jax.device_put(padded, rows_sharding), len(block)), len(block)))
+            dispatched.append((step(k)(args, w, b, jax.device_put(padded, rows_sharding), len(block)), len(block)))
         outs = []
         for out, n in dispatched:
             outs.append([fetch(o)[:n] for o in out])
