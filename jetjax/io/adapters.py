@@ -105,12 +105,19 @@ ADAPTERS = {
 
 
 def adapter_path(name_or_path: str | os.PathLike) -> Path:
-    """The file of a shipped adapter (a name of :data:`ADAPTERS`) or the path given."""
+    """The file of a shipped adapter (a name of :data:`ADAPTERS`) or the path given.
+
+    Raises ``FileNotFoundError`` for neither, listing the shipped names; ``TypeError`` for a value
+    that is not a str or path."""
     if isinstance(name_or_path, str) and name_or_path in ADAPTERS:
         return Path(__file__).parent.parent / "assets" / "lora" / ADAPTERS[name_or_path][0]
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"an adapter is a LoraAdapter, a .safetensors path or a shipped name "
+                        f"({', '.join(sorted(ADAPTERS))}); got {type(name_or_path).__name__} {name_or_path!r:.60}")
     path = Path(name_or_path)
     if not path.is_file():
-        raise FileNotFoundError(f"no adapter file {str(path)!r} (shipped adapters: {', '.join(sorted(ADAPTERS))})")
+        raise FileNotFoundError(f"no adapter file {str(path)!r}: give a .safetensors file or a shipped adapter's "
+                                f"name ({', '.join(repr(n) for n in sorted(ADAPTERS))})")
     return path
 
 
@@ -285,26 +292,83 @@ def _replace_kernel(node, keys, new):
     return node
 
 
-def merge_adapter(model: Model, adapter: LoraAdapter | str | os.PathLike, *, check_base: bool = True) -> Model:
+#: The most a merge may change a weight matrix, relative to the matrix's largest weight: a LoRA delta is
+#: a correction (trained adapters change a matrix by a small fraction of its scale), so one this many
+#: times larger is a mis-set ``alpha`` or corrupt ``A``/``B``, on its way to overflowing float32 in the
+#: forward pass (an ``alpha`` of 1e30 merges into finite weights whose logits are all NaN).
+MAX_RELATIVE_CHANGE = 1e4
+
+
+def merge_adapter(model: Model, adapter: LoraAdapter | str | os.PathLike, *, check_base: bool = True,
+                  check_scale: bool = True) -> Model:
     """A new :class:`~jetjax.models.model.Model` with ``adapter`` merged into ``model``'s weights.
 
-    ``adapter`` is a :class:`LoraAdapter` or a path to its ``.safetensors`` file. The result shares
-    the tokenizer; its ``source`` names the adapter. Refuses (ValueError, before any arithmetic) an
-    adapter for another architecture or size, a missing target, misshapen ``A``/``B``, and, unless
-    ``check_base=False``, a base whose weights are not the ones the adapter was trained on.
+    ``adapter`` is a :class:`LoraAdapter`, a path to its ``.safetensors`` file, or the name of an
+    adapter jetjax ships (:data:`ADAPTERS`: ``"shakespeare"``). The result shares the tokenizer; its
+    ``source`` names the adapter. Refuses (ValueError, before any arithmetic) an adapter for another
+    architecture or size, a missing target, misshapen ``A``/``B``, and, unless ``check_base=False``, a
+    base whose weights are not the ones the adapter was trained on. After merging, refuses (naming
+    ``alpha``, the scale and the matrix) a delta ``(alpha / rank) · A @ B`` that is not finite in
+    float32 or, unless ``check_scale=False``, exceeds :data:`MAX_RELATIVE_CHANGE` times the largest
+    weight of the matrix it changes: such weights are finite but overflow in the forward pass.
     """
     name = None
     if isinstance(adapter, (str, os.PathLike)):
         name = str(adapter)
         adapter = load_adapter(adapter)
-    check_adapter(model, adapter, check_base=check_base)
+    try:
+        check_adapter(model, adapter, check_base=check_base)
+    except ValueError as err:
+        if name is None:
+            raise
+        raise ValueError(f"{name}: {err}") from None
+    _check_scale(model, adapter, name, relative=check_scale)
     params = merged_params(model.params, adapter.a, adapter.b, adapter.scale)
     bad = [f"layer {layer} {t}" for layer, t in adapter.a
            if not bool(jnp.isfinite(_kernel(params, layer, t)).all())]
     if bad:
-        raise ValueError(f"merging this adapter gives non-finite weights ({', '.join(bad[:4])})")
+        raise ValueError(f"{name + ': ' if name else ''}merging this adapter gives non-finite weights "
+                         f"({', '.join(bad[:4])}; alpha={adapter.alpha!r}, rank {adapter.rank})")
     source = f"{model.source} + LoRA {name or f'rank {adapter.rank}'}"
     return Model(model.module(params), params, tokenizer=model.tokenizer, source=source)
+
+
+def _check_scale(model: Model, adapter: LoraAdapter, name: str | None, *, relative: bool) -> None:
+    """Refuse a delta ``scale · A @ B`` that is not finite in float32 or (``relative``) that dwarfs the
+    matrix it is added to (see :func:`merge_adapter`); float64 on the host, one matrix at a time."""
+    scale = float(adapter.alpha) / adapter.rank
+    who = f"{name}: " if name else ""
+    f32_max = float(np.finfo(np.float32).max)
+    for layer, t in sorted(adapter.a):
+        a = np.asarray(adapter.a[(layer, t)], np.float64)
+        b = np.asarray(adapter.b[(layer, t)], np.float64)
+        base = float(jnp.max(jnp.abs(_kernel(model.params, layer, t).astype(jnp.float32))))
+        with np.errstate(over="ignore", invalid="ignore"):
+            # |(A @ B)_ij| <= |A_i,:| |B_:,j| (Cauchy-Schwarz): the product itself only when the bound fails
+            bound = math.sqrt(float(np.max(np.sum(a * a, axis=1)))) * math.sqrt(float(np.max(np.sum(b * b, axis=0))))
+            bound *= abs(scale)
+            fits = math.isfinite(bound) and bound + base <= f32_max
+            if fits and (not relative or bound <= MAX_RELATIVE_CHANGE * base):
+                continue
+            biggest = float(np.max(np.abs(a @ b))) * abs(scale)
+        where = f"layer {layer} {t!r}"
+        if not math.isfinite(biggest) or biggest + base > f32_max:
+            raise ValueError(f"{who}alpha={adapter.alpha!r} (scale alpha / rank = {scale:.3g}) times A @ B of "
+                             f"{where} changes weights by up to {biggest:.3g}, beyond float32 ({f32_max:.3g}); "
+                             "the adapter's alpha or its lora_a / lora_b weights are wrong")
+        if relative and biggest > MAX_RELATIVE_CHANGE * base:
+            raise ValueError(f"{who}alpha={adapter.alpha!r} (scale alpha / rank = {scale:.3g}) times A @ B of "
+                             f"{where} changes weights by up to {biggest:.3g}, "
+                             f"{biggest / base if base else math.inf:.3g} "
+                             f"times the matrix's largest weight ({base:.3g}); a LoRA delta is a small correction, "
+                             f"and one this large overflows float32 in the forward pass (model.logits gives NaN). "
+                             "The adapter's alpha or its lora_a / lora_b weights are wrong (check_scale=False merges "
+                             "anyway)")
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,18 +398,17 @@ def save_adapter(adapter: LoraAdapter, path: str | os.PathLike) -> Path:
 
 
 def load_adapter(path: str | os.PathLike) -> LoraAdapter:
-    """Read an adapter written by :func:`save_adapter`, checking every field before returning it.
+    """Read an adapter written by :func:`save_adapter` (a path, or a shipped adapter's name of
+    :data:`ADAPTERS`), checking every field before returning it.
 
     Raises:
-      FileNotFoundError: no such file.
+      FileNotFoundError: no such file (the message lists the shipped names).
       ValueError: not a jetjax LoRA file (naming what is wrong: metadata, a missing or extra
         tensor, a shape that disagrees with the rank, non-finite values).
     """
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no adapter file at {path}")
+    path = adapter_path(path)
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
@@ -363,21 +426,39 @@ def load_adapter(path: str | os.PathLike) -> LoraAdapter:
     missing = [k for k in _META_KEYS if k not in meta]
     if missing:
         raise bad(f"metadata lacks {missing}")
+    def integer(key):
+        text = meta[key]
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            raise bad(f"malformed metadata: {key}={text!r} is not a positive integer")
+        return int(text)
+
+    def parsed(key):
+        try:
+            return json.loads(meta[key])
+        except ValueError as err:
+            raise bad(f"malformed metadata: {key}={meta[key][:60]!r} is not JSON ({err})") from None
+
+    rank, n_layers, d_model, vocab = (integer(k) for k in ("rank", "n_layers", "d_model", "vocab_size"))
     try:
-        rank, n_layers = int(meta["rank"]), int(meta["n_layers"])
-        d_model, vocab = int(meta["d_model"]), int(meta["vocab_size"])
         alpha = float(meta["alpha"])
-        targets, layers = json.loads(meta["targets"]), json.loads(meta["layers"])
-        card = json.loads(meta["card"])
-    except (ValueError, TypeError) as err:
-        raise bad(f"malformed metadata ({err})") from None
-    if rank < 1 or not math.isfinite(alpha) or alpha <= 0:
-        raise bad(f"rank={rank} and alpha={alpha} must be positive")
-    if (not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets)
-            or not isinstance(layers, list) or not layers
-            or not all(isinstance(x, int) and 0 <= x < n_layers for x in layers)):
-        raise bad(f"targets {targets!r} / layers {layers!r} are not non-empty lists of names / layer indices "
-                  f"below n_layers={n_layers}")
+    except ValueError:
+        raise bad(f"malformed metadata: alpha={meta['alpha'][:60]!r} is not a number") from None
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise bad(f"alpha={alpha} must be a positive finite number")
+    targets, layers, card = parsed("targets"), parsed("layers"), parsed("card")
+    if (not isinstance(targets, list) or not targets
+            or not all(isinstance(t, str) and t and t == t.strip() for t in targets)):
+        raise bad(f"targets={_brief(targets)} must be a non-empty list of matrix names (non-empty strings)")
+    if len(set(targets)) != len(targets):
+        raise bad(f"targets={_brief(targets)} names {sorted({t for t in targets if targets.count(t) > 1})} "
+                  "more than once")
+    if (not isinstance(layers, list) or not layers
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < n_layers for x in layers)):
+        raise bad(f"layers={_brief(layers)} must be a non-empty list of layer indices below n_layers={n_layers} "
+                  "(integers, not booleans)")
+    if len(set(layers)) != len(layers):
+        raise bad(f"layers={_brief(layers)} lists layer(s) {sorted({x for x in layers if layers.count(x) > 1})} "
+                  "more than once")
     a, b = {}, {}
     for layer in layers:
         for t in targets:

@@ -15,6 +15,13 @@ A GGUF file carries the config (as metadata under llama.cpp's key names), the to
   Gemma's RMS norm gains are stored as ``1 + w``) is undone by that family's ``fix``;
 * builds the tokenizer from the metadata (:mod:`jetjax.io.gguf_tokenizer`).
 
+Before anything is built or dequantized, the file is held to what it declares: a metadata key that
+appears twice is refused (as llama.cpp refuses it), every count, real number and string the families
+read is checked for type and range and the head counts for divisibility (:func:`check_metadata_values`),
+``block_count`` must match the layers the tensor table holds, and every tensor's shape in the table
+must be the one the metadata gives (:func:`check_tensor_shapes`): each refusal is one line naming the
+key or tensor and its value.
+
 This module knows no architecture. Each family declares the GGUF architectures it reads in its
 record (:attr:`~jetjax.models.family.Family.gguf`: a :class:`~jetjax.models.family.GgufArch` each,
 with the metadata keys, the config builder, the tensor names and the layout fix), and the file's
@@ -47,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from jetjax.io.checks import check_layer_count
 from jetjax.models.family import GGUF_FAMILIES, GgufArch, gguf_need
 
 MAGIC = b"GGUF"
@@ -200,6 +208,15 @@ class _Cursor:
         raise ValueError(f"unknown GGUF value type {kind} at byte {self.pos}")
 
 
+class _Refused(ValueError):
+    """A well-formed file whose content is refused (not a truncated or corrupt one)."""
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _parse(buf) -> GGUFFile:
     """The metadata and tensor table of a GGUF buffer (version and magic already checked)."""
     from gguf import GGMLQuantizationType
@@ -210,8 +227,14 @@ def _parse(buf) -> GGUFFile:
     n_tensors, n_kv = cur.unpack("QQ")
     meta = {}
     for _ in range(n_kv):
+        at = cur.pos
         key = cur.string()
-        meta[key] = cur.value(cur.unpack("I"))
+        value = cur.value(cur.unpack("I"))
+        if key in meta:   # llama.cpp (and gguf.GGUFReader) refuse such a file: which value is meant?
+            raise _Refused(f"metadata key {key!r} appears twice (the second time at byte {at}, with "
+                           f"{_brief(value)} after {_brief(meta[key])}); llama.cpp refuses such files, and so "
+                           "does jetjax rather than pick one")
+        meta[key] = value
     infos = []
     for _ in range(n_tensors):
         name, n_dims = cur.string(), cur.unpack("I")
@@ -262,6 +285,8 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
         return _parse(buf)
+    except _Refused as err:
+        raise ValueError(f"{p}: {err}") from None
     except (EOFError, ValueError, KeyError, OverflowError, UnicodeDecodeError, struct.error, MemoryError,
             RecursionError) as err:   # RecursionError: arrays nested past Python's stack
         raise ValueError(f"{p} is not a readable GGUF file (truncated or corrupt?): "
@@ -319,18 +344,34 @@ def _translate(gguf_file: GGUFFile, where: str) -> tuple[GgufArch, dict, dict[st
     Hugging Face name; refuses unknown architectures, metadata and tensors by name."""
     meta = gguf_file.metadata
     a = meta.get("general.architecture")
+    if a is not None and not isinstance(a, str):
+        raise ValueError(f"{where}: general.architecture={_brief(a)} must be a string (the architecture's name)")
     if a not in ARCHITECTURES:
         raise ValueError(f"{where}: GGUF architecture {a!r} is not supported; supported: "
                          f"{', '.join(supported_architectures())}")
     arch = ARCHITECTURES[a]
     check_metadata(meta, arch, where)
+    check_metadata_values(meta, arch, where)
     tensors = {t.name: t for t in gguf_file.tensors}
+    # the layer count against the tensors present, before anything is built or looped per declared layer
+    block_count = f"{a}.block_count"
+    try:
+        n_layers = gguf_need(meta, block_count)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    check_layer_count(block_count, n_layers, tensors, where, pattern=_BLOCK_INDEX, exact=True)
     if "rope_freqs.weight" in tensors:
         raise ValueError(f"{where}: the file has a 'rope_freqs' tensor (per-frequency rope scaling, "
                          "e.g. Llama 3.1); jetjax does not read it, so it refuses rather than compute "
                          "without it")
-    hf_cfg = arch.config(meta, set(tensors))
-    names = hf_tensor_names(arch, int(gguf_need(meta, f"{a}.block_count")))
+    try:
+        hf_cfg = arch.config(meta, set(tensors))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    except (TypeError, KeyError, ZeroDivisionError) as err:   # a value check above should have caught it
+        raise ValueError(f"{where}: the {a} metadata does not describe a model jetjax can build "
+                         f"({type(err).__name__}: {err})") from None
+    names = hf_tensor_names(arch, n_layers)
     unknown = sorted(n for n in tensors if n not in names)
     if unknown:
         raise ValueError(f"{where}: the file has tensors jetjax does not use for {a}: "
@@ -342,14 +383,143 @@ def _weight(arch: GgufArch, hf_name: str, tensor: GGUFTensor, hf_cfg: dict, wher
     return arch.fix(hf_name, dequantize(tensor, where), hf_cfg)
 
 
+# ---------------------------------------------------------------------------------------------
+# Metadata values and tensor shapes, checked before anything is built or dequantized
+
+_BLOCK_INDEX = r"^blk\.(\d+)\."   # llama.cpp names every layer tensor blk.{i}.*
+# <arch>.* keys every family reads the same way: counts (with their minimum), real numbers, strings
+_COUNTS = {"block_count": 1, "embedding_length": 1, "feed_forward_length": 1, "attention.head_count": 1,
+           "attention.head_count_kv": 1, "attention.key_length": 1, "attention.value_length": 1,
+           "rope.dimension_count": 1, "context_length": 1, "vocab_size": 1, "attention.sliding_window": 0}
+_REALS = {"attention.layer_norm_rms_epsilon": 0.0, "attention.layer_norm_epsilon": 0.0, "rope.freq_base": None,
+          "rope.scaling.factor": None, "attn_logit_softcapping": 0.0, "final_logit_softcapping": 0.0}
+_STRINGS = ("rope.scaling.type",)
+_SHAPE_KEYS = ("embedding_length", "attention.head_count", "attention.head_count_kv", "attention.key_length",
+               "feed_forward_length", "vocab_size", "context_length")
+
+
+def check_metadata_values(meta: dict, arch: GgufArch, where: str) -> None:
+    """Refuse, naming the key and the value, metadata of the wrong type or out of range, and head
+    counts that do not divide: each as one line, before any family reads the values.
+
+    Counts must be integers (not bools, not lists: per-layer values are not supported) of at least 1
+    (a sliding window: 0); real numbers finite (epsilons and soft-caps not negative, rope bases and
+    factors positive); ``rope.scaling.type`` a string. ``embedding_length`` must split into
+    ``attention.head_count`` heads unless ``attention.key_length`` gives the head size,
+    ``attention.head_count`` must be a multiple of ``attention.head_count_kv``, and a rotary
+    architecture's rotated dimensions must be even.
+    """
+    a = meta["general.architecture"]
+    tok_model = meta.get("tokenizer.ggml.model")
+    if tok_model is not None and not isinstance(tok_model, str):
+        raise ValueError(f"{where}: tokenizer.ggml.model={_brief(tok_model)} must be a string (the vocabulary kind)")
+    for sub, minimum in _COUNTS.items():
+        key, value = f"{a}.{sub}", meta.get(f"{a}.{sub}")
+        if value is None:
+            continue
+        if isinstance(value, list):
+            raise ValueError(f"{where}: {key}={_brief(value)} is a list (one value per layer); jetjax supports "
+                             f"one {sub} for every layer")
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{where}: {key}={_brief(value)} must be an integer >= {minimum}")
+    for sub, minimum in _REALS.items():
+        key, value = f"{a}.{sub}", meta.get(f"{a}.{sub}")
+        if value is None:
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or (minimum is None and value <= 0) or (minimum is not None and value < minimum):
+            bound = "> 0" if minimum is None else f">= {minimum}"
+            raise ValueError(f"{where}: {key}={_brief(value)} must be a finite number {bound}")
+    for sub in _STRINGS:
+        key, value = f"{a}.{sub}", meta.get(f"{a}.{sub}")
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{where}: {key}={_brief(value)} must be a string")
+    d, heads = meta.get(f"{a}.embedding_length"), meta.get(f"{a}.attention.head_count")
+    kv, key_length = meta.get(f"{a}.attention.head_count_kv"), meta.get(f"{a}.attention.key_length")
+    if heads is None:
+        return
+    if key_length is None and d is not None and d % heads:
+        raise ValueError(f"{where}: {a}.embedding_length={d} is not a multiple of {a}.attention.head_count={heads}, "
+                         f"and no {a}.attention.key_length gives the head size")
+    if kv is not None and heads % kv:
+        raise ValueError(f"{where}: {a}.attention.head_count={heads} is not a multiple of "
+                         f"{a}.attention.head_count_kv={kv} (each key/value head serves a whole group of heads)")
+    rotary = {"rope.dimension_count", "rope.freq_base"} & (arch.handled | arch.ignored)
+    head = key_length if key_length is not None else (d // heads if d is not None else None)
+    rope_dim = meta.get(f"{a}.rope.dimension_count", head)
+    if rotary and rope_dim is not None and rope_dim % 2:
+        source = (f"{a}.attention.key_length={key_length}" if key_length is not None
+                  else f"{a}.embedding_length / {a}.attention.head_count = {d} / {heads}")
+        raise ValueError(f"{where}: {a}.rope.dimension_count={rope_dim} is odd (head size {head}: {source}); "
+                         "rotary embeddings turn pairs of dimensions")
+
+
+def _shape_context(meta: dict) -> str:
+    a = meta["general.architecture"]
+    parts = [f"{a}.{k}={meta[f'{a}.{k}']}" for k in _SHAPE_KEYS if f"{a}.{k}" in meta]
+    if f"{a}.vocab_size" not in meta and isinstance(meta.get("tokenizer.ggml.tokens"), list):
+        parts.append(f"{len(meta['tokenizer.ggml.tokens'])} tokenizer.ggml.tokens")
+    return f"the metadata ({', '.join(parts)})"
+
+
+def _fixed_shape(arch: GgufArch, hf_name: str, shape: tuple, hf_cfg: dict):
+    """The shape a tensor of file shape ``shape`` has once the family's layout fix has run, found on a
+    zero-stride view (no data is read); ``None`` if the fix cannot take that shape."""
+    try:
+        return tuple(np.shape(arch.fix(hf_name, np.broadcast_to(np.zeros((), np.float32), shape), hf_cfg)))
+    except Exception:   # noqa: BLE001 - a reshape the shape does not allow: reported as a shape mismatch
+        return None
+
+
+def check_tensor_shapes(arch: GgufArch, hf_cfg: dict, tensors: dict[str, GGUFTensor], family, config, expected,
+                        meta: dict, where: str) -> None:
+    """Every tensor the config needs is in the file, with the shape the metadata gives, from the
+    tensor table alone: nothing is dequantized before this passes. ``tensors``: by Hugging Face name
+    (as :func:`_translate` returns them); ``expected``: the abstract model's parameter shapes."""
+    def strip(name):
+        return next((name[len(p):] for p in family.strip_prefixes if name.startswith(p)), name)
+
+    declared = {strip(h): (h, t) for h, t in tensors.items()}
+    file_names = {strip(h): g for g, h in hf_tensor_names(arch, config.n_layers).items()}
+    context = _shape_context(meta)
+    for name, (ours, transpose) in family.weight_map(config).items():
+        if name not in declared:
+            raise ValueError(f"{where}: tensor {name!r} is missing from the checkpoint (needed for {config.arch} "
+                             f"with {config.n_layers} layers; the file would name it {file_names.get(name, name)!r})")
+        hf_name, t = declared[name]
+        want = tuple(expected[ours].shape)
+        want = want[::-1] if transpose else want
+        if _fixed_shape(arch, hf_name, t.shape, hf_cfg) == want:
+            continue
+        in_file = next((s for s in (want, want[::-1]) if _fixed_shape(arch, hf_name, s, hf_cfg) == want), want)
+        raise ValueError(f"{where}: tensor {t.name!r} has shape {t.shape} in the file, expected {in_file} from "
+                         f"{context}")
+
+
 def gguf_to_hf(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """The ``config.json`` dict and float32 state dict (Hugging Face names and layout) that
     :func:`load_gguf` reads out of a GGUF file, before any jetjax family is involved.
 
     For comparisons with other readers of the same file, e.g. transformers' GGUF loader.
     """
-    arch, hf_cfg, tensors = _translate(open_gguf(path), str(path))
-    return hf_cfg, {n: _weight(arch, n, t, hf_cfg, str(path)) for n, t in tensors.items()}
+    where = str(path)
+    gguf_file = open_gguf(path)
+    arch, hf_cfg, tensors = _translate(gguf_file, where)
+    _check_before_data(gguf_file, arch, hf_cfg, tensors, where)
+    return hf_cfg, {n: _weight(arch, n, t, hf_cfg, where) for n, t in tensors.items()}
+
+
+def _check_before_data(gguf_file: GGUFFile, arch: GgufArch, hf_cfg: dict, tensors: dict, where: str):
+    """The family, config and abstract model of the file, with every tensor's shape checked against
+    them (:func:`check_tensor_shapes`) before any data is dequantized."""
+    from jetjax.models.family import config_for, family_for
+    from jetjax.models.model import abstract_params
+
+    family = family_for(arch.model_type, where)
+    config = config_for(family, hf_cfg, where)
+    skeleton, expected = abstract_params(lambda: family.module(config))
+    check_tensor_shapes(arch, hf_cfg, tensors, family, config, expected, gguf_file.metadata, where)
+    return family, config, skeleton, expected
 
 
 def load_gguf(path: str | os.PathLike, *, dtype=None, check_finite: bool = True):
@@ -363,14 +533,13 @@ def load_gguf(path: str | os.PathLike, *, dtype=None, check_finite: bool = True)
     """
     import jax.numpy as jnp
 
-    from jetjax.models.family import assign_params, config_for, family_for
-    from jetjax.models.model import Model, abstract_params
+    from jetjax.models.family import assign_params
+    from jetjax.models.model import Model
 
     where = str(path)
     gguf_file = open_gguf(path)
     arch, hf_cfg, tensors = _translate(gguf_file, where)
-    family = family_for(arch.model_type, where)
-    config = config_for(family, hf_cfg, where)
+    family, config, skeleton, expected = _check_before_data(gguf_file, arch, hf_cfg, tensors, where)
     tokenizer = None  # built before the weights: a bad vocabulary fails before the heavy work
     if "tokenizer.ggml.model" in gguf_file.metadata:
         from jetjax.io.gguf_tokenizer import tokenizer_from_gguf
@@ -378,10 +547,10 @@ def load_gguf(path: str | os.PathLike, *, dtype=None, check_finite: bool = True)
         tokenizer = tokenizer_from_gguf(gguf_file.metadata, source=where)
     hf_tensors = {n: jnp.asarray(_weight(arch, n, t, hf_cfg, where), dtype=dtype or jnp.float32)
                   for n, t in tensors.items()}
-    skeleton, expected = abstract_params(lambda: family.module(config))
     params = assign_params(config, family, hf_tensors, expected, where, None, check_finite=check_finite)
     return Model(skeleton, params, tokenizer=tokenizer, source=where)
 
 
 __all__ = ["load_gguf", "gguf_to_hf", "open_gguf", "GGUFFile", "GGUFTensor", "read_metadata", "read_gguf_metadata",
-           "is_gguf", "dequantize", "supported_architectures", "ARCHITECTURES"]
+           "is_gguf", "dequantize", "supported_architectures", "ARCHITECTURES", "check_metadata_values",
+           "check_tensor_shapes"]

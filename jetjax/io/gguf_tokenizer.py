@@ -29,7 +29,7 @@ from __future__ import annotations
 import numbers
 from typing import NamedTuple
 
-__all__ = ["PRE_TOKENIZERS", "tokenizer_from_gguf"]
+__all__ = ["PRE_TOKENIZERS", "tokenizer_from_gguf", "ByteCheckedTokenizer", "missing_bytes", "byte_symbols"]
 
 # llama.cpp's token types (``llama_token_type``), as stored in ``tokenizer.ggml.token_type``.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -84,21 +84,29 @@ def tokenizer_from_gguf(meta: dict, *, source: str = "GGUF file"):
     and the Llama-3 pre-tokenizers, off otherwise). Control (and unknown) tokens become special added
     tokens, matched whole anywhere in the text; user-defined tokens become plain added tokens, also
     matched whole. Raises ``ValueError`` naming the key or value when the metadata is not usable.
+
+    A byte-level vocabulary that lacks the symbol of a byte UTF-8 text can hold (SmolLM2's lacks six
+    control characters and two 4-byte lead bytes) would drop such bytes without a word; it comes back
+    wrapped in a :class:`ByteCheckedTokenizer`, whose ``encode`` raises ``ValueError`` naming the
+    characters instead (everything else is the wrapped tokenizer's).
     """
     model = meta.get(_KEY + "model")
-    if model not in _MODELS:
-        raise ValueError(f"{source}: tokenizer.ggml.model is {model!r}; supported: {', '.join(map(repr, _MODELS))}.")
+    if not isinstance(model, str) or model not in _MODELS:
+        raise ValueError(f"{source}: tokenizer.ggml.model is {_brief(model)}; supported: "
+                         f"{', '.join(map(repr, _MODELS))}.")
     tokens = _tokens(meta, source)
     types = _per_token(meta, "token_type", tokens, source)
     scores = _per_token(meta, "scores", tokens, source)
     merges = _merges(meta, tokens, source)
     if model == "gpt2":
         tok, add_bos = _byte_level(meta, tokens, merges, source)
+        missing = missing_bytes(tokens)   # byte-level BPE drops a byte whose symbol is not a token
     else:
         tok, add_bos = _sentencepiece(meta, tokens, scores, merges, source)
+        missing = frozenset()             # byte fallback to <0xNN> tokens, else the unknown token: not dropped
     _add_special_tokens(tok, tokens, types)
     _set_post_processor(tok, meta, tokens, model, add_bos, source)
-    return tok
+    return ByteCheckedTokenizer(tok, missing, source) if missing else tok
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,6 +239,98 @@ def _sentencepiece(meta, tokens, scores, merges, source):
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
         + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
     return tok, _flag(meta, "add_bos_token", True, source)
+
+
+def byte_symbols() -> list[str]:
+    """The printable character GPT-2's byte-level alphabet writes for each byte 0..255
+    (``bytes_to_unicode``: printable Latin-1 bytes stand for themselves, the others from U+0100 on)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+
+
+# Bytes that never occur in UTF-8 text: a vocabulary may lack their symbols without losing any text.
+_NOT_UTF8 = frozenset({0xC0, 0xC1, *range(0xF5, 0x100)})
+
+
+def missing_bytes(tokens) -> frozenset[int]:
+    """The bytes that can occur in UTF-8 text but whose byte-level symbol is not a token of ``tokens``.
+
+    Byte-level BPE spells every piece of text in these 256 symbols and merges from there; a byte whose
+    symbol is not in the vocabulary has no id, and the ``tokenizers`` library drops it without a word.
+
+    >>> sorted(missing_bytes(["a", "b", "Ġ"]))[:3], len(missing_bytes(byte_symbols()))
+    ([0, 1, 2], 0)
+    """
+    vocab = set(tokens)
+    return frozenset(b for b, sym in enumerate(byte_symbols()) if sym not in vocab and b not in _NOT_UTF8)
+
+
+class ByteCheckedTokenizer:
+    """A byte-level ``tokenizers.Tokenizer`` whose vocabulary lacks some byte symbols, wrapped so that
+    encoding text it would silently drop raises ``ValueError`` (naming the characters) instead.
+
+    Everything else (``decode``, ``token_to_id``, ``get_vocab``, ``save``, ...) is the wrapped
+    tokenizer's own; ``tokenizer`` is the wrapped object. Text matched whole by an added (special or
+    user-defined) token needs no byte symbols and passes.
+    """
+
+    def __init__(self, tokenizer, missing: frozenset[int], source: str):
+        import re
+
+        added = sorted((t.content for t in tokenizer.get_added_tokens_decoder().values() if t.content),
+                       key=len, reverse=True)
+        object.__setattr__(self, "tokenizer", tokenizer)
+        object.__setattr__(self, "_missing", frozenset(missing))
+        object.__setattr__(self, "_source", source)
+        object.__setattr__(self, "_added", re.compile("|".join(map(re.escape, added))) if added else None)
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("tokenizer", "_missing", "_source", "_added"):
+            raise AttributeError(name)
+        return getattr(self.tokenizer, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.tokenizer, name, value)
+
+    def __repr__(self) -> str:
+        return f"ByteCheckedTokenizer({len(self._missing)} byte symbols missing, {self._source})"
+
+    def check(self, text) -> None:
+        """Raise ``ValueError`` if encoding ``text`` (a str, or a list of str pieces) would drop bytes."""
+        if isinstance(text, (list, tuple)):
+            for piece in text:
+                self.check(piece)
+            return
+        if not isinstance(text, str):
+            return   # the wrapped tokenizer gives its own error
+        plain = self._added.sub("", text) if self._added is not None else text
+        bad = sorted(ch for ch in set(plain) if any(b in self._missing for b in ch.encode("utf-8", "surrogatepass")))
+        if bad:
+            shown = ", ".join(repr(ch) for ch in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+            raise ValueError(f"{self._source}: the byte-level vocabulary (tokenizer.ggml.tokens) has no symbol for "
+                             f"the UTF-8 bytes of {shown} in the text, so tokenizing it would silently drop them "
+                             f"({len(self._missing)} of the 256 byte symbols are missing). Pass token ids instead, "
+                             "or use a file whose vocabulary holds every byte symbol.")
+
+    def encode(self, sequence, pair=None, is_pretokenized=False, add_special_tokens=True):
+        self.check(sequence)
+        if pair is not None:
+            self.check(pair)
+        return self.tokenizer.encode(sequence, pair, is_pretokenized=is_pretokenized,
+                                     add_special_tokens=add_special_tokens)
+
+    def encode_batch(self, input, is_pretokenized=False, add_special_tokens=True):  # noqa: A002 - tokenizers' name
+        for item in input:
+            self.check(list(item) if isinstance(item, tuple) else item)
+        return self.tokenizer.encode_batch(input, is_pretokenized=is_pretokenized,
+                                           add_special_tokens=add_special_tokens)
+
+    def encode_batch_fast(self, input, is_pretokenized=False, add_special_tokens=True):  # noqa: A002
+        for item in input:
+            self.check(list(item) if isinstance(item, tuple) else item)
+        return self.tokenizer.encode_batch_fast(input, is_pretokenized=is_pretokenized,
+                                                add_special_tokens=add_special_tokens)
 
 
 def _merges_from_scores(tokens, scores) -> list[tuple[str, str]]:

@@ -1,7 +1,10 @@
 """Load Hugging Face checkpoints: config.json -> ModelConfig, safetensors -> params, tokenizer.
 
 Nothing here runs code from a checkpoint: tensors come from safetensors files only (no pickle,
-no ``trust_remote_code``), and neither torch nor transformers is imported.
+no ``trust_remote_code``), and neither torch nor transformers is imported. Only files inside the
+directory given are read: a shard a ``model.safetensors.index.json`` names, or any file reached
+through a symlink, must resolve inside it (:func:`jetjax.io.checks.inside`). The config's layer count
+and every tensor's shape are checked against the safetensors headers before any data is read.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from jetjax.io.checks import check_layer_count, check_tensor_table, inside, safetensors_shapes
 from jetjax.io.gguf import is_gguf
 from jetjax.models import FAMILIES
 from jetjax.models.family import Family, assign_params, config_for, family_for
@@ -98,7 +102,10 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
         adapter = adapter_path(adapter)
         lora = load_adapter(adapter)   # a bad adapter file fails before the base loads
         base = from_pretrained(src, dtype=dtype, gguf_file=gguf_file, check_finite=check_finite)
-        merged = merge_adapter(base, lora)
+        try:
+            merged = merge_adapter(base, lora)
+        except ValueError as err:
+            raise ValueError(f"{adapter}: {err}") from None
         merged.source = f"{base.source} + LoRA {adapter}"
         return merged
     gguf_path = _gguf_source(src, gguf_file)
@@ -110,10 +117,17 @@ def from_pretrained(src: str | os.PathLike, *, dtype=None, gguf_file: str | None
     cfg = _read_config(path)
     family = family_for(cfg.get("model_type"), path / "config.json")
     _check_config_keys(cfg, family, path)
+    # Sizes before work: the weights' headers (names and shapes, no data) bound the layer count the
+    # config may declare before anything is built or looped per declared layer, and every shape is
+    # compared with the config before a byte of tensor data is read.
+    files = _weight_files(path)
+    shapes = _tensor_shapes(files)
+    _check_layer_keys(cfg, shapes, path / "config.json")
     config = config_for(family, cfg, path / "config.json")
     tokenizer = _load_tokenizer(path)   # before the weights: a bad tokenizer file fails before the heavy work
     skeleton, expected = abstract_params(lambda: family.module(config))
-    params = assign_params(config, family, _read_tensors(path), expected, path, dtype, check_finite=check_finite)
+    _check_shapes(config, family, shapes, expected, path)
+    params = assign_params(config, family, _read_tensors(files), expected, path, dtype, check_finite=check_finite)
     return Model(skeleton, params, tokenizer=tokenizer, source=str(src))
 
 
@@ -141,7 +155,7 @@ def _gguf_source(src, gguf_file) -> Path | None:
         if p.is_dir():
             if not (p / gguf_file).is_file():
                 raise FileNotFoundError(f"{s} holds no {gguf_file}")
-            return p / gguf_file
+            return inside(p, gguf_file)
         if p.exists():
             raise NotADirectoryError(f"{s} is a file; with gguf_file= pass the directory or hub id holding it")
         return _download_file(s, gguf_file)
@@ -152,7 +166,7 @@ def _gguf_source(src, gguf_file) -> Path | None:
     if p.is_dir() and not (p / "config.json").is_file():
         found = sorted(p.glob("*.gguf"))
         if len(found) == 1:
-            return found[0]
+            return inside(p, found[0].name)
         if len(found) > 1:
             raise ValueError(f"{s} holds {len(found)} GGUF files ({', '.join(f.name for f in found)}); "
                              "choose one with gguf_file=NAME")
@@ -204,6 +218,7 @@ def _read_config(path: Path) -> dict:
     file = path / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
+    file = inside(path, "config.json")
     try:
         cfg = json.loads(file.read_text())
     except json.JSONDecodeError as err:
@@ -228,31 +243,99 @@ def _check_config_keys(cfg: dict, family: Family, path: Path) -> None:
                              f"{cfg['model_type']} (jetjax supports only {shown})")
 
 
-def _read_tensors(path: Path) -> dict[str, jax.Array]:
-    from safetensors import SafetensorError, safe_open
-
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files holding the weights: ``model.safetensors``, or the shards a
+    ``model.safetensors.index.json`` names, each resolved and refused unless it lies inside ``path``."""
     single, index = path / WEIGHT_FILES[0], path / WEIGHT_FILES[1]
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
+    if single.is_file() or single.is_symlink():
+        file = inside(path, WEIGHT_FILES[0])
+        if not file.is_file():
+            raise FileNotFoundError(f"{single} is a symlink to {file}, which is missing")
+        return [file]
+    if index.is_file() or index.is_symlink():
+        index = inside(path, WEIGHT_FILES[1])
+        if not index.is_file():
+            raise FileNotFoundError(f"{path / WEIGHT_FILES[1]} is a symlink to {index}, which is missing")
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{index} is not a valid safetensors index ({err})") from err
-        files = [path / name for name in sorted(set(weight_map.values()))]
-        for f in files:
-            if not f.is_file():
-                raise FileNotFoundError(f"{index} names the shard {f.name}, which is missing")
-    else:
-        pickles = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "tf_model.h5")
-                   if (path / n).exists()]
-        if pickles:
-            raise ValueError(
-                f"{path} holds only {pickles[0]}: a pickle, which can execute code when loaded, so "
-                "jetjax refuses it. Convert it once where you trust it: python -c \"from transformers "
-                f"import AutoModelForCausalLM as M; M.from_pretrained('{path}').save_pretrained('{path}')\" "
-                "(writes model.safetensors).")
-        raise FileNotFoundError(f"{path} has no weights: expected model.safetensors or model.safetensors.index.json")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{index} is not a valid safetensors index ({type(err).__name__}: {err})") from None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index}: weight_map must be a non-empty object {{tensor name: shard file}}, got "
+                             f"{str(weight_map)[:80]}")
+        files, seen = [], set()
+        for name in weight_map.values():
+            if isinstance(name, str) and name in seen:
+                continue
+            file = inside(path, name, named_by=str(index))
+            if file.name == WEIGHT_FILES[1] or file == index:
+                raise ValueError(f"{index} names the file {name!r} as a shard: the index itself, not a "
+                                 "safetensors file")
+            if not file.is_file():
+                raise FileNotFoundError(f"{index} names the shard {name!r}, which is missing")
+            seen.add(name)
+            files.append(file)
+        return sorted(set(files))
+    pickles = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "tf_model.h5")
+               if (path / n).exists()]
+    if pickles:
+        raise ValueError(
+            f"{path} holds only {pickles[0]}: a pickle, which can execute code when loaded, so "
+            "jetjax refuses it. Convert it once where you trust it: python -c \"from transformers "
+            f"import AutoModelForCausalLM as M; M.from_pretrained('{path}').save_pretrained('{path}')\" "
+            "(writes model.safetensors).")
+    raise FileNotFoundError(f"{path} has no weights: expected model.safetensors or model.safetensors.index.json")
+
+
+def _tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """``{tensor name: shape}`` from the files' headers (no tensor data is read); a tensor in two
+    shards is refused, naming both."""
+    shapes, where = {}, {}
+    for f in files:
+        for name, (shape, _) in safetensors_shapes(f).items():
+            if name in where:
+                raise ValueError(f"tensor {name!r} is stored twice, in {where[name]} and in {f}; "
+                                 "which one is meant is ambiguous")
+            shapes[name], where[name] = shape, f
+    return shapes
+
+
+_LAYER_KEYS = ("n_layer", "num_hidden_layers", "num_layers")
+
+
+def _check_layer_keys(cfg: dict, shapes: dict, file: Path) -> None:
+    """Refuse a declared layer count above the layers the weights hold (before the config parser or
+    the model builds anything per layer); other bad values are left to the parser's own messages."""
+    from jetjax.models.hf_config import ConfigValueError
+
+    for key in _LAYER_KEYS:
+        value = cfg.get(key)
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            continue
+        try:
+            check_layer_count(key, value, shapes, file)
+        except ValueError as err:
+            raise ConfigValueError(str(err)) from None
+
+
+def _check_shapes(config, family: Family, shapes: dict, expected: dict, path: Path) -> None:
+    """Every tensor the config needs is present with the config's shape, from the headers alone."""
+    stripped, original = {}, {}
+    for full, shape in shapes.items():
+        name = next((full[len(p):] for p in family.strip_prefixes if full.startswith(p)), full)
+        if name in original:
+            raise ValueError(f"{path}: the checkpoint holds {original[name]!r} and {full!r}, the same tensor "
+                             f"{name!r} twice (with and without the {config.arch} prefix); which one is meant is "
+                             "ambiguous")
+        stripped[name], original[name] = shape, full
+    check_tensor_table(stripped, family.weight_map(config), expected, path,
+                       needed_for=f"{config.arch} with {config.n_layers} layers")
+
+
+def _read_tensors(files: list[Path]) -> dict[str, jax.Array]:
+    from safetensors import SafetensorError, safe_open
 
     tensors: dict[str, jax.Array] = {}
     for f in files:
@@ -269,14 +352,17 @@ def _load_tokenizer(path: Path):
     from tokenizers import Tokenizer
 
     if (path / "tokenizer.json").is_file():
+        file = inside(path, "tokenizer.json")
         try:
-            return Tokenizer.from_file(str(path / "tokenizer.json"))
+            return Tokenizer.from_file(str(file))
         except Exception as err:  # the tokenizers library raises its own untyped Exception
             raise ValueError(f"{path / 'tokenizer.json'} is not a valid tokenizer file ({err}); fix or remove it "
                              "(without a tokenizer the model still loads, and takes token ids)") from None
     vocab, merges = path / "vocab.json", path / "merges.txt"
     if vocab.is_file() and merges.is_file():
         from tokenizers import decoders, models, pre_tokenizers
+
+        vocab, merges = inside(path, "vocab.json"), inside(path, "merges.txt")
 
         try:
             tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
