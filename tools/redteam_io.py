@@ -626,12 +626,7 @@ assert all(n.split("/")[0] in CLASSES for n in _names)
 
 #: Cases that are not good and cannot be made good inside the loaders: name -> why (the test marks
 #: them strict xfails, so a fix elsewhere shows up as an XPASS to remove from this list).
-KNOWN_IO: dict[str, str] = {
-    "gguf-meta/no-tokenizer-then-tokenize": (
-        "Model.tokenize (jetjax/models/model.py, outside the loaders) says 'no tokenizer files (tokenizer.json "
-        "or vocab.json + merges.txt)' for a GGUF file too; it should say the file's metadata has no "
-        "tokenizer.ggml.* vocabulary"),
-}
+KNOWN_IO: dict[str, str] = {}
 
 
 def check_bases(ctx: IoCtx) -> None:

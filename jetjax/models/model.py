@@ -228,8 +228,7 @@ class Model:
         ``False``: the text's own tokens only.
         """
         if self.tokenizer is None:
-            raise ValueError(f"{self.source or 'this model'} has no tokenizer files (tokenizer.json or "
-                             "vocab.json + merges.txt); pass token ids instead of text")
+            raise ValueError(f"{self._no_tokenizer()}; pass token ids instead of text")
         if not isinstance(text, str):
             raise TypeError(f"tokenize expects a str, got {type(text).__name__}")
         ids = self.tokenizer.encode(text, add_special_tokens=bool(special_tokens)).ids
@@ -240,14 +239,20 @@ class Model:
     def detokenize(self, ids) -> str:
         """The text of token ids (a sequence or a 1-D array)."""
         if self.tokenizer is None:
-            raise ValueError(f"{self.source or 'this model'} has no tokenizer files")
+            raise ValueError(self._no_tokenizer())
         return self.tokenizer.decode(self._id_list(ids), skip_special_tokens=False)
 
     def token_strings(self, ids) -> list[str]:
         """One string per token id (for tables and pictures)."""
         if self.tokenizer is None:
-            raise ValueError(f"{self.source or 'this model'} has no tokenizer files")
+            raise ValueError(self._no_tokenizer())
         return [self.tokenizer.decode([i], skip_special_tokens=False) for i in self._id_list(ids)]
+
+    def _no_tokenizer(self) -> str:
+        """Why there is no tokenizer, in the words of where the model came from."""
+        if str(self.source or "").lower().endswith(".gguf"):
+            return f"{self.source}: its GGUF metadata has no tokenizer.ggml.* vocabulary"
+        return f"{self.source or 'this model'} has no tokenizer files (tokenizer.json or vocab.json + merges.txt)"
 
     def _id_list(self, ids) -> list[int]:
         """Token ids as a flat list of ints, each checked against the vocabulary (empty is fine)."""
