@@ -101,7 +101,7 @@ def report(result: dict) -> str:
     lines = [
         "# Persistent compilation cache: first vs second process (SmolLM2-135M, the default model)",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, ISA flags: {isa}; jax {m['jax']}, {m['platform']}.",
+        f"Machine: CPU {m['cpu']}, {m['cores']} cores, ISA flags: {isa}; jax {m['jax']}, {m['platform']}.",
         f"Load average (1 min) at the start of each process is in the table; after the run: "
         f"{', '.join(f'{x:.2f}' for x in result['load_after'])} (1/5/15 min). The cores are shared with other "
         "work on this machine, so absolute times are noisy; cold and warm of one command ran back to back.",
